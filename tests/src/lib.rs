@@ -1,0 +1,1 @@
+//! Integration tests that load the real flagtrace programs; see tests/*.rs.

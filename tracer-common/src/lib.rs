@@ -1,0 +1,241 @@
+//! Types shared by the kernel programs (`tracer-ebpf`) and user space (`tracer-user`).
+//!
+//! Every map key and value is `#[repr(C)]` with explicit, zeroed padding: the kernel hashes keys
+//! byte for byte, so a stray padding byte would split one flow into many.
+#![no_std]
+
+/// Name of the flow table (LRU hash, [`FlowKey`] -> [`FlowValue`]).
+pub const FLOWS_MAP: &str = "FLOWS";
+/// Name of the per-CPU global counters (array of [`GlobalCounters`], indexed by [`Hook`]).
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the XDP program attached on ingress.
+pub const XDP_PROGRAM: &str = "flagtrace_ingress";
+/// Name of the TC (clsact egress) program.
+pub const TC_PROGRAM: &str = "flagtrace_egress";
+/// Flow-table capacity when the operator does not choose one.
+pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+
+/// Address family of a flow key (the values are not AF_INET/AF_INET6 on purpose: they name the
+/// IP version, which is what the packet carries).
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// [`FlowValue::first_syn_from`]: no SYN (without ACK) seen yet.
+pub const FIRST_SYN_NONE: u8 = 0;
+/// [`FlowValue::first_syn_from`]: the low endpoint sent the first SYN, so it is the client.
+pub const FIRST_SYN_LO: u8 = 1;
+/// [`FlowValue::first_syn_from`]: the high endpoint sent the first SYN, so it is the client.
+pub const FIRST_SYN_HI: u8 = 2;
+
+/// Index into [`FlowValue::sent_by`]: packets sent by the low endpoint of the key.
+pub const SENDER_LO: usize = 0;
+/// Index into [`FlowValue::sent_by`]: packets sent by the high endpoint of the key.
+pub const SENDER_HI: usize = 1;
+
+/// Which hook saw a packet; index into the [`COUNTERS_MAP`] array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Ingress = 0,
+    Egress = 1,
+}
+
+/// Number of entries in the [`COUNTERS_MAP`] array.
+pub const HOOK_COUNT: u32 = 2;
+
+/// TCP flag bits as they stand in byte 13 of the TCP header.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// One connection seen on one interface, the same for both directions.
+///
+/// The two endpoints are stored in canonical order (the "low" one first, see
+/// [`FlowKey::from_packet`]), so that a packet and its reply map to one entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Address of the low endpoint, network byte order as it stands in the packet. IPv4 uses the
+    /// first word and leaves the other three zero.
+    pub addr_lo: [u32; 4],
+    /// Address of the high endpoint, same encoding as `addr_lo`.
+    pub addr_hi: [u32; 4],
+    /// Port of the low endpoint, host byte order.
+    pub port_lo: u16,
+    /// Port of the high endpoint, host byte order.
+    pub port_hi: u16,
+    /// Interface the packet was seen on.
+    pub ifindex: u32,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// Builds the canonical key for a packet from `src` to `dst`, and says which endpoint of the
+    /// key sent it ([`SENDER_LO`] or [`SENDER_HI`]).
+    ///
+    /// The order is lexicographic over the address words as loaded (native integers of network
+    /// byte order data), then the port. It is not numeric address order, and does not need to be:
+    /// it only has to be the same for both directions of a flow, and both sides of the project use
+    /// this one function.
+    #[inline(always)]
+    pub fn from_packet(
+        family: u8,
+        ifindex: u32,
+        src: [u32; 4],
+        src_port: u16,
+        dst: [u32; 4],
+        dst_port: u16,
+    ) -> (FlowKey, usize) {
+        let src_is_lo = endpoint_le(&src, src_port, &dst, dst_port);
+        let (addr_lo, port_lo, addr_hi, port_hi, sender) = if src_is_lo {
+            (src, src_port, dst, dst_port, SENDER_LO)
+        } else {
+            (dst, dst_port, src, src_port, SENDER_HI)
+        };
+        (
+            FlowKey {
+                addr_lo,
+                addr_hi,
+                port_lo,
+                port_hi,
+                ifindex,
+                family,
+                _pad: [0; 3],
+            },
+            sender,
+        )
+    }
+}
+
+/// `(a, a_port) <= (b, b_port)` in the key's canonical order. Written out word by word because
+/// core's slice comparison does not reliably inline into verifier-friendly code.
+#[inline(always)]
+fn endpoint_le(a: &[u32; 4], a_port: u16, b: &[u32; 4], b_port: u16) -> bool {
+    if a[0] != b[0] {
+        return a[0] < b[0];
+    }
+    if a[1] != b[1] {
+        return a[1] < b[1];
+    }
+    if a[2] != b[2] {
+        return a[2] < b[2];
+    }
+    if a[3] != b[3] {
+        return a[3] < b[3];
+    }
+    a_port <= b_port
+}
+
+/// Flag counts for the packets one endpoint sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlagCounts {
+    /// Packets with SYN and without ACK (connection attempts, retransmissions included).
+    pub syn: u32,
+    /// Packets with SYN and ACK.
+    pub syn_ack: u32,
+    /// Packets with FIN, whatever else they carry.
+    pub fin: u32,
+    /// Packets with RST, whatever else they carry.
+    pub rst: u32,
+}
+
+/// What the kernel knows about one flow. Counters are updated with atomic adds (the table is
+/// shared by all CPUs); the timestamps are plain stores, last writer wins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Counts by sender: [`SENDER_LO`] and [`SENDER_HI`].
+    pub sent_by: [FlagCounts; 2],
+    /// `bpf_ktime_get_boot_ns` (CLOCK_BOOTTIME) of the packet that created the entry.
+    pub first_seen_ns: u64,
+    /// `bpf_ktime_get_boot_ns` of the latest counted packet.
+    pub last_seen_ns: u64,
+    /// Which endpoint sent the first SYN without ACK: one of the `FIRST_SYN_*` constants.
+    pub first_syn_from: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Global counters for one hook, one copy per CPU (no atomics needed); user space sums them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalCounters {
+    /// Every packet the program ran on.
+    pub packets: u64,
+    /// Packets whose TCP header was read.
+    pub tcp: u64,
+    /// Well-formed packets that carry no TCP header to read: other protocols, other EtherTypes,
+    /// and non-first IP fragments.
+    pub non_tcp: u64,
+    /// Packets truncated or malformed before the TCP flags could be read.
+    pub parse_errors: u64,
+    /// Flow-table entries this hook created.
+    pub flows_created: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), made only of integers, with explicit padding fields, so
+    // every bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::GlobalCounters {}
+}
+
+// Layout is part of the pinned-map format: a change here must be a deliberate one, because pins
+// from an older build would no longer match (user space checks key and value sizes on attach).
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 56);
+const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 40);
+// The kernel adds to (syn, syn_ack) and (fin, rst) as 64-bit words, so each pair must be 8-aligned.
+const _: () = assert!(core::mem::align_of::<FlowValue>() == 8);
+const _: () = assert!(core::mem::offset_of!(FlowValue, sent_by) % 8 == 0);
+const _: () = assert!(core::mem::size_of::<FlagCounts>() % 8 == 0);
+const _: () = assert!(
+    core::mem::offset_of!(FlagCounts, syn) + 4 == core::mem::offset_of!(FlagCounts, syn_ack)
+);
+const _: () =
+    assert!(core::mem::offset_of!(FlagCounts, fin) + 4 == core::mem::offset_of!(FlagCounts, rst));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: [u32; 4] = [0x0100_000a, 0, 0, 0];
+    const B: [u32; 4] = [0x0200_000a, 0, 0, 0];
+
+    #[test]
+    fn both_directions_give_one_key() {
+        let (forward, fwd_sender) = FlowKey::from_packet(FAMILY_IPV4, 3, A, 40000, B, 443);
+        let (reverse, rev_sender) = FlowKey::from_packet(FAMILY_IPV4, 3, B, 443, A, 40000);
+        assert_eq!(forward, reverse);
+        assert_ne!(fwd_sender, rev_sender);
+    }
+
+    #[test]
+    fn same_address_orders_by_port() {
+        let (key, sender) = FlowKey::from_packet(FAMILY_IPV4, 1, A, 9000, A, 80);
+        assert_eq!((key.port_lo, key.port_hi), (80, 9000));
+        assert_eq!(sender, SENDER_HI);
+        let (_, sender) = FlowKey::from_packet(FAMILY_IPV4, 1, A, 80, A, 9000);
+        assert_eq!(sender, SENDER_LO);
+    }
+
+    #[test]
+    fn later_words_decide_when_earlier_ones_tie() {
+        let low = [1, 2, 3, 4];
+        let high = [1, 2, 3, 5];
+        let (key, sender) = FlowKey::from_packet(FAMILY_IPV6, 1, high, 1, low, 2);
+        assert_eq!(key.addr_lo, low);
+        assert_eq!(sender, SENDER_HI);
+    }
+
+    #[test]
+    fn padding_is_zero() {
+        let (key, _) = FlowKey::from_packet(FAMILY_IPV6, 7, A, 1, B, 2);
+        assert_eq!(key._pad, [0; 3]);
+    }
+}

@@ -192,8 +192,8 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 56);
 const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 40);
 // The kernel adds to (syn, syn_ack) and (fin, rst) as 64-bit words, so each pair must be 8-aligned.
 const _: () = assert!(core::mem::align_of::<FlowValue>() == 8);
-const _: () = assert!(core::mem::offset_of!(FlowValue, sent_by) % 8 == 0);
-const _: () = assert!(core::mem::size_of::<FlagCounts>() % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(FlowValue, sent_by).is_multiple_of(8));
+const _: () = assert!(core::mem::size_of::<FlagCounts>().is_multiple_of(8));
 const _: () = assert!(
     core::mem::offset_of!(FlagCounts, syn) + 4 == core::mem::offset_of!(FlagCounts, syn_ack)
 );

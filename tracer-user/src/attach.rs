@@ -1,0 +1,214 @@
+//! `flagtrace attach`: load the programs with their maps pinned, attach XDP on ingress and TC on
+//! egress, and stay until SIGINT or SIGTERM.
+
+use std::{
+    io::{self, Write as _},
+    mem::MaybeUninit,
+    ptr,
+};
+
+use anyhow::{anyhow, Context as _};
+use aya::{
+    programs::{
+        tc::SchedClassifierLinkId,
+        tc::{qdisc_add_clsact, TcError},
+        xdp::XdpLinkId,
+        Program, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
+    util::KernelVersion,
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{COUNTERS_MAP, DEFAULT_MAX_FLOWS, FLOWS_MAP, TC_PROGRAM, XDP_PROGRAM};
+
+use crate::{
+    cli::{AttachArgs, XdpModeArg},
+    maps,
+    netns::Netns,
+    pins::{Attachment, PinRoot},
+    privileges::{self, CAP_BPF, CAP_NET_ADMIN},
+    EBPF_OBJECT,
+};
+
+pub fn run(root: &PinRoot, netns: &Netns, args: &AttachArgs) -> anyhow::Result<()> {
+    privileges::require("attach", &[CAP_BPF, CAP_NET_ADMIN])?;
+    // Blocked before anything is attached, so a signal that arrives during setup waits for
+    // `wait` and still ends in a clean detach.
+    let signals = TerminationSignals::block().context("blocking SIGINT and SIGTERM")?;
+    netns.enter()?;
+    netns.ifindex(&args.iface)?;
+    let attachment = Attachment {
+        netns: netns.clone(),
+        iface: args.iface.clone(),
+    };
+
+    let dir = root.create_dir(&attachment)?;
+    let pinned_capacity = maps::pinned_flow_capacity(&dir, &root.purge_command(&attachment))?;
+    let max_flows = match (pinned_capacity, args.max_flows) {
+        (Some(pinned), Some(asked)) if pinned != asked => {
+            eprintln!(
+                "flagtrace: {attachment} keeps its pinned flow table of {pinned} flows; \
+                 --max-flows {asked} applies after `{}` (which deletes the counts)",
+                root.purge_command(&attachment)
+            );
+            pinned
+        }
+        (Some(pinned), _) => pinned,
+        (None, asked) => asked.unwrap_or(DEFAULT_MAX_FLOWS),
+    };
+    let mut ebpf = EbpfLoader::new()
+        .map_pin_path(FLOWS_MAP, dir.join(FLOWS_MAP))
+        .map_pin_path(COUNTERS_MAP, dir.join(COUNTERS_MAP))
+        .map_max_entries(FLOWS_MAP, max_flows)
+        .load(EBPF_OBJECT)
+        .with_context(|| format!("loading the eBPF object for {attachment}"))?;
+
+    // On any error from here on, dropping `ebpf` detaches whatever was attached.
+    let (xdp_link, xdp_mode) =
+        attach_xdp(program(&mut ebpf, XDP_PROGRAM)?, &attachment, args.xdp_mode)?;
+    let tc_link = attach_tc(program(&mut ebpf, TC_PROGRAM)?, &attachment)?;
+    let ready = format!(
+        "flagtrace: attached to {attachment} xdp={} tc=egress, pins in {}",
+        xdp_mode_name(xdp_mode),
+        dir.display()
+    );
+    // Flushed at once: whoever started us waits for this line before sending traffic.
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "{ready}")
+        .and_then(|()| stdout.flush())
+        .context("writing to stdout")?;
+    drop(stdout);
+
+    let signal = signals.wait().context("waiting for SIGINT or SIGTERM")?;
+    program::<Xdp>(&mut ebpf, XDP_PROGRAM)?
+        .detach(xdp_link)
+        .with_context(|| format!("detaching XDP from {attachment}"))?;
+    program::<SchedClassifier>(&mut ebpf, TC_PROGRAM)?
+        .detach(tc_link)
+        .with_context(|| format!("detaching TC egress from {attachment}"))?;
+    eprintln!(
+        "flagtrace: {signal}: detached from {attachment}, pins stay in {}",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The program `name` of the object, as its concrete type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("no program {name} in the eBPF object"))?;
+    Ok(program.try_into()?)
+}
+
+/// Loads and attaches the XDP program; `auto` falls back from native to skb mode.
+fn attach_xdp(
+    program: &mut Xdp,
+    attachment: &Attachment,
+    mode: XdpModeArg,
+) -> anyhow::Result<(XdpLinkId, XdpMode)> {
+    program
+        .load()
+        .with_context(|| format!("loading {XDP_PROGRAM}"))?;
+    let mut attach = |mode| {
+        program.attach(&attachment.iface, mode).with_context(|| {
+            format!(
+                "attaching XDP in {} mode to {attachment}",
+                xdp_mode_name(mode)
+            )
+        })
+    };
+    let mode = match mode {
+        XdpModeArg::Native => XdpMode::Driver,
+        XdpModeArg::Skb => XdpMode::Skb,
+        XdpModeArg::Auto => match attach(XdpMode::Driver) {
+            Ok(link) => return Ok((link, XdpMode::Driver)),
+            Err(error) if lacks_native_xdp(&error) => {
+                eprintln!("flagtrace: {error:#}; falling back to skb mode");
+                XdpMode::Skb
+            }
+            Err(error) => return Err(error),
+        },
+    };
+    Ok((attach(mode)?, mode))
+}
+
+/// Whether attaching failed because the driver has no native XDP (EOPNOTSUPP), rather than for
+/// a reason skb mode would share, such as a program already attached (EBUSY).
+fn lacks_native_xdp(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|error| error.raw_os_error() == Some(libc::EOPNOTSUPP))
+    })
+}
+
+/// The name of an XDP mode as `--xdp-mode` spells it.
+fn xdp_mode_name(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Driver => "native",
+        XdpMode::Skb => "skb",
+        XdpMode::Hardware => "offload",
+        XdpMode::Default => "default",
+    }
+}
+
+/// Loads and attaches the TC program on egress. aya uses TCX from Linux 6.6 on; before that it
+/// adds a netlink tc filter, which needs a clsact qdisc.
+fn attach_tc(
+    program: &mut SchedClassifier,
+    attachment: &Attachment,
+) -> anyhow::Result<SchedClassifierLinkId> {
+    program
+        .load()
+        .with_context(|| format!("loading {TC_PROGRAM}"))?;
+    let has_tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+    if !has_tcx {
+        match qdisc_add_clsact(&attachment.iface) {
+            Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {}
+            result => result.with_context(|| format!("adding a clsact qdisc to {attachment}"))?,
+        }
+    }
+    program
+        .attach(&attachment.iface, TcAttachType::Egress)
+        .with_context(|| format!("attaching TC egress to {attachment}"))
+}
+
+/// SIGINT and SIGTERM, blocked in this thread so they can be waited for synchronously.
+struct TerminationSignals(libc::sigset_t);
+
+impl TerminationSignals {
+    fn block() -> io::Result<TerminationSignals> {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset initialises the set; sigaddset and pthread_sigmask get valid
+        // pointers to it.
+        let set = unsafe {
+            libc::sigemptyset(set.as_mut_ptr());
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+            let errno = libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), ptr::null_mut());
+            if errno != 0 {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            set.assume_init()
+        };
+        Ok(TerminationSignals(set))
+    }
+
+    /// Waits for one of the signals and returns its name.
+    fn wait(&self) -> io::Result<&'static str> {
+        let mut signal = 0;
+        // SAFETY: both pointers are valid; the set was initialised in `block`.
+        let errno = unsafe { libc::sigwait(&self.0, &mut signal) };
+        if errno != 0 {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        Ok(if signal == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        })
+    }
+}

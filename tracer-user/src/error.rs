@@ -1,0 +1,114 @@
+//! Expected failures: each has one clear message and its own exit code (see the README). Anything
+//! else is exit code 1; clap's usage errors are 2.
+
+use std::{fmt, path::PathBuf};
+
+use crate::netns::Netns;
+
+/// Exit code of an error that is not one of the expected [`Failure`]s.
+pub const EXIT_OTHER_ERROR: u8 = 1;
+
+/// An expected failure, carried through `anyhow` and recognised in `main` by downcasting.
+#[derive(Debug)]
+pub enum Failure {
+    /// The process lacks capabilities the command needs.
+    MissingCapabilities {
+        command: &'static str,
+        needed: Vec<&'static str>,
+    },
+    NoSuchInterface {
+        iface: String,
+        netns: Netns,
+    },
+    /// No /run/netns/NAME.
+    NoSuchNamespace(String),
+    /// Nothing to read or remove; the message says what was looked for.
+    NothingAttached(String),
+    /// A pinned map whose layout this build cannot use; `fix` is the command that removes it.
+    IncompatiblePin {
+        path: PathBuf,
+        reason: String,
+        fix: String,
+    },
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::MissingCapabilities { .. } => 3,
+            Failure::NoSuchInterface { .. } => 4,
+            Failure::NoSuchNamespace(_) => 5,
+            Failure::NothingAttached(_) => 6,
+            Failure::IncompatiblePin { .. } => 7,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::MissingCapabilities { command, needed } => write!(
+                f,
+                "`flagtrace {command}` needs {}, or root",
+                needed.join(" and ")
+            ),
+            Failure::NoSuchInterface { iface, netns } => {
+                write!(f, "no such interface: {iface} (in {netns})")
+            }
+            Failure::NoSuchNamespace(name) => write!(
+                f,
+                "no such network namespace: {name} (no /run/netns/{name}; see `ip netns list`)"
+            ),
+            Failure::NothingAttached(what) => write!(f, "nothing attached: {what}"),
+            Failure::IncompatiblePin { path, reason, fix } => write!(
+                f,
+                "pin {} is from an incompatible version ({reason}), run `{fix}`",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// The exit code for an error: the first [`Failure`] in its chain decides.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<Failure>())
+        .map_or(EXIT_OTHER_ERROR, Failure::exit_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context as _;
+
+    use super::*;
+
+    #[test]
+    fn exit_code_survives_context() {
+        let error = anyhow::Error::new(Failure::NoSuchNamespace("lab".into()))
+            .context("attaching to veth0");
+        assert_eq!(exit_code(&error), 5);
+        let error: anyhow::Error = Err::<(), _>(Failure::NothingAttached("x".into()))
+            .context("reading pins")
+            .unwrap_err();
+        assert_eq!(exit_code(&error), 6);
+        assert_eq!(exit_code(&anyhow::anyhow!("boom")), EXIT_OTHER_ERROR);
+    }
+
+    #[test]
+    fn incompatible_pin_names_the_fix() {
+        let failure = Failure::IncompatiblePin {
+            path: "/sys/fs/bpf/flagtrace/lab/veth0/FLOWS".into(),
+            reason: "value size 48, expected 56".into(),
+            fix: "flagtrace --netns lab detach veth0 --purge".into(),
+        };
+        assert_eq!(failure.exit_code(), 7);
+        assert_eq!(
+            failure.to_string(),
+            "pin /sys/fs/bpf/flagtrace/lab/veth0/FLOWS is from an incompatible version \
+             (value size 48, expected 56), run `flagtrace --netns lab detach veth0 --purge`"
+        );
+    }
+}

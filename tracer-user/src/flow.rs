@@ -1,0 +1,358 @@
+//! The host-side view of one flow-table entry: which endpoint is the client, what each side sent,
+//! and what happened to the connection. Pure functions of the kernel's key and value, so the live
+//! maps and an offline capture can share them.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use anyhow::bail;
+use serde::Serialize;
+use tracer_common::{
+    FlagCounts, FlowKey, FlowValue, FAMILY_IPV4, FAMILY_IPV6, FIRST_SYN_HI, FIRST_SYN_LO,
+    SENDER_HI, SENDER_LO,
+};
+
+/// What happened to a connection, in the spirit of Zeek's `conn_state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Neither side sent a SYN or a SYN/ACK: the capture started after the handshake.
+    Midstream,
+    /// The server answered with RST and never with SYN/ACK (typically: port closed).
+    Refused,
+    /// A RST after the handshake (or from the client during it).
+    Reset,
+    /// SYN without any SYN/ACK (no answer, or filtered).
+    Attempted,
+    /// FIN in both directions.
+    Closed,
+    /// FIN in one direction only.
+    HalfClosed,
+    /// Handshake seen, no FIN and no RST yet.
+    Established,
+}
+
+impl State {
+    /// Classifies a flow from the counts each side sent. The first matching rule wins.
+    pub fn classify(client_to_server: &FlagCounts, server_to_client: &FlagCounts) -> State {
+        let total = add(client_to_server, server_to_client);
+        if total.syn == 0 && total.syn_ack == 0 {
+            State::Midstream
+        } else if server_to_client.rst > 0 && total.syn_ack == 0 {
+            State::Refused
+        } else if total.rst > 0 {
+            State::Reset
+        } else if total.syn_ack == 0 {
+            State::Attempted
+        } else if client_to_server.fin > 0 && server_to_client.fin > 0 {
+            State::Closed
+        } else if total.fin > 0 {
+            State::HalfClosed
+        } else {
+            State::Established
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Midstream => "midstream",
+            State::Refused => "refused",
+            State::Reset => "reset",
+            State::Attempted => "attempted",
+            State::Closed => "closed",
+            State::HalfClosed => "half_closed",
+            State::Established => "established",
+        }
+    }
+}
+
+impl Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One flow, oriented from client to server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub client_to_server: FlagCounts,
+    pub server_to_client: FlagCounts,
+    pub state: State,
+    /// CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`) of the first counted packet.
+    pub first_seen_ns: u64,
+    /// CLOCK_BOOTTIME nanoseconds of the latest counted packet.
+    pub last_seen_ns: u64,
+}
+
+impl FlowRecord {
+    /// Orients a flow-table entry. Fails only on an address family the kernel never writes.
+    pub fn new(key: &FlowKey, value: &FlowValue) -> anyhow::Result<FlowRecord> {
+        let lo = SocketAddr::new(ip_addr(key.family, &key.addr_lo)?, key.port_lo);
+        let hi = SocketAddr::new(ip_addr(key.family, &key.addr_hi)?, key.port_hi);
+        let lo_sent = value.sent_by[SENDER_LO];
+        let hi_sent = value.sent_by[SENDER_HI];
+        let (client, server, client_to_server, server_to_client) =
+            if client_side(key, value) == SENDER_LO {
+                (lo, hi, lo_sent, hi_sent)
+            } else {
+                (hi, lo, hi_sent, lo_sent)
+            };
+        Ok(FlowRecord {
+            client,
+            server,
+            client_to_server,
+            server_to_client,
+            state: State::classify(&client_to_server, &server_to_client),
+            first_seen_ns: value.first_seen_ns,
+            last_seen_ns: value.last_seen_ns,
+        })
+    }
+
+    /// Counts over both directions.
+    pub fn totals(&self) -> FlagCounts {
+        add(&self.client_to_server, &self.server_to_client)
+    }
+}
+
+fn add(a: &FlagCounts, b: &FlagCounts) -> FlagCounts {
+    FlagCounts {
+        syn: a.syn.saturating_add(b.syn),
+        syn_ack: a.syn_ack.saturating_add(b.syn_ack),
+        fin: a.fin.saturating_add(b.fin),
+        rst: a.rst.saturating_add(b.rst),
+    }
+}
+
+/// Which endpoint of the key ([`SENDER_LO`] or [`SENDER_HI`]) is the client: the one the kernel saw
+/// send the first SYN; else the only one that sent a SYN; else the one that did not send the
+/// SYN/ACK when only one did; else the one with the higher port (ephemeral ports are high).
+fn client_side(key: &FlowKey, value: &FlowValue) -> usize {
+    match value.first_syn_from {
+        FIRST_SYN_LO => return SENDER_LO,
+        FIRST_SYN_HI => return SENDER_HI,
+        _ => {}
+    }
+    let [lo, hi] = &value.sent_by;
+    if let Some(side) = only_one(lo.syn > 0, hi.syn > 0) {
+        return side;
+    }
+    if let Some(side) = only_one(lo.syn_ack > 0, hi.syn_ack > 0) {
+        return if side == SENDER_LO {
+            SENDER_HI
+        } else {
+            SENDER_LO
+        };
+    }
+    if key.port_lo > key.port_hi {
+        SENDER_LO
+    } else {
+        SENDER_HI
+    }
+}
+
+/// The endpoint for which `lo_did`/`hi_did` holds, if exactly one does.
+fn only_one(lo_did: bool, hi_did: bool) -> Option<usize> {
+    match (lo_did, hi_did) {
+        (true, false) => Some(SENDER_LO),
+        (false, true) => Some(SENDER_HI),
+        _ => None,
+    }
+}
+
+/// Decodes a key address: words of network-byte-order data loaded as native integers, so each
+/// word's native bytes are the address octets in wire order.
+fn ip_addr(family: u8, words: &[u32; 4]) -> anyhow::Result<IpAddr> {
+    match family {
+        FAMILY_IPV4 => Ok(Ipv4Addr::from(words[0].to_ne_bytes()).into()),
+        FAMILY_IPV6 => {
+            let mut octets = [0u8; 16];
+            for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            Ok(Ipv6Addr::from(octets).into())
+        }
+        other => bail!("flow key with unknown address family {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::FIRST_SYN_NONE;
+
+    use super::*;
+
+    fn v4(octets: [u8; 4]) -> [u32; 4] {
+        [u32::from_ne_bytes(octets), 0, 0, 0]
+    }
+
+    fn v6(addr: Ipv6Addr) -> [u32; 4] {
+        let octets = addr.octets();
+        let mut words = [0u32; 4];
+        for (word, chunk) in words.iter_mut().zip(octets.chunks_exact(4)) {
+            *word = u32::from_ne_bytes(chunk.try_into().unwrap());
+        }
+        words
+    }
+
+    fn counts(syn: u32, syn_ack: u32, fin: u32, rst: u32) -> FlagCounts {
+        FlagCounts {
+            syn,
+            syn_ack,
+            fin,
+            rst,
+        }
+    }
+
+    const NONE: FlagCounts = FlagCounts {
+        syn: 0,
+        syn_ack: 0,
+        fin: 0,
+        rst: 0,
+    };
+
+    /// A flow between 10.0.0.1:40000 and 10.0.0.2:80 where the first endpoint sent `a_sent` and
+    /// the second `b_sent`, keyed the way the kernel keys it.
+    fn flow(a_sent: FlagCounts, b_sent: FlagCounts, first_syn_from_a: bool) -> FlowRecord {
+        let a = v4([10, 0, 0, 1]);
+        let b = v4([10, 0, 0, 2]);
+        let (key, a_side) = FlowKey::from_packet(FAMILY_IPV4, 3, a, 40000, b, 80);
+        let b_side = 1 - a_side;
+        let mut value = FlowValue {
+            first_seen_ns: 100,
+            last_seen_ns: 200,
+            ..FlowValue::default()
+        };
+        value.sent_by[a_side] = a_sent;
+        value.sent_by[b_side] = b_sent;
+        if first_syn_from_a {
+            value.first_syn_from = if a_side == SENDER_LO {
+                FIRST_SYN_LO
+            } else {
+                FIRST_SYN_HI
+            };
+        }
+        FlowRecord::new(&key, &value).unwrap()
+    }
+
+    fn endpoints(record: &FlowRecord) -> (String, String) {
+        (record.client.to_string(), record.server.to_string())
+    }
+
+    const A: &str = "10.0.0.1:40000";
+    const B: &str = "10.0.0.2:80";
+
+    #[test]
+    fn ipv4_addresses_come_from_the_first_word_in_wire_order() {
+        let record = flow(counts(1, 0, 0, 0), NONE, true);
+        assert_eq!(endpoints(&record), (A.into(), B.into()));
+    }
+
+    #[test]
+    fn ipv6_addresses_use_all_four_words_and_brackets() {
+        let client: Ipv6Addr = "fd00::1".parse().unwrap();
+        let server: Ipv6Addr = "fd00::2:0:0:abcd".parse().unwrap();
+        let (key, sender) =
+            FlowKey::from_packet(FAMILY_IPV6, 1, v6(client), 51000, v6(server), 443);
+        let mut value = FlowValue::default();
+        value.sent_by[sender].syn = 1;
+        let record = FlowRecord::new(&key, &value).unwrap();
+        assert_eq!(record.client.to_string(), "[fd00::1]:51000");
+        assert_eq!(record.server.to_string(), "[fd00::2:0:0:abcd]:443");
+    }
+
+    #[test]
+    fn unknown_family_is_an_error() {
+        let key = FlowKey {
+            family: 5,
+            ..FlowKey::default()
+        };
+        assert!(FlowRecord::new(&key, &FlowValue::default()).is_err());
+    }
+
+    #[test]
+    fn first_syn_from_decides_the_client_even_against_other_evidence() {
+        // B sent a SYN too (simultaneous open), but the kernel saw A's first.
+        let record = flow(counts(1, 0, 0, 0), counts(1, 1, 0, 0), true);
+        assert_eq!(endpoints(&record), (A.into(), B.into()));
+    }
+
+    #[test]
+    fn without_first_syn_from_the_only_syn_sender_is_the_client() {
+        let record = flow(NONE, counts(2, 0, 0, 0), false);
+        assert_eq!(endpoints(&record), (B.into(), A.into()));
+        assert_eq!(record.client_to_server, counts(2, 0, 0, 0));
+    }
+
+    #[test]
+    fn without_syn_the_side_that_did_not_send_the_syn_ack_is_the_client() {
+        let record = flow(counts(0, 1, 0, 0), NONE, false);
+        assert_eq!(endpoints(&record), (B.into(), A.into()));
+        assert_eq!(record.server_to_client, counts(0, 1, 0, 0));
+    }
+
+    #[test]
+    fn without_handshake_the_higher_port_is_the_client() {
+        let record = flow(NONE, counts(0, 0, 1, 0), false);
+        assert_eq!(endpoints(&record), (A.into(), B.into()));
+        // Same when the higher port sits on the low end of the key.
+        let addr = v4([10, 0, 0, 9]);
+        let (key, _) = FlowKey::from_packet(FAMILY_IPV4, 1, addr, 80, addr, 9000);
+        let value = FlowValue {
+            first_syn_from: FIRST_SYN_NONE,
+            ..FlowValue::default()
+        };
+        let record = FlowRecord::new(&key, &value).unwrap();
+        assert_eq!(record.client.port(), 9000);
+    }
+
+    #[test]
+    fn states_follow_the_first_matching_rule() {
+        let cases = [
+            (NONE, counts(0, 0, 1, 1), State::Midstream),
+            (counts(1, 0, 0, 0), counts(0, 0, 0, 1), State::Refused),
+            (counts(1, 0, 0, 0), NONE, State::Attempted),
+            (counts(1, 0, 0, 1), NONE, State::Reset),
+            (counts(1, 0, 1, 0), counts(0, 1, 0, 1), State::Reset),
+            (counts(1, 0, 0, 0), counts(0, 1, 0, 1), State::Reset),
+            (counts(1, 0, 1, 0), counts(0, 1, 1, 0), State::Closed),
+            (counts(1, 0, 1, 0), counts(0, 1, 0, 0), State::HalfClosed),
+            (counts(1, 0, 0, 0), counts(0, 1, 1, 0), State::HalfClosed),
+            (counts(1, 0, 0, 0), counts(0, 1, 0, 0), State::Established),
+            // SYN/ACK seen but the SYN was missed: still a handshake.
+            (NONE, counts(0, 1, 0, 0), State::Established),
+        ];
+        for (c2s, s2c, expected) in cases {
+            assert_eq!(
+                State::classify(&c2s, &s2c),
+                expected,
+                "client sent {c2s:?}, server sent {s2c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn record_state_and_totals_are_oriented() {
+        let record = flow(counts(1, 0, 1, 0), counts(0, 1, 0, 1), true);
+        assert_eq!(record.state, State::Reset);
+        assert_eq!(record.totals(), counts(1, 1, 1, 1));
+        assert_eq!((record.first_seen_ns, record.last_seen_ns), (100, 200));
+    }
+
+    #[test]
+    fn state_names_are_snake_case_everywhere() {
+        assert_eq!(State::HalfClosed.to_string(), "half_closed");
+        assert_eq!(
+            serde_json::to_value(State::HalfClosed).unwrap(),
+            serde_json::json!("half_closed")
+        );
+    }
+}

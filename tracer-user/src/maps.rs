@@ -1,0 +1,240 @@
+//! The pinned maps of one attachment: checking that a pin fits this build, and reading it.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    io,
+    mem::size_of,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context as _};
+use aya::{
+    maps::{HashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray},
+    sys::SyscallError,
+};
+use tracer_common::{
+    FlowKey, FlowValue, GlobalCounters, Hook, COUNTERS_MAP, FLOWS_MAP, HOOK_COUNT,
+};
+
+use crate::error::Failure;
+
+/// What a pinned map must look like for this build to use it.
+struct MapSpec {
+    name: &'static str,
+    map_type: MapType,
+    key_size: usize,
+    value_size: usize,
+    /// Fixed capacity, for maps whose capacity is not chosen at load time.
+    max_entries: Option<u32>,
+}
+
+const FLOWS: MapSpec = MapSpec {
+    name: FLOWS_MAP,
+    map_type: MapType::LruHash,
+    key_size: size_of::<FlowKey>(),
+    value_size: size_of::<FlowValue>(),
+    max_entries: None,
+};
+
+const COUNTERS: MapSpec = MapSpec {
+    name: COUNTERS_MAP,
+    map_type: MapType::PerCpuArray,
+    key_size: size_of::<u32>(),
+    value_size: size_of::<GlobalCounters>(),
+    max_entries: Some(HOOK_COUNT),
+};
+
+impl MapSpec {
+    /// Opens the pin of this map in `dir` and checks it; `None` when there is no pin.
+    /// `fix` is the command that removes an incompatible pin.
+    fn open_checked(&self, dir: &Path, fix: &str) -> anyhow::Result<Option<(MapData, MapInfo)>> {
+        let path = dir.join(self.name);
+        let data = match MapData::from_pin(&path) {
+            Ok(data) => data,
+            Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.kind() == io::ErrorKind::NotFound =>
+            {
+                return Ok(None)
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("opening pinned map {}", path.display()))
+            }
+        };
+        let info = data
+            .info()
+            .with_context(|| format!("reading map info of {}", path.display()))?;
+        if let Some(reason) = self.mismatch(&info) {
+            return Err(Failure::IncompatiblePin {
+                path,
+                reason,
+                fix: fix.to_owned(),
+            }
+            .into());
+        }
+        Ok(Some((data, info)))
+    }
+
+    /// How the map in `info` differs from this spec, if it does.
+    fn mismatch(&self, info: &MapInfo) -> Option<String> {
+        let map_type = info.map_type().ok();
+        if map_type != Some(self.map_type) {
+            return Some(format!(
+                "map type {}, expected {:?}",
+                map_type.map_or_else(|| "unknown".to_owned(), |t| format!("{t:?}")),
+                self.map_type
+            ));
+        }
+        let sizes = [
+            ("key size", info.key_size(), self.key_size),
+            ("value size", info.value_size(), self.value_size),
+        ];
+        for (what, actual, expected) in sizes {
+            if actual as usize != expected {
+                return Some(format!("{what} {actual}, expected {expected}"));
+            }
+        }
+        match self.max_entries {
+            Some(expected) if info.max_entries() != expected => Some(format!(
+                "{} entries, expected {expected}",
+                info.max_entries()
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Checks the pins an earlier `attach` left in `dir`, if any, and returns the capacity of the
+/// pinned flow table: a reused pin keeps the capacity it was created with.
+pub fn pinned_flow_capacity(dir: &Path, fix: &str) -> anyhow::Result<Option<u32>> {
+    COUNTERS.open_checked(dir, fix)?;
+    Ok(FLOWS
+        .open_checked(dir, fix)?
+        .map(|(_, info)| info.max_entries()))
+}
+
+/// Global counters of one attachment, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub ingress: GlobalCounters,
+    pub egress: GlobalCounters,
+}
+
+impl Counters {
+    pub fn total(&self) -> GlobalCounters {
+        sum([&self.ingress, &self.egress])
+    }
+}
+
+fn sum<'a>(counters: impl IntoIterator<Item = &'a GlobalCounters>) -> GlobalCounters {
+    counters
+        .into_iter()
+        .fold(GlobalCounters::default(), |acc, c| GlobalCounters {
+            packets: acc.packets + c.packets,
+            tcp: acc.tcp + c.tcp,
+            non_tcp: acc.non_tcp + c.non_tcp,
+            parse_errors: acc.parse_errors + c.parse_errors,
+            flows_created: acc.flows_created + c.flows_created,
+        })
+}
+
+/// The flow table and counters pinned for one attachment.
+pub struct PinnedMaps {
+    dir: PathBuf,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    counters: PerCpuArray<MapData, GlobalCounters>,
+    capacity: u32,
+}
+
+impl PinnedMaps {
+    /// Opens and checks both pins in `dir`. `fix` is the command that removes incompatible pins.
+    pub fn open(dir: &Path, fix: &str) -> anyhow::Result<PinnedMaps> {
+        let missing = |spec: &MapSpec| anyhow!("no pinned {} map in {}", spec.name, dir.display());
+        let (flows, flows_info) = FLOWS
+            .open_checked(dir, fix)?
+            .ok_or_else(|| missing(&FLOWS))?;
+        let (counters, _) = COUNTERS
+            .open_checked(dir, fix)?
+            .ok_or_else(|| missing(&COUNTERS))?;
+        let context = |spec: &MapSpec| format!("opening {}", dir.join(spec.name).display());
+        Ok(PinnedMaps {
+            dir: dir.to_owned(),
+            flows: HashMap::try_from(Map::from_map_data(flows).with_context(|| context(&FLOWS))?)
+                .with_context(|| context(&FLOWS))?,
+            counters: PerCpuArray::try_from(
+                Map::from_map_data(counters).with_context(|| context(&COUNTERS))?,
+            )
+            .with_context(|| context(&COUNTERS))?,
+            capacity: flows_info.max_entries(),
+        })
+    }
+
+    /// Capacity of the flow table.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Every entry of the flow table.
+    pub fn flows(&self) -> anyhow::Result<Vec<(FlowKey, FlowValue)>> {
+        // The kernel keeps updating and evicting while we walk the table, and the walk restarts
+        // from the first key when its current key is evicted: dedupe by key, and bound the walk
+        // so that a table under heavy churn cannot keep us here.
+        let max_steps = 2 * self.capacity as usize;
+        let mut entries = StdHashMap::new();
+        for entry in self.flows.iter().take(max_steps) {
+            let (key, value) =
+                entry.with_context(|| format!("reading {}", self.dir.join(FLOWS_MAP).display()))?;
+            entries.insert(key, value);
+        }
+        Ok(entries.into_iter().collect())
+    }
+
+    /// The global counters per hook, summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        let read = |hook: Hook| -> anyhow::Result<GlobalCounters> {
+            let per_cpu = self.counters.get(&(hook as u32), 0).with_context(|| {
+                format!(
+                    "reading {} entry {hook:?}",
+                    self.dir.join(COUNTERS_MAP).display()
+                )
+            })?;
+            Ok(sum(per_cpu.iter()))
+        };
+        Ok(Counters {
+            ingress: read(Hook::Ingress)?,
+            egress: read(Hook::Egress)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters(base: u64) -> GlobalCounters {
+        GlobalCounters {
+            packets: base,
+            tcp: base + 1,
+            non_tcp: base + 2,
+            parse_errors: base + 3,
+            flows_created: base + 4,
+        }
+    }
+
+    #[test]
+    fn total_adds_both_hooks_field_by_field() {
+        let both = Counters {
+            ingress: counters(10),
+            egress: counters(100),
+        };
+        assert_eq!(
+            both.total(),
+            GlobalCounters {
+                packets: 110,
+                tcp: 112,
+                non_tcp: 114,
+                parse_errors: 116,
+                flows_created: 118,
+            }
+        );
+    }
+}

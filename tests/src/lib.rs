@@ -1,1 +1,46 @@
-//! Integration tests that load the real flagtrace programs; see tests/*.rs.
+//! Shared helpers for flagtrace's integration tests (tests/*.rs), which load the real kernel
+//! programs:
+//! - [`tracer`]: the eBPF object loaded for BPF_PROG_TEST_RUN, with its maps read back;
+//! - [`oracle`]: what a packet should do to the maps, computed with etherparse;
+//! - [`model`]: the expected map contents, built from oracle verdicts and compared with the kernel;
+//! - [`frame`]: a layer-by-layer frame builder for shapes etherparse's `PacketBuilder` cannot make;
+//! - [`lab`]: network namespaces joined by a veth pair, and the `flagtrace` binary run in them.
+//!
+//! Everything that creates a kernel object (namespace, pin directory, loader process) is a RAII
+//! guard that removes it in `Drop`, so a failing test leaves nothing behind.
+
+pub mod frame;
+pub mod lab;
+pub mod model;
+pub mod oracle;
+pub mod tracer;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A name no other test (in this or a concurrent test process) uses: `<prefix>-<pid>-<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// CLOCK_BOOTTIME in nanoseconds: the clock of `bpf_ktime_get_boot_ns`, so kernel timestamps can
+/// be checked against windows measured here.
+pub fn boottime_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `now`, which outlives the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Lower-case hex of a packet, for failure messages that let someone replay it.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

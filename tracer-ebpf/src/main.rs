@@ -197,12 +197,13 @@ fn parse_ipv4(packet: Packet, l3: usize) -> Result<TcpSegment, NoSegment> {
     if ip.version_ihl >> 4 != 4 || header_len < mem::size_of::<Ipv4Hdr>() {
         return Err(NoSegment::Malformed);
     }
+    // A header we walk must be whole, whatever follows it: a truncated one is malformed.
+    packet.header::<u8>(l3 + header_len - 1)?;
     if u16::from_be_bytes(ip.frag) & IPV4_FRAG_OFFSET_MASK != 0 || ip.protocol != IPPROTO_TCP {
         return Err(NoSegment::NotTcp);
     }
     let src = [words::<1>(&ip.src)[0], 0, 0, 0];
     let dst = [words::<1>(&ip.dst)[0], 0, 0, 0];
-    // Options are skipped by the header length.
     parse_tcp(packet, l3 + header_len, FAMILY_IPV4, src, dst)
 }
 
@@ -220,8 +221,10 @@ fn parse_ipv6(packet: Packet, l3: usize) -> Result<TcpSegment, NoSegment> {
         match next_header {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {
                 let ext = packet.header::<Ipv6ExtHdr>(offset)?;
+                let header_len = (ext.len_8_octets_minus_1 as usize + 1) * 8;
                 next_header = ext.next_header;
-                offset += (ext.len_8_octets_minus_1 as usize + 1) * 8;
+                packet.header::<u8>(offset + header_len - 1)?;
+                offset += header_len;
             }
             IPV6_FRAGMENT => {
                 let frag = packet.header::<Ipv6FragHdr>(offset)?;

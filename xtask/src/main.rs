@@ -148,12 +148,14 @@ fn test(root: &Path, integration_args: &[OsString]) -> Result<()> {
     .run(root)
     .context("step `host unit tests` failed")?;
 
-    // One test at a time: the integration tests share bpffs and the interfaces' hooks.
+    // One test at a time: the integration tests share bpffs and the interfaces' hooks. `--tests`
+    // leaves out the doc tests, so the run closes on the integration tests' own summary.
     cargo(&[
         "test",
         "--release",
         "-p",
         "flagtrace-tests",
+        "--tests",
         "--",
         "--test-threads=1",
     ])

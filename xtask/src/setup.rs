@@ -25,9 +25,10 @@ const BPF_LINKER_BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
 ];
 
-/// What the tests run: `ip` (iproute2) makes namespaces and veth pairs; ieee-data, nftables and
-/// tcpdump serve the middlebox and capture tests of the issues that follow.
-const TEST_PACKAGES: &[&str] = &["iproute2", "ieee-data", "nftables", "tcpdump"];
+/// What flagtrace and the tests run: `ip` (iproute2) makes namespaces and veth pairs, and
+/// `flagtrace detach` uses it; bpftool lists hooks; ieee-data, nftables and tcpdump serve the
+/// middlebox and capture tests of the issues that follow.
+const TEST_PACKAGES: &[&str] = &["iproute2", "bpftool", "ieee-data", "nftables", "tcpdump"];
 
 struct Requirement {
     /// What is needed, as named in the `missing:` and `installing:` lines.
@@ -444,6 +445,7 @@ mod tests {
     #[test]
     fn reads_installed_packages_from_dpkg_query() {
         let output = "iproute2 install ok installed\n\
+                      bpftool install ok installed\n\
                       nftables deinstall ok config-files\n\
                       tcpdump install ok installed\n";
         assert_eq!(
@@ -451,8 +453,9 @@ mod tests {
             ["ieee-data", "nftables"]
         );
         assert_eq!(not_installed("", &["iproute2"]), ["iproute2"]);
-        let all = "iproute2 install ok installed\nieee-data install ok installed\n\
-                   nftables install ok installed\ntcpdump install ok installed\n";
+        let all = "iproute2 install ok installed\nbpftool install ok installed\n\
+                   ieee-data install ok installed\nnftables install ok installed\n\
+                   tcpdump install ok installed\n";
         assert!(not_installed(all, TEST_PACKAGES).is_empty());
     }
 

@@ -1,0 +1,391 @@
+//! Frames built header by header with etherparse's header types, for the shapes
+//! `PacketBuilder` cannot make (any TPIDs and number of tags, IPv6 extension headers repeated or
+//! in any order), and with the position of every field the tracer reads, so the differential
+//! test can mutate exactly those.
+
+use etherparse::{
+    ip_number, EtherType, Ethernet2Header, IpFragOffset, IpNumber, Ipv4Header, Ipv4Options,
+    Ipv6FlowLabel, Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader, SingleVlanHeader, TcpHeader,
+    UdpHeader, VlanId, VlanPcp,
+};
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// IPv4 and TCP options are filled with NOP (kind 1): valid, and content the tracer never reads.
+const NOP_OPTION: u8 = 1;
+
+/// A field the tracer reads, by what it means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    /// 2 bytes: the EtherType of the Ethernet header or of a VLAN tag.
+    EtherType,
+    /// 1 byte: IPv4 version and IHL nibbles.
+    Ipv4VersionIhl,
+    /// 2 bytes: IPv4 total length (ignored by the tracer).
+    Ipv4TotalLength,
+    /// 2 bytes: IPv4 flags and fragment offset.
+    Ipv4Fragment,
+    /// 1 byte: IPv6 version nibble and the top of the traffic class.
+    Ipv6Version,
+    /// 2 bytes: IPv6 payload length (ignored by the tracer).
+    Ipv6PayloadLength,
+    /// 1 byte: IPv4 protocol, IPv6 next header, or an extension header's next header.
+    NextHeader,
+    /// 1 byte: an IPv6 extension header's length in 8-octet units, not counting the first.
+    ExtLength,
+    /// 2 bytes: an IPv6 fragment header's offset and M flag.
+    Ipv6FragmentOffset,
+    /// 2 bytes: a TCP or UDP port.
+    Port,
+    /// 1 byte: TCP data offset nibble (and reserved bits).
+    TcpDataOffset,
+    /// 1 byte: TCP flags.
+    TcpFlags,
+}
+
+impl FieldKind {
+    /// Size of the field in bytes.
+    pub fn width(self) -> usize {
+        match self {
+            FieldKind::EtherType
+            | FieldKind::Ipv4TotalLength
+            | FieldKind::Ipv4Fragment
+            | FieldKind::Ipv6PayloadLength
+            | FieldKind::Ipv6FragmentOffset
+            | FieldKind::Port => 2,
+            FieldKind::Ipv4VersionIhl
+            | FieldKind::Ipv6Version
+            | FieldKind::NextHeader
+            | FieldKind::ExtLength
+            | FieldKind::TcpDataOffset
+            | FieldKind::TcpFlags => 1,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub offset: usize,
+    pub kind: FieldKind,
+}
+
+/// Serialized frame with its layout.
+#[derive(Clone, Debug, Default)]
+pub struct Frame {
+    pub bytes: Vec<u8>,
+    pub fields: Vec<Field>,
+    /// Offset where each header ends, in order (payload excluded).
+    pub header_ends: Vec<usize>,
+}
+
+impl Frame {
+    fn push_header(&mut self, header: &[u8], fields: &[(usize, FieldKind)]) {
+        let start = self.bytes.len();
+        self.fields
+            .extend(fields.iter().map(|&(offset, kind)| Field {
+                offset: start + offset,
+                kind,
+            }));
+        self.bytes.extend_from_slice(header);
+        self.header_ends.push(self.bytes.len());
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FrameSpec {
+    /// TPID of each VLAN tag, outermost first.
+    pub tags: Vec<u16>,
+    pub ip: IpSpec,
+    pub l4: L4Spec,
+}
+
+#[derive(Clone, Debug)]
+pub enum IpSpec {
+    V4 {
+        src: [u8; 4],
+        dst: [u8; 4],
+        /// Option length in 32-bit words (0..=10).
+        option_words: u8,
+        /// In 8-octet units; non-zero makes a non-first fragment.
+        fragment_offset: u16,
+        more_fragments: bool,
+    },
+    V6 {
+        src: [u8; 16],
+        dst: [u8; 16],
+        exts: Vec<Ext>,
+    },
+}
+
+/// An IPv6 extension header; `units` is the length field (the header is `(units + 1) * 8` bytes).
+#[derive(Clone, Copy, Debug)]
+pub enum Ext {
+    HopByHop { units: u8 },
+    Routing { units: u8 },
+    DestOptions { units: u8 },
+    Fragment { offset: u16, more: bool },
+}
+
+impl Ext {
+    fn ip_number(self) -> IpNumber {
+        match self {
+            Ext::HopByHop { .. } => ip_number::IPV6_HOP_BY_HOP,
+            Ext::Routing { .. } => ip_number::IPV6_ROUTE,
+            Ext::DestOptions { .. } => ip_number::IPV6_DEST_OPTIONS,
+            Ext::Fragment { .. } => ip_number::IPV6_FRAG,
+        }
+    }
+
+    fn to_bytes(self, next_header: IpNumber) -> Vec<u8> {
+        let raw = |units: u8| {
+            // The raw header is the next-header and length bytes followed by this payload.
+            let payload = vec![0u8; 6 + 8 * usize::from(units)];
+            Ipv6RawExtHeader::new_raw(next_header, &payload)
+                .expect("extension header payloads are 6 + 8k bytes")
+                .to_bytes()
+                .to_vec()
+        };
+        match self {
+            Ext::HopByHop { units } | Ext::Routing { units } | Ext::DestOptions { units } => {
+                raw(units)
+            }
+            Ext::Fragment { offset, more } => Ipv6FragmentHeader::new(
+                next_header,
+                IpFragOffset::try_new(offset).expect("fragment offsets fit 13 bits"),
+                more,
+                0x1234_5678,
+            )
+            .to_bytes()
+            .to_vec(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum L4Spec {
+    Tcp {
+        src_port: u16,
+        dst_port: u16,
+        /// Byte 13 of the header (CWR ECE URG ACK PSH RST SYN FIN).
+        flags: u8,
+        /// Option length in 32-bit words (0..=10).
+        option_words: u8,
+        payload: Vec<u8>,
+    },
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+        payload: Vec<u8>,
+    },
+}
+
+/// Addresses for the transport checksum.
+enum PseudoHeader {
+    V4([u8; 4], [u8; 4]),
+    V6([u8; 16], [u8; 16]),
+}
+
+impl L4Spec {
+    fn ip_number(&self) -> IpNumber {
+        match self {
+            L4Spec::Tcp { .. } => ip_number::TCP,
+            L4Spec::Udp { .. } => ip_number::UDP,
+        }
+    }
+
+    /// Appends the header (with its fields) and the payload.
+    fn push(&self, frame: &mut Frame, addresses: PseudoHeader) {
+        match self {
+            L4Spec::Tcp {
+                src_port,
+                dst_port,
+                flags,
+                option_words,
+                payload,
+            } => {
+                let mut tcp = TcpHeader::new(*src_port, *dst_port, 1000, 64240);
+                let bit = |mask: u8| flags & mask != 0;
+                (tcp.fin, tcp.syn, tcp.rst, tcp.psh) = (bit(0x01), bit(0x02), bit(0x04), bit(0x08));
+                (tcp.ack, tcp.urg, tcp.ece, tcp.cwr) = (bit(0x10), bit(0x20), bit(0x40), bit(0x80));
+                if tcp.ack {
+                    tcp.acknowledgment_number = 2000;
+                }
+                tcp.set_options_raw(&vec![NOP_OPTION; 4 * usize::from(*option_words)])
+                    .expect("TCP options are at most 10 words");
+                tcp.checksum = match addresses {
+                    PseudoHeader::V4(src, dst) => tcp.calc_checksum_ipv4_raw(src, dst, payload),
+                    PseudoHeader::V6(src, dst) => tcp.calc_checksum_ipv6_raw(src, dst, payload),
+                }
+                .expect("small payload");
+                frame.push_header(
+                    &tcp.to_bytes(),
+                    &[
+                        (0, FieldKind::Port),
+                        (2, FieldKind::Port),
+                        (12, FieldKind::TcpDataOffset),
+                        (13, FieldKind::TcpFlags),
+                    ],
+                );
+                frame.bytes.extend_from_slice(payload);
+            }
+            L4Spec::Udp {
+                src_port,
+                dst_port,
+                payload,
+            } => {
+                let udp = match addresses {
+                    PseudoHeader::V4(src, dst) => UdpHeader::with_ipv4_checksum(
+                        *src_port,
+                        *dst_port,
+                        &ipv4(src, dst),
+                        payload,
+                    ),
+                    PseudoHeader::V6(src, dst) => UdpHeader::with_ipv6_checksum(
+                        *src_port,
+                        *dst_port,
+                        &ipv6(src, dst),
+                        payload,
+                    ),
+                }
+                .expect("small payload");
+                frame.push_header(
+                    &udp.to_bytes(),
+                    &[(0, FieldKind::Port), (2, FieldKind::Port)],
+                );
+                frame.bytes.extend_from_slice(payload);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            L4Spec::Tcp {
+                option_words,
+                payload,
+                ..
+            } => TcpHeader::MIN_LEN + 4 * usize::from(*option_words) + payload.len(),
+            L4Spec::Udp { payload, .. } => UdpHeader::LEN + payload.len(),
+        }
+    }
+}
+
+fn ipv4(src: [u8; 4], dst: [u8; 4]) -> Ipv4Header {
+    Ipv4Header::new(0, 64, ip_number::UDP, src, dst).expect("empty payload")
+}
+
+fn ipv6(src: [u8; 16], dst: [u8; 16]) -> Ipv6Header {
+    Ipv6Header {
+        traffic_class: 0,
+        flow_label: Ipv6FlowLabel::ZERO,
+        payload_length: 0,
+        next_header: ip_number::UDP,
+        hop_limit: 64,
+        source: src,
+        destination: dst,
+    }
+}
+
+impl FrameSpec {
+    pub fn build(&self) -> Frame {
+        let mut frame = Frame::default();
+        let ip_ether_type = match self.ip {
+            IpSpec::V4 { .. } => EtherType::IPV4,
+            IpSpec::V6 { .. } => EtherType::IPV6,
+        };
+        // Each header names the type of the one after it.
+        let mut ether_types = self
+            .tags
+            .iter()
+            .map(|&tpid| EtherType(tpid))
+            .collect::<Vec<_>>();
+        ether_types.push(ip_ether_type);
+        let ethernet = Ethernet2Header {
+            source: CLIENT_MAC,
+            destination: SERVER_MAC,
+            ether_type: ether_types[0],
+        };
+        frame.push_header(&ethernet.to_bytes(), &[(12, FieldKind::EtherType)]);
+        for (index, next) in ether_types[1..].iter().enumerate() {
+            let tag = SingleVlanHeader {
+                pcp: VlanPcp::ZERO,
+                drop_eligible_indicator: false,
+                vlan_id: VlanId::try_new(100 + index as u16).expect("small VLAN id"),
+                ether_type: *next,
+            };
+            frame.push_header(&tag.to_bytes(), &[(2, FieldKind::EtherType)]);
+        }
+        match &self.ip {
+            IpSpec::V4 {
+                src,
+                dst,
+                option_words,
+                fragment_offset,
+                more_fragments,
+            } => {
+                let mut header = ipv4(*src, *dst);
+                header.protocol = self.l4.ip_number();
+                header.options =
+                    Ipv4Options::try_from(&vec![NOP_OPTION; 4 * usize::from(*option_words)][..])
+                        .expect("IPv4 options are at most 10 words");
+                header.fragment_offset =
+                    IpFragOffset::try_new(*fragment_offset).expect("fragment offsets fit 13 bits");
+                header.more_fragments = *more_fragments;
+                header
+                    .set_payload_len(self.l4.len())
+                    .expect("small payload");
+                header.header_checksum = header.calc_header_checksum();
+                frame.push_header(
+                    &header.to_bytes(),
+                    &[
+                        (0, FieldKind::Ipv4VersionIhl),
+                        (2, FieldKind::Ipv4TotalLength),
+                        (6, FieldKind::Ipv4Fragment),
+                        (9, FieldKind::NextHeader),
+                    ],
+                );
+                self.l4.push(&mut frame, PseudoHeader::V4(*src, *dst));
+            }
+            IpSpec::V6 { src, dst, exts } => {
+                let exts_bytes = exts
+                    .iter()
+                    .enumerate()
+                    .map(|(index, ext)| {
+                        let next = exts
+                            .get(index + 1)
+                            .map_or(self.l4.ip_number(), |next| next.ip_number());
+                        ext.to_bytes(next)
+                    })
+                    .collect::<Vec<_>>();
+                let mut header = ipv6(*src, *dst);
+                header.next_header = exts
+                    .first()
+                    .map_or(self.l4.ip_number(), |ext| ext.ip_number());
+                header
+                    .set_payload_length(
+                        exts_bytes.iter().map(Vec::len).sum::<usize>() + self.l4.len(),
+                    )
+                    .expect("small payload");
+                frame.push_header(
+                    &header.to_bytes(),
+                    &[
+                        (0, FieldKind::Ipv6Version),
+                        (4, FieldKind::Ipv6PayloadLength),
+                        (6, FieldKind::NextHeader),
+                    ],
+                );
+                for (ext, bytes) in exts.iter().zip(&exts_bytes) {
+                    let fields: &[(usize, FieldKind)] = match ext {
+                        Ext::Fragment { .. } => &[
+                            (0, FieldKind::NextHeader),
+                            (2, FieldKind::Ipv6FragmentOffset),
+                        ],
+                        _ => &[(0, FieldKind::NextHeader), (1, FieldKind::ExtLength)],
+                    };
+                    frame.push_header(bytes, fields);
+                }
+                self.l4.push(&mut frame, PseudoHeader::V6(*src, *dst));
+            }
+        }
+        frame
+    }
+}

@@ -1,0 +1,254 @@
+//! The real eBPF object (`tracer_user::EBPF_OBJECT`) loaded but not attached, for
+//! BPF_PROG_TEST_RUN, with its maps read back.
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, ensure, Context as _};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{
+    FlowKey, FlowValue, GlobalCounters, Hook, COUNTERS_MAP, FLOWS_MAP, TC_PROGRAM, XDP_PROGRAM,
+};
+
+use crate::unique_name;
+
+/// Where bpffs is mounted; the maps are declared pinned by name, so loading needs it.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// What a tracer must return on XDP: always pass.
+pub const XDP_PASS: u32 = 2;
+/// What a tracer must return on TC: TC_ACT_UNSPEC (-1), "no verdict, continue with the next
+/// filter". BPF_PROG_TEST_RUN reports it as an unsigned 32-bit value.
+pub const TC_ACT_UNSPEC: u32 = -1i32 as u32;
+
+/// The return value a hook's program must give for every packet.
+pub fn pass_verdict(hook: Hook) -> u32 {
+    match hook {
+        Hook::Ingress => XDP_PASS,
+        Hook::Egress => TC_ACT_UNSPEC,
+    }
+}
+
+/// Mounts bpffs at [`BPFFS`] unless it already is, as `cargo xtask test` would.
+pub fn ensure_bpffs() -> anyhow::Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let path = CString::new(BPFFS).expect("no NUL in a constant");
+    // SAFETY: statfs fills the zeroed struct it is given; both outlive the calls.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut fs) } == 0 && fs.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    let fstype = CString::new("bpf").expect("no NUL in a constant");
+    // SAFETY: all pointers are to NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "mounting bpffs at {BPFFS}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// A directory of its own under bpffs, removed with everything pinned in it on drop.
+#[derive(Debug)]
+pub struct PinDir {
+    path: PathBuf,
+}
+
+impl PinDir {
+    pub fn create() -> anyhow::Result<Self> {
+        ensure_bpffs()?;
+        let path = Path::new(BPFFS).join(unique_name("flagtrace-test"));
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.path) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("warning: removing pin dir {}: {error}", self.path.display());
+            }
+        }
+    }
+}
+
+/// Result of one BPF_PROG_TEST_RUN.
+#[derive(Debug)]
+pub struct Run {
+    pub return_value: u32,
+    /// The packet as the program left it.
+    pub data_out: Vec<u8>,
+}
+
+/// Both programs loaded (not attached) with fresh maps pinned in a private directory.
+pub struct LoadedTracer {
+    ebpf: Ebpf,
+    pins: PinDir,
+}
+
+impl LoadedTracer {
+    pub fn load(max_flows: u32) -> anyhow::Result<Self> {
+        let pins = PinDir::create()?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(FLOWS_MAP, max_flows)
+            .default_map_pin_directory(pins.path())
+            .load(tracer_user::EBPF_OBJECT)
+            .context("loading tracer_user::EBPF_OBJECT")?;
+        let xdp: &mut Xdp = program_mut(&mut ebpf, XDP_PROGRAM)?;
+        xdp.load()
+            .with_context(|| format!("loading {XDP_PROGRAM}"))?;
+        let tc: &mut SchedClassifier = program_mut(&mut ebpf, TC_PROGRAM)?;
+        tc.load().with_context(|| format!("loading {TC_PROGRAM}"))?;
+        Ok(Self { ebpf, pins })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        self.pins.path()
+    }
+
+    /// Runs the hook's program once on `frame`, which starts with the Ethernet header for both
+    /// program types. BPF_PROG_TEST_RUN rejects frames shorter than an Ethernet header (EINVAL).
+    pub fn run(&self, hook: Hook, frame: &[u8]) -> anyhow::Result<Run> {
+        // Exactly the input size: a program that grew the packet would make the run fail ENOSPC.
+        let mut data_out = vec![0u8; frame.len()];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut data_out),
+            ..TestRunOptions::default()
+        };
+        let result = match hook {
+            Hook::Ingress => program::<Xdp>(&self.ebpf, XDP_PROGRAM)?.test_run(opts),
+            Hook::Egress => program::<SchedClassifier>(&self.ebpf, TC_PROGRAM)?.test_run(opts),
+        }
+        .with_context(|| format!("BPF_PROG_TEST_RUN of the {hook:?} program"))?;
+        data_out.truncate(result.data_size_out as usize);
+        Ok(Run {
+            return_value: result.return_value,
+            data_out,
+        })
+    }
+
+    /// Every entry of the flow table.
+    pub fn flows(&self) -> anyhow::Result<HashMap<FlowKey, FlowValue>> {
+        self.flow_map()?
+            .iter()
+            .map(|entry| entry.context("reading the flow table"))
+            .collect()
+    }
+
+    /// Empties the flow table (the global counters keep counting).
+    pub fn clear_flows(&mut self) -> anyhow::Result<()> {
+        let keys: Vec<FlowKey> = self.flows()?.into_keys().collect();
+        let map = self
+            .ebpf
+            .map_mut(FLOWS_MAP)
+            .with_context(|| format!("no map {FLOWS_MAP}"))?;
+        let mut flows: BpfHashMap<&mut MapData, FlowKey, FlowValue> = map.try_into()?;
+        for key in keys {
+            flows.remove(&key).context("deleting a flow")?;
+        }
+        Ok(())
+    }
+
+    /// The hook's global counters, summed over CPUs.
+    pub fn counters(&self, hook: Hook) -> anyhow::Result<GlobalCounters> {
+        let map = self
+            .ebpf
+            .map(tracer_common::COUNTERS_MAP)
+            .with_context(|| format!("no map {COUNTERS_MAP}"))?;
+        let counters: PerCpuArray<&MapData, GlobalCounters> = map.try_into()?;
+        let per_cpu = counters
+            .get(&(hook as u32), 0)
+            .with_context(|| format!("reading {COUNTERS_MAP}[{hook:?}]"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(GlobalCounters::default(), |sum, cpu| GlobalCounters {
+                packets: sum.packets + cpu.packets,
+                tcp: sum.tcp + cpu.tcp,
+                non_tcp: sum.non_tcp + cpu.non_tcp,
+                parse_errors: sum.parse_errors + cpu.parse_errors,
+                flows_created: sum.flows_created + cpu.flows_created,
+            }))
+    }
+
+    fn flow_map(&self) -> anyhow::Result<BpfHashMap<&MapData, FlowKey, FlowValue>> {
+        let map = self
+            .ebpf
+            .map(FLOWS_MAP)
+            .with_context(|| format!("no map {FLOWS_MAP}"))?;
+        Ok(map.try_into()?)
+    }
+}
+
+/// Whether BPF_PROG_TEST_RUN runs the hook's program on `frame` at all. It refuses (EINVAL)
+/// frames shorter than an Ethernet header, and for TC (an skb) also frames whose outer
+/// EtherType is IPv4 or IPv6 but that are too short for the fixed IP header.
+pub fn test_run_accepts(hook: Hook, frame: &[u8]) -> bool {
+    const ETHERNET_LEN: usize = 14;
+    if frame.len() < ETHERNET_LEN {
+        return false;
+    }
+    let network_header_len = match (hook, u16::from_be_bytes([frame[12], frame[13]])) {
+        (Hook::Egress, 0x0800) => 20,
+        (Hook::Egress, 0x86dd) => 40,
+        _ => 0,
+    };
+    frame.len() >= ETHERNET_LEN + network_header_len
+}
+
+/// The interface index BPF_PROG_TEST_RUN gives both program types when no context is passed:
+/// the loopback device of the caller's network namespace.
+pub fn test_run_ifindex() -> anyhow::Result<u32> {
+    let name = CString::new("lo").expect("no NUL in a constant");
+    // SAFETY: a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    ensure!(index != 0, "no loopback interface in this namespace");
+    Ok(index)
+}
+
+fn program<'a, P>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a P>
+where
+    &'a P: TryFrom<&'a aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program(name)
+        .with_context(|| format!("no program {name} in the object"))?;
+    program
+        .try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name} in the object"))?;
+    program
+        .try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
+}

@@ -1,0 +1,422 @@
+//! Real traffic: `flagtrace attach` on the client end of a veth pair between two fresh network
+//! namespaces, real TCP over IPv4 and IPv6, and the counts read back with `flagtrace flows
+//! --json`. Also: the hooks go away on SIGTERM, the counts survive a restart, and expected
+//! failures exit with their documented codes.
+//!
+//! The lab is quiet (no link-local addresses, no DAD, nothing else talks TCP), so counts are
+//! exact: a connection to an open port sends one SYN and gets one SYN/ACK; one to a closed port
+//! gets its RST at once, before any SYN retransmission.
+
+use std::{
+    io::ErrorKind,
+    net::SocketAddr,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::Command,
+    time::SystemTime,
+};
+
+use flagtrace_tests::{
+    lab::{
+        echo_exchange, flagtrace, flagtrace_bin, flows_json, hooks_on, rfc3339_utc_seconds, run,
+        run_ok, spawn_echo_server, Family, Loader, VethLab,
+    },
+    tracer::PinDir,
+    unique_name,
+};
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use serde_json::{json, Value};
+
+const MESSAGE: &[u8] = b"who reset this connection?";
+const CLOSED_PORT: u16 = 9;
+/// Slack for comparing the tool's wall-clock timestamps with this process's clock.
+const CLOCK_SLACK_SECONDS: f64 = 5.0;
+
+fn unix_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// Opens `port` on the server, sends `data` from the client and checks the echo; returns the
+/// client's and the server's addresses.
+fn echo(lab: &VethLab, family: Family, port: u16, data: &[u8]) -> (SocketAddr, SocketAddr) {
+    let server = lab.server.addr(family, port);
+    let echo_server = spawn_echo_server(lab.listen(family, port));
+    let (client, echoed) = lab
+        .connect(server, |stream| echo_exchange(stream, data))
+        .and_then(|exchange| exchange)
+        .unwrap_or_else(|e| panic!("echo exchange with {server}: {e}"));
+    echo_server
+        .join()
+        .expect("echo server thread")
+        .unwrap_or_else(|e| panic!("echo server {server}: {e}"));
+    assert!(
+        echoed == data,
+        "the echo from {server} differs from what was sent"
+    );
+    (client, server)
+}
+
+/// Connects to a port nobody listens on; returns the server's address.
+fn refused(lab: &VethLab, family: Family) -> SocketAddr {
+    let server = lab.server.addr(family, CLOSED_PORT);
+    let error = lab
+        .connect(server, |_| ())
+        .expect_err("nothing listens on the closed port");
+    assert_eq!(
+        error.kind(),
+        ErrorKind::ConnectionRefused,
+        "{server}: {error}"
+    );
+    server
+}
+
+fn flag_counts(syn: u32, syn_ack: u32, fin: u32, rst: u32) -> Value {
+    json!({"syn": syn, "syn_ack": syn_ack, "fin": fin, "rst": rst})
+}
+
+/// The one flow whose server is `server`.
+fn flow_to(flows: &[Value], server: SocketAddr) -> &Value {
+    let matching: Vec<&Value> = flows
+        .iter()
+        .filter(|flow| flow["server"] == server.to_string())
+        .collect();
+    assert_eq!(matching.len(), 1, "flows to {server}: {flows:#?}");
+    matching[0]
+}
+
+/// Checks one flow line of `flows --json` completely.
+fn assert_flow(
+    flow: &Value,
+    lab: &VethLab,
+    client: &str,
+    (client_to_server, server_to_client): (Value, Value),
+    state: &str,
+    since: f64,
+) {
+    let sum = |key: &str| {
+        client_to_server[key].as_u64().expect("count")
+            + server_to_client[key].as_u64().expect("count")
+    };
+    let expected = json!({
+        "iface": lab.client.iface,
+        "netns": lab.client.netns.name(),
+        "client": client,
+        "server": flow["server"],
+        "syn": sum("syn"),
+        "syn_ack": sum("syn_ack"),
+        "fin": sum("fin"),
+        "rst": sum("rst"),
+        "client_to_server": client_to_server,
+        "server_to_client": server_to_client,
+        "state": state,
+        "first_seen": flow["first_seen"],
+        "last_seen": flow["last_seen"],
+    });
+    assert_eq!(flow, &expected, "flow line differs (left: got)");
+    let (first, last) = (seconds(flow, "first_seen"), seconds(flow, "last_seen"));
+    let now = unix_seconds();
+    assert!(
+        since - CLOCK_SLACK_SECONDS <= first && first <= last && last <= now + CLOCK_SLACK_SECONDS,
+        "timestamps outside the test's lifetime [{since}, {now}]: {flow}"
+    );
+}
+
+/// A timestamp field of a flow line, in seconds since the Unix epoch.
+fn seconds(flow: &Value, key: &str) -> f64 {
+    let stamp = flow[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} is not a string: {flow}"));
+    rfc3339_utc_seconds(stamp).unwrap_or_else(|| panic!("{key} is not RFC 3339 UTC: {flow}"))
+}
+
+/// Asserts that two `flows --json` outputs list the same flows with the same counts. Timestamps
+/// may differ in the last digits: each run converts boot time to wall-clock time anew.
+fn assert_same_flows(got: &[Value], expected: &[Value], what: &str) {
+    const TIMESTAMPS: [&str; 2] = ["first_seen", "last_seen"];
+    let by_server = |flows: &[Value]| {
+        let mut flows = flows.to_vec();
+        flows.sort_by_key(|flow| flow["server"].to_string());
+        flows
+    };
+    let (got, expected) = (by_server(got), by_server(expected));
+    let without_timestamps = |flow: &Value| {
+        let mut flow = flow.clone();
+        let fields = flow.as_object_mut().expect("a flow is an object");
+        TIMESTAMPS.iter().for_each(|key| drop(fields.remove(*key)));
+        flow
+    };
+    assert_eq!(
+        got.iter().map(without_timestamps).collect::<Vec<_>>(),
+        expected.iter().map(without_timestamps).collect::<Vec<_>>(),
+        "{what}"
+    );
+    for (got, expected) in got.iter().zip(&expected) {
+        for key in TIMESTAMPS {
+            let drift = (seconds(got, key) - seconds(expected, key)).abs();
+            assert!(
+                drift < 0.5,
+                "{what}: {key} moved by {drift}s: {got} vs {expected}"
+            );
+        }
+    }
+}
+
+/// Checks the one flow of an echo exchange: handshake and close, one FIN each way.
+fn assert_closed_flow(
+    flows: &[Value],
+    lab: &VethLab,
+    (client, server): (SocketAddr, SocketAddr),
+    since: f64,
+) {
+    let directions = (flag_counts(1, 0, 1, 0), flag_counts(0, 1, 1, 0));
+    let client = client.to_string();
+    assert_flow(
+        flow_to(flows, server),
+        lab,
+        &client,
+        directions,
+        "closed",
+        since,
+    );
+}
+
+/// Checks the one flow of a refused connection: a SYN answered by a RST.
+fn assert_refused_flow(flows: &[Value], lab: &VethLab, server: SocketAddr, since: f64) {
+    let flow = flow_to(flows, server);
+    // The client's ephemeral port is not known to a refused connect; its address is.
+    let client = flow["client"]
+        .as_str()
+        .expect("client is a string")
+        .to_owned();
+    let client_ip = lab.client.addr(family_of(server), 0).ip();
+    let port = client
+        .rsplit_once(':')
+        .and_then(|(ip, port)| {
+            (ip.trim_matches(['[', ']']) == client_ip.to_string()).then_some(port)
+        })
+        .and_then(|port| port.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("client {client} is not {client_ip}:<port>"));
+    assert_ne!(port, 0);
+    let directions = (flag_counts(1, 0, 0, 0), flag_counts(0, 0, 0, 1));
+    assert_flow(flow, lab, &client, directions, "refused", since);
+}
+
+fn family_of(addr: SocketAddr) -> Family {
+    if addr.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    }
+}
+
+/// `flagtrace stats --json` for the lab's client interface.
+fn stats(pins: &Path, lab: &VethLab) -> Value {
+    let root = pins.to_str().expect("UTF-8 pin root");
+    let output =
+        run_ok(Command::new(flagtrace_bin()).args(["--pin-root", root, "stats", "--json"]));
+    let lines: Vec<Value> = output
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "one attachment in the pin root: {output}");
+    let stats = lines.into_iter().next().expect("one line");
+    assert_eq!(stats["iface"], lab.client.iface);
+    assert_eq!(stats["netns"], lab.client.netns.name());
+    stats
+}
+
+#[test]
+fn tcp_over_ipv4_and_ipv6_is_counted_exactly() {
+    let since = unix_seconds();
+    let pins = PinDir::create().expect("pin root");
+    let lab = VethLab::create();
+    let _loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
+
+    let closed_v4 = echo(&lab, Family::V4, 8080, MESSAGE);
+    let closed_v6 = echo(&lab, Family::V6, 8443, MESSAGE);
+    let refused_v4 = refused(&lab, Family::V4);
+    let refused_v6 = refused(&lab, Family::V6);
+
+    let flows = flows_json(pins.path());
+    assert_eq!(flows.len(), 4, "exactly the four connections: {flows:#?}");
+    assert_closed_flow(&flows, &lab, closed_v4, since);
+    assert_closed_flow(&flows, &lab, closed_v6, since);
+    assert_refused_flow(&flows, &lab, refused_v4, since);
+    assert_refused_flow(&flows, &lab, refused_v6, since);
+
+    // The client's SYNs leave through TC, so egress creates every flow; real traffic has no
+    // malformed frames.
+    let stats = stats(pins.path(), &lab);
+    assert_eq!(stats["flows"], 4);
+    assert_eq!(stats["egress"]["flows_created"], 4);
+    assert_eq!(stats["ingress"]["flows_created"], 0);
+    assert_eq!(stats["total"]["parse_errors"], 0);
+    for hook in ["ingress", "egress"] {
+        assert!(stats[hook]["tcp"].as_u64().expect("count") >= 4, "{stats}");
+    }
+}
+
+#[test]
+fn ten_megabytes_arrive_intact_in_both_directions() {
+    let since = unix_seconds();
+    let pins = PinDir::create().expect("pin root");
+    let lab = VethLab::create();
+    let _loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
+    let mut data = vec![0u8; 10 << 20];
+    SmallRng::seed_from_u64(0x5eed).fill(&mut data[..]);
+    // echo() compares the 10 MB that came back with what was sent.
+    let exchange = echo(&lab, Family::V4, 5001, &data);
+    assert_closed_flow(&flows_json(pins.path()), &lab, exchange, since);
+}
+
+#[test]
+fn hooks_go_away_on_sigterm_and_counts_survive_a_restart() {
+    let since = unix_seconds();
+    let pins = PinDir::create().expect("pin root");
+    let lab = VethLab::create();
+    let (netns, iface) = (&lab.client.netns, lab.client.iface);
+
+    let loader = Loader::attach(netns, pins.path(), iface);
+    let hooks = hooks_on(netns, iface);
+    // The lookup must see the hooks while attached, or the checks below prove nothing.
+    assert!(
+        !hooks.xdp.is_empty() && !hooks.tc.is_empty(),
+        "not attached: {hooks:?}"
+    );
+    let first = refused(&lab, Family::V4);
+    let before = flows_json(pins.path());
+    assert_refused_flow(&before, &lab, first, since);
+    let status = loader.terminate();
+    assert!(
+        status.success(),
+        "flagtrace attach exited with {status} on SIGTERM"
+    );
+    let hooks = hooks_on(netns, iface);
+    assert!(
+        hooks.xdp.is_empty() && hooks.tc.is_empty(),
+        "left behind: {hooks:?}"
+    );
+    assert_same_flows(
+        &flows_json(pins.path()),
+        &before,
+        "pins must keep the counts",
+    );
+
+    let loader = Loader::attach(netns, pins.path(), iface);
+    let after_restart = flows_json(pins.path());
+    assert_same_flows(
+        &after_restart,
+        &before,
+        "a restarted attach must reuse the pinned counts",
+    );
+    // And it counts into the same table.
+    let second = refused(&lab, Family::V6);
+    let flows = flows_json(pins.path());
+    assert_eq!(flows.len(), 2, "{flows:#?}");
+    assert_refused_flow(&flows, &lab, first, since);
+    assert_refused_flow(&flows, &lab, second, since);
+    let status = loader.terminate();
+    assert!(
+        status.success(),
+        "flagtrace attach exited with {status} on SIGTERM"
+    );
+    let hooks = hooks_on(netns, iface);
+    assert!(
+        hooks.xdp.is_empty() && hooks.tc.is_empty(),
+        "left behind: {hooks:?}"
+    );
+}
+
+/// A copy of the binary that an unprivileged user may run, removed on drop.
+struct PublicCopy {
+    dir: PathBuf,
+}
+
+impl PublicCopy {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique_name("flagtrace-test-bin"));
+        std::fs::create_dir(&dir).expect("creating a temp dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::copy(flagtrace_bin(), dir.join("flagtrace")).expect("copying the binary");
+        std::fs::set_permissions(
+            dir.join("flagtrace"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
+        Self { dir }
+    }
+}
+
+impl Drop for PublicCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `flagtrace ARGS` expecting exit `code` and one line on stderr.
+fn assert_fails(output: std::process::Output, code: i32, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{what}: stderr {stderr:?}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{what}: one clear line, got {stderr:?}"
+    );
+    stderr
+}
+
+#[test]
+fn expected_failures_exit_with_documented_codes() {
+    let pins = PinDir::create().expect("pin root");
+    let lab = VethLab::create();
+    let root = pins.path().to_str().expect("UTF-8 pin root");
+    let netns = lab.client.netns.name();
+
+    let output = flagtrace(&["--netns", netns, "--pin-root", root, "attach", "nosuch0"]);
+    assert_fails(output, 4, "attach to a missing interface");
+
+    let missing_netns = unique_name("ft-missing");
+    let output = flagtrace(&[
+        "--netns",
+        &missing_netns,
+        "--pin-root",
+        root,
+        "attach",
+        "veth0",
+    ]);
+    assert_fails(output, 5, "attach in a missing namespace");
+
+    let output = flagtrace(&["--pin-root", root, "flows", "--json"]);
+    assert_fails(output, 6, "flows with an empty pin root");
+
+    let public = PublicCopy::new();
+    let nobody = 65534;
+    let output = run(Command::new(public.dir.join("flagtrace"))
+        .args([
+            "--netns",
+            netns,
+            "--pin-root",
+            root,
+            "attach",
+            lab.client.iface,
+        ])
+        .uid(nobody)
+        .gid(nobody));
+    let stderr = assert_fails(output, 3, "attach without privileges");
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_NET_ADMIN"),
+        "should name the capabilities: {stderr}"
+    );
+    let hooks = hooks_on(&lab.client.netns, lab.client.iface);
+    assert!(
+        hooks.xdp.is_empty() && hooks.tc.is_empty(),
+        "left behind: {hooks:?}"
+    );
+}

@@ -1,13 +1,17 @@
 //! Frames built header by header with etherparse's header types, for the shapes
 //! `PacketBuilder` cannot make (any TPIDs and number of tags, IPv6 extension headers repeated or
 //! in any order), and with the position of every field the tracer reads, so the differential
-//! test can mutate exactly those.
+//! test can mutate exactly those. Every field the tracer keeps as evidence (MACs, TTL, IP ID,
+//! sequence and acknowledgement numbers) is the spec's to choose.
 
 use etherparse::{
     ip_number, EtherType, Ethernet2Header, IpFragOffset, IpNumber, Ipv4Header, Ipv4Options,
     Ipv6FlowLabel, Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader, SingleVlanHeader, TcpHeader,
     UdpHeader, VlanId, VlanPcp,
 };
+use tracer_common::{FAMILY_IPV4, FAMILY_IPV6};
+
+use crate::oracle::{ipv4_words, ipv6_words, Segment, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -21,13 +25,13 @@ pub enum FieldKind {
     EtherType,
     /// 1 byte: IPv4 version and IHL nibbles.
     Ipv4VersionIhl,
-    /// 2 bytes: IPv4 total length (ignored by the tracer).
+    /// 2 bytes: IPv4 total length (only the payload length depends on it).
     Ipv4TotalLength,
     /// 2 bytes: IPv4 flags and fragment offset.
     Ipv4Fragment,
     /// 1 byte: IPv6 version nibble and the top of the traffic class.
     Ipv6Version,
-    /// 2 bytes: IPv6 payload length (ignored by the tracer).
+    /// 2 bytes: IPv6 payload length (only the TCP payload length depends on it).
     Ipv6PayloadLength,
     /// 1 byte: IPv4 protocol, IPv6 next header, or an extension header's next header.
     NextHeader,
@@ -93,9 +97,13 @@ impl Frame {
 
 #[derive(Clone, Debug)]
 pub struct FrameSpec {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
     /// TPID of each VLAN tag, outermost first.
     pub tags: Vec<u16>,
     pub ip: IpSpec,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
     pub l4: L4Spec,
 }
 
@@ -104,6 +112,8 @@ pub enum IpSpec {
     V4 {
         src: [u8; 4],
         dst: [u8; 4],
+        /// Identification.
+        id: u16,
         /// Option length in 32-bit words (0..=10).
         option_words: u8,
         /// In 8-octet units; non-zero makes a non-first fragment.
@@ -168,6 +178,9 @@ pub enum L4Spec {
         dst_port: u16,
         /// Byte 13 of the header (CWR ECE URG ACK PSH RST SYN FIN).
         flags: u8,
+        seq: u32,
+        /// Written whether or not `flags` has ACK.
+        ack: u32,
         /// Option length in 32-bit words (0..=10).
         option_words: u8,
         payload: Vec<u8>,
@@ -200,16 +213,16 @@ impl L4Spec {
                 src_port,
                 dst_port,
                 flags,
+                seq,
+                ack,
                 option_words,
                 payload,
             } => {
-                let mut tcp = TcpHeader::new(*src_port, *dst_port, 1000, 64240);
+                let mut tcp = TcpHeader::new(*src_port, *dst_port, *seq, 64240);
                 let bit = |mask: u8| flags & mask != 0;
                 (tcp.fin, tcp.syn, tcp.rst, tcp.psh) = (bit(0x01), bit(0x02), bit(0x04), bit(0x08));
                 (tcp.ack, tcp.urg, tcp.ece, tcp.cwr) = (bit(0x10), bit(0x20), bit(0x40), bit(0x80));
-                if tcp.ack {
-                    tcp.acknowledgment_number = 2000;
-                }
+                tcp.acknowledgment_number = *ack;
                 tcp.set_options_raw(&vec![NOP_OPTION; 4 * usize::from(*option_words)])
                     .expect("TCP options are at most 10 words");
                 tcp.checksum = match addresses {
@@ -286,6 +299,57 @@ fn ipv6(src: [u8; 16], dst: [u8; 16]) -> Ipv6Header {
 }
 
 impl FrameSpec {
+    /// The segment this frame carries when the tracer can plainly read it (TCP, no non-first
+    /// fragment, no more tags or extension headers than it follows): the builder's ground truth,
+    /// which the oracle must reproduce from the bytes.
+    pub fn segment(&self) -> Option<Segment> {
+        let L4Spec::Tcp {
+            src_port,
+            dst_port,
+            flags,
+            seq,
+            ack,
+            ref payload,
+            ..
+        } = self.l4
+        else {
+            return None;
+        };
+        let (family, src, dst, ip_id) = match &self.ip {
+            IpSpec::V4 {
+                src,
+                dst,
+                id,
+                fragment_offset: 0,
+                ..
+            } => (FAMILY_IPV4, ipv4_words(*src), ipv4_words(*dst), *id),
+            IpSpec::V6 { src, dst, exts }
+                if exts.len() <= MAX_IPV6_EXT_HEADERS
+                    && exts.iter().all(
+                        |ext| !matches!(ext, Ext::Fragment { offset, .. } if *offset != 0),
+                    ) =>
+            {
+                (FAMILY_IPV6, ipv6_words(*src), ipv6_words(*dst), 0)
+            }
+            _ => return None,
+        };
+        (self.tags.len() <= MAX_VLAN_TAGS).then_some(Segment {
+            eth_src: self.src_mac,
+            eth_dst: self.dst_mac,
+            family,
+            src,
+            dst,
+            ttl: self.ttl,
+            ip_id,
+            src_port,
+            dst_port,
+            flags,
+            seq,
+            ack,
+            payload_len: payload.len().try_into().expect("small payload"),
+        })
+    }
+
     pub fn build(&self) -> Frame {
         let mut frame = Frame::default();
         let ip_ether_type = match self.ip {
@@ -300,8 +364,8 @@ impl FrameSpec {
             .collect::<Vec<_>>();
         ether_types.push(ip_ether_type);
         let ethernet = Ethernet2Header {
-            source: CLIENT_MAC,
-            destination: SERVER_MAC,
+            source: self.src_mac,
+            destination: self.dst_mac,
             ether_type: ether_types[0],
         };
         frame.push_header(&ethernet.to_bytes(), &[(12, FieldKind::EtherType)]);
@@ -318,12 +382,15 @@ impl FrameSpec {
             IpSpec::V4 {
                 src,
                 dst,
+                id,
                 option_words,
                 fragment_offset,
                 more_fragments,
             } => {
                 let mut header = ipv4(*src, *dst);
                 header.protocol = self.l4.ip_number();
+                header.identification = *id;
+                header.time_to_live = self.ttl;
                 header.options =
                     Ipv4Options::try_from(&vec![NOP_OPTION; 4 * usize::from(*option_words)][..])
                         .expect("IPv4 options are at most 10 words");
@@ -357,6 +424,7 @@ impl FrameSpec {
                     })
                     .collect::<Vec<_>>();
                 let mut header = ipv6(*src, *dst);
+                header.hop_limit = self.ttl;
                 header.next_header = exts
                     .first()
                     .map_or(self.l4.ip_number(), |ext| ext.ip_number());

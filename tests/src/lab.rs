@@ -1,5 +1,12 @@
-//! Real traffic: two fresh network namespaces joined by a veth pair, TCP endpoints inside them,
-//! and the `flagtrace` binary ($FLAGTRACE_BIN) run against the client side.
+//! Real traffic in fresh network namespaces, and the `flagtrace` binary ($FLAGTRACE_BIN) run
+//! against the client side. Three topologies, each removed on drop:
+//! - [`VethLab`]: client and server joined by a veth pair;
+//! - [`RoutedLab`]: client, gateway (a router with a chosen MAC and nftables) and server;
+//! - [`SegmentLab`]: client, server and a third box on one flat segment (a hub), where an
+//!   injector sees everything.
+//!
+//! Background processes (`flagtrace attach`, the lab tool `ft-lab`) are [`Daemon`]s, started once
+//! they print their ready line and stopped on drop.
 
 use std::{
     fs::File,
@@ -121,6 +128,26 @@ impl Netns {
         run_ok(Command::new("ip").args(["-n", &self.name]).args(args))
     }
 
+    /// `ip netns exec NAME PROGRAM`: a command to run inside this namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+
+    /// Sets a sysctl of this namespace's network stack, e.g. `net/ipv4/ip_forward`.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = Path::new("/proc/sys").join(key);
+        // /proc/sys/net shows the namespace of the thread that opens it.
+        self.enter(|| std::fs::write(&path, value))
+            .unwrap_or_else(|e| panic!("{} = {value} in {}: {e}", path.display(), self.name));
+    }
+
+    /// Runs nftables COMMANDS (`;`-separated) in this namespace.
+    pub fn nft(&self, commands: &str) {
+        run_ok(self.command("nft").arg(commands));
+    }
+
     /// Runs `f` on a thread that entered this namespace, so sockets it creates live here (they
     /// stay in this namespace when handed to other threads).
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
@@ -169,36 +196,103 @@ impl Endpoint {
     }
 
     fn configure(&self) {
-        let [a, b, c, d] = self.ipv4;
-        let ipv6 = std::net::Ipv6Addr::from(self.ipv6);
-        self.netns.ip(&["link", "set", "lo", "up"]);
-        // No link-local address: no DAD, no router solicitations, a quiet link.
-        self.netns
-            .ip(&["link", "set", self.iface, "addrgenmode", "none"]);
-        self.netns.ip(&[
-            "addr",
-            "add",
-            &format!("{a}.{b}.{c}.{d}/24"),
-            "dev",
-            self.iface,
-        ]);
-        self.netns.ip(&[
-            "addr",
-            "add",
-            &format!("{ipv6}/64"),
-            "dev",
-            self.iface,
-            "nodad",
-        ]);
-        self.netns.ip(&["link", "set", self.iface, "up"]);
+        configure_interface(&self.netns, self.iface, self.ipv4, self.ipv6);
     }
 
-    fn is_up(&self) -> bool {
-        let links: Value =
-            serde_json::from_str(&self.netns.ip(&["-j", "link", "show", "dev", self.iface]))
-                .expect("ip -j prints JSON");
-        links[0]["operstate"] == "UP"
+    /// Routes everything not on the local subnet through `gateway`, both families.
+    fn route_via(&self, gateway: &Port) {
+        let [a, b, c, d] = gateway.ipv4;
+        let ipv6 = std::net::Ipv6Addr::from(gateway.ipv6).to_string();
+        self.netns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{a}.{b}.{c}.{d}"),
+        ]);
+        self.netns
+            .ip(&["-6", "route", "add", "default", "via", &ipv6]);
     }
+
+    /// The MAC address of this endpoint's interface, as `ip link` prints it.
+    pub fn mac(&self) -> String {
+        mac_of(&self.netns, self.iface)
+    }
+
+    /// A listener on this endpoint.
+    pub fn listen(&self, family: Family, port: u16) -> TcpListener {
+        let addr = self.addr(family, port);
+        self.netns
+            .enter(|| TcpListener::bind(addr))
+            .unwrap_or_else(|e| panic!("binding {addr} in {}: {e}", self.netns.name()))
+    }
+
+    /// Connects from this endpoint and runs `talk` on the connection.
+    pub fn connect<T: Send>(
+        &self,
+        server: SocketAddr,
+        talk: impl FnOnce(TcpStream) -> T + Send,
+    ) -> std::io::Result<T> {
+        self.netns.enter(|| {
+            let stream = TcpStream::connect_timeout(&server, TIMEOUT)?;
+            stream.set_read_timeout(Some(TIMEOUT))?;
+            stream.set_write_timeout(Some(TIMEOUT))?;
+            Ok(talk(stream))
+        })
+    }
+}
+
+/// Addresses on `iface` in `netns` (IPv4 /24, IPv6 /64), which comes up with its loopback.
+fn configure_interface(netns: &Netns, iface: &str, ipv4: [u8; 4], ipv6: [u16; 8]) {
+    let [a, b, c, d] = ipv4;
+    let ipv6 = std::net::Ipv6Addr::from(ipv6);
+    netns.ip(&["link", "set", "lo", "up"]);
+    // No link-local address: no DAD, no router solicitations, a quiet link.
+    netns.ip(&["link", "set", iface, "addrgenmode", "none"]);
+    netns.ip(&["addr", "add", &format!("{a}.{b}.{c}.{d}/24"), "dev", iface]);
+    netns.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", iface, "nodad"]);
+    netns.ip(&["link", "set", iface, "up"]);
+}
+
+/// A veth pair from `a` to `b`, created inside the namespaces: no interface ever appears in the
+/// host's namespace.
+fn veth_pair((a, a_iface): (&Netns, &str), (b, b_iface): (&Netns, &str)) {
+    a.ip(&[
+        "link",
+        "add",
+        a_iface,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_iface,
+        "netns",
+        b.name(),
+    ]);
+}
+
+/// Waits until every listed interface is up (both ends of each veth are).
+fn wait_until_up(links: &[(&Netns, &str)]) {
+    let is_up = |(netns, iface): &(&Netns, &str)| {
+        let links: Value = serde_json::from_str(&netns.ip(&["-j", "link", "show", "dev", iface]))
+            .expect("ip -j prints JSON");
+        links[0]["operstate"] == "UP"
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    while !links.iter().all(is_up) {
+        assert!(Instant::now() < deadline, "links not up after {TIMEOUT:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The MAC address of `iface` in `netns`, as `ip link` prints it (lower case).
+pub fn mac_of(netns: &Netns, iface: &str) -> String {
+    let links: Value = serde_json::from_str(&netns.ip(&["-j", "link", "show", "dev", iface]))
+        .expect("ip -j prints JSON");
+    links[0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address for {iface} in {}: {links}", netns.name()))
+        .to_owned()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,39 +324,16 @@ impl VethLab {
             ipv4: [10, 200, 0, 2],
             ipv6: [0xfd00, 0, 0, 0, 0, 0, 0, 2],
         };
-        // Created inside the namespaces: no interface ever appears in the host's namespace.
-        client.netns.ip(&[
-            "link",
-            "add",
-            client.iface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            server.iface,
-            "netns",
-            server.netns.name(),
-        ]);
+        veth_pair((&client.netns, client.iface), (&server.netns, server.iface));
         client.configure();
         server.configure();
-        let deadline = Instant::now() + TIMEOUT;
-        while !(client.is_up() && server.is_up()) {
-            assert!(
-                Instant::now() < deadline,
-                "veth pair not up after {TIMEOUT:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_up(&[(&client.netns, client.iface), (&server.netns, server.iface)]);
         Self { client, server }
     }
 
     /// A listener on the server side.
     pub fn listen(&self, family: Family, port: u16) -> TcpListener {
-        let addr = self.server.addr(family, port);
-        self.server
-            .netns
-            .enter(|| TcpListener::bind(addr))
-            .unwrap_or_else(|e| panic!("binding {addr} in {}: {e}", self.server.netns.name()))
+        self.server.listen(family, port)
     }
 
     /// Connects from the client side and runs `talk` on the connection.
@@ -271,25 +342,30 @@ impl VethLab {
         server: SocketAddr,
         talk: impl FnOnce(TcpStream) -> T + Send,
     ) -> std::io::Result<T> {
-        self.client.netns.enter(|| {
-            let stream = TcpStream::connect_timeout(&server, TIMEOUT)?;
-            stream.set_read_timeout(Some(TIMEOUT))?;
-            stream.set_write_timeout(Some(TIMEOUT))?;
-            Ok(talk(stream))
-        })
+        self.client.connect(server, talk)
     }
 }
 
 /// Accepts one connection and sends back everything it receives once the client has finished
 /// sending, then closes: the server reads all data before closing, so it sends FIN, never RST.
 pub fn spawn_echo_server(listener: TcpListener) -> thread::JoinHandle<std::io::Result<()>> {
+    spawn_echo_server_for(listener, 1)
+}
+
+/// [`spawn_echo_server`] for `connections` connections, one after the other.
+pub fn spawn_echo_server_for(
+    listener: TcpListener,
+    connections: usize,
+) -> thread::JoinHandle<std::io::Result<()>> {
     thread::spawn(move || {
-        let (mut stream, _) = listener.accept()?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        stream.set_write_timeout(Some(TIMEOUT))?;
-        let mut received = Vec::new();
-        stream.read_to_end(&mut received)?;
-        stream.write_all(&received)?;
+        for _ in 0..connections {
+            let (mut stream, _) = listener.accept()?;
+            stream.set_read_timeout(Some(TIMEOUT))?;
+            stream.set_write_timeout(Some(TIMEOUT))?;
+            let mut received = Vec::new();
+            stream.read_to_end(&mut received)?;
+            stream.write_all(&received)?;
+        }
         Ok(())
     })
 }
@@ -305,34 +381,68 @@ pub fn echo_exchange(mut stream: TcpStream, data: &[u8]) -> std::io::Result<(Soc
     Ok((local, echoed))
 }
 
-/// A running `flagtrace attach`, killed on drop if the test did not stop it.
-pub struct Loader {
-    child: Child,
-    log: Arc<Mutex<String>>,
+/// Opens `port` on `server`, sends `data` from `client` and checks the echo: a connection that
+/// opens and closes normally. Returns the client's and the server's addresses.
+pub fn echo_between(
+    client: &Endpoint,
+    server: &Endpoint,
+    family: Family,
+    port: u16,
+    data: &[u8],
+) -> (SocketAddr, SocketAddr) {
+    let server_addr = server.addr(family, port);
+    let echo_server = spawn_echo_server(server.listen(family, port));
+    let (client_addr, echoed) = client
+        .connect(server_addr, |stream| echo_exchange(stream, data))
+        .and_then(|exchange| exchange)
+        .unwrap_or_else(|e| panic!("echo exchange with {server_addr}: {e}"));
+    echo_server
+        .join()
+        .expect("echo server thread")
+        .unwrap_or_else(|e| panic!("echo server {server_addr}: {e}"));
+    assert!(
+        echoed == data,
+        "the echo from {server_addr} differs from what was sent"
+    );
+    (client_addr, server_addr)
 }
 
-/// What `attach` prints once both hooks are in place.
-pub const READY_PREFIX: &str = "flagtrace: attached";
+/// Connects from `client` to `server`, which must refuse; returns how long the refusal took.
+pub fn expect_refusal(client: &Endpoint, server: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let error = client
+        .connect(server, |_| ())
+        .expect_err("the connection must be refused");
+    assert_eq!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{server}: {error}"
+    );
+    started.elapsed()
+}
 
-impl Loader {
-    /// Starts `flagtrace --netns NS --pin-root ROOT attach IFACE` and waits for its ready line.
-    pub fn attach(netns: &Netns, pin_root: &Path, iface: &str) -> Self {
-        let pin_root = pin_root.to_str().expect("UTF-8 pin root");
-        let mut child = Command::new(flagtrace_bin())
-            .args([
-                "--netns",
-                netns.name(),
-                "--pin-root",
-                pin_root,
-                "attach",
-                iface,
-            ])
+/// What a [`Daemon`] printed so far, by stream.
+type Log = Arc<Mutex<String>>;
+
+/// A background process that prints a line starting with a known prefix once it is in place
+/// (hooks attached, socket bound); stopped on drop if still running.
+pub struct Daemon {
+    child: Child,
+    description: String,
+    log: Log,
+}
+
+impl Daemon {
+    /// Starts `command` and waits for its ready line.
+    pub fn start(command: &mut Command, ready_prefix: &str) -> Self {
+        let description = format!("{command:?}");
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("starting flagtrace attach");
-        let log = Arc::new(Mutex::new(String::new()));
+            .unwrap_or_else(|e| panic!("starting {description}: {e}"));
+        let log = Log::default();
         let (lines, ready) = mpsc::channel();
         let forward = |stream: Box<dyn Read + Send>, name: &'static str| {
             let (lines, log) = (lines.clone(), log.clone());
@@ -348,50 +458,329 @@ impl Loader {
         forward(Box::new(child.stdout.take().expect("piped")), "stdout");
         forward(Box::new(child.stderr.take().expect("piped")), "stderr");
         drop(lines);
-        let mut loader = Self { child, log };
+        let mut daemon = Self {
+            child,
+            description,
+            log,
+        };
         let deadline = Instant::now() + TIMEOUT;
         loop {
             match ready.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.starts_with(READY_PREFIX) => return loader,
+                Ok(line) if line.starts_with(ready_prefix) => return daemon,
                 Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no ready line after {TIMEOUT:?}:\n{}", loader.log())
-                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: no ready line after {TIMEOUT:?}:\n{}",
+                    daemon.description,
+                    daemon.log()
+                ),
                 Err(RecvTimeoutError::Disconnected) => {
-                    let status = loader.child.wait();
+                    let status = daemon.child.wait();
                     panic!(
-                        "flagtrace attach exited ({status:?}) before its ready line:\n{}",
-                        loader.log()
+                        "{} exited ({status:?}) before its ready line:\n{}",
+                        daemon.description,
+                        daemon.log()
                     )
                 }
             }
         }
     }
 
-    /// Everything the loader printed so far.
+    /// Everything the process printed so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()
     }
 
-    /// Sends SIGTERM and waits for the loader to exit.
-    pub fn terminate(mut self) -> ExitStatus {
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(self) -> ExitStatus {
         // SAFETY: plain kill(2) on our own child's pid, which has not been reaped yet.
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+        self.wait()
+    }
+
+    /// Waits for the process to exit by itself (a bounded tool that finished its work).
+    pub fn wait(mut self) -> ExitStatus {
         wait_until(&mut self.child, TIMEOUT).unwrap_or_else(|| {
             panic!(
-                "flagtrace attach still running {TIMEOUT:?} after SIGTERM:\n{}",
+                "{} still running after {TIMEOUT:?}:\n{}",
+                self.description,
                 self.log()
             )
         })
     }
 }
 
-impl Drop for Loader {
+impl Drop for Daemon {
+    /// SIGTERM first (flagtrace detaches its hooks on it), SIGKILL if that is not enough. Never
+    /// panics: it also runs while a failed test unwinds.
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        const GRACE: Duration = Duration::from_secs(5);
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        // SAFETY: plain kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + GRACE;
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A running `flagtrace attach`, stopped on drop if the test did not stop it.
+pub struct Loader(Daemon);
+
+/// What `attach` prints once both hooks are in place.
+pub const READY_PREFIX: &str = "flagtrace: attached";
+
+impl Loader {
+    /// Starts `flagtrace --netns NS --pin-root ROOT attach IFACE` and waits for its ready line.
+    pub fn attach(netns: &Netns, pin_root: &Path, iface: &str) -> Self {
+        let pin_root = pin_root.to_str().expect("UTF-8 pin root");
+        Self(Daemon::start(
+            Command::new(flagtrace_bin()).args([
+                "--netns",
+                netns.name(),
+                "--pin-root",
+                pin_root,
+                "attach",
+                iface,
+            ]),
+            READY_PREFIX,
+        ))
+    }
+
+    /// Everything the loader printed so far.
+    pub fn log(&self) -> String {
+        self.0.log()
+    }
+
+    /// Sends SIGTERM and waits for the loader to exit.
+    pub fn terminate(self) -> ExitStatus {
+        self.0.terminate()
+    }
+}
+
+/// What `ft-lab` prints once its socket is bound.
+pub const FT_LAB_READY: &str = "ft-lab: ready";
+
+/// Starts the lab tool `ft-lab ARGS` inside `netns` and waits until it listens.
+pub fn start_ft_lab(netns: &Netns, ft_lab: &Path, args: &[&str]) -> Daemon {
+    Daemon::start(netns.command(ft_lab).args(args), FT_LAB_READY)
+}
+
+/// One addressed interface of the gateway.
+#[derive(Debug)]
+pub struct Port {
+    pub iface: &'static str,
+    pub ipv4: [u8; 4],
+    pub ipv6: [u16; 8],
+}
+
+impl Port {
+    pub fn ip(&self, family: Family) -> std::net::IpAddr {
+        match family {
+            Family::V4 => self.ipv4.into(),
+            Family::V6 => std::net::Ipv6Addr::from(self.ipv6).into(),
+        }
+    }
+}
+
+/// A router between the client's and the server's subnets.
+#[derive(Debug)]
+pub struct Gateway {
+    pub netns: Netns,
+    pub client_side: Port,
+    pub server_side: Port,
+}
+
+/// Name of the nftables table the lab's gateway rules live in.
+const NFT_TABLE: &str = "inet flagtrace_lab";
+
+impl Gateway {
+    /// Adds an nftables rule to the gateway's forward hook, e.g. `tcp dport 443 drop`.
+    pub fn forward_rule(&self, rule: &str) {
+        self.netns.nft(&format!(
+            "add table {NFT_TABLE}; \
+             add chain {NFT_TABLE} forward \
+             {{ type filter hook forward priority 0; policy accept; }}; \
+             add rule {NFT_TABLE} forward {rule}"
+        ));
+    }
+}
+
+/// What a [`RoutedLab`] looks like.
+#[derive(Clone, Copy, Debug)]
+pub struct RoutedLabSpec<'a> {
+    /// Prefix of the namespaces' names: `<prefix>-<pid>-<n>-cli` / `-gw` / `-srv`.
+    pub name_prefix: &'a str,
+    /// MAC address of the gateway's client-facing interface.
+    pub gateway_mac: &'a str,
+    /// The server's initial TTL and IPv6 hop limit (Linux: 64, Windows: 128).
+    pub server_initial_ttl: u8,
+}
+
+/// Client (10.0.1.1, fd00:1::1) -- gateway (10.0.1.254 | 10.0.2.254) -- server (10.0.2.1,
+/// fd00:2::1), each in its own namespace, joined by veth pairs; the client's and the server's
+/// default routes point at the gateway. All removed on drop, even when the test panics.
+#[derive(Debug)]
+pub struct RoutedLab {
+    pub client: Endpoint,
+    pub gateway: Gateway,
+    pub server: Endpoint,
+}
+
+impl RoutedLab {
+    pub fn create(spec: RoutedLabSpec) -> Self {
+        let base = unique_name(spec.name_prefix);
+        let client = Endpoint {
+            netns: Netns::create(format!("{base}-cli")),
+            iface: "eth0",
+            ipv4: [10, 0, 1, 1],
+            ipv6: [0xfd00, 1, 0, 0, 0, 0, 0, 1],
+        };
+        let gateway = Gateway {
+            netns: Netns::create(format!("{base}-gw")),
+            client_side: Port {
+                iface: "eth0",
+                ipv4: [10, 0, 1, 254],
+                ipv6: [0xfd00, 1, 0, 0, 0, 0, 0, 0xfe],
+            },
+            server_side: Port {
+                iface: "eth1",
+                ipv4: [10, 0, 2, 254],
+                ipv6: [0xfd00, 2, 0, 0, 0, 0, 0, 0xfe],
+            },
+        };
+        let server = Endpoint {
+            netns: Netns::create(format!("{base}-srv")),
+            iface: "eth0",
+            ipv4: [10, 0, 2, 1],
+            ipv6: [0xfd00, 2, 0, 0, 0, 0, 0, 1],
+        };
+        let ttl = spec.server_initial_ttl.to_string();
+        server.netns.sysctl("net/ipv4/ip_default_ttl", &ttl);
+        // An interface takes the `default` IPv6 settings when it arrives: set them first.
+        server.netns.sysctl("net/ipv6/conf/default/hop_limit", &ttl);
+        gateway.netns.sysctl("net/ipv4/ip_forward", "1");
+        gateway.netns.sysctl("net/ipv6/conf/all/forwarding", "1");
+
+        veth_pair(
+            (&client.netns, client.iface),
+            (&gateway.netns, gateway.client_side.iface),
+        );
+        veth_pair(
+            (&server.netns, server.iface),
+            (&gateway.netns, gateway.server_side.iface),
+        );
+        gateway.netns.ip(&[
+            "link",
+            "set",
+            gateway.client_side.iface,
+            "address",
+            spec.gateway_mac,
+        ]);
+        for port in [&gateway.client_side, &gateway.server_side] {
+            configure_interface(&gateway.netns, port.iface, port.ipv4, port.ipv6);
+        }
+        client.configure();
+        server.configure();
+        client.route_via(&gateway.client_side);
+        server.route_via(&gateway.server_side);
+        // A router solicits a neighbour for a packet it forwards from its link-local address,
+        // which the quiet links lack: it knows its neighbours statically instead.
+        for (endpoint, port) in [
+            (&client, &gateway.client_side),
+            (&server, &gateway.server_side),
+        ] {
+            let ipv6 = std::net::Ipv6Addr::from(endpoint.ipv6).to_string();
+            let mac = endpoint.mac();
+            gateway.netns.ip(&[
+                "-6",
+                "neigh",
+                "add",
+                &ipv6,
+                "lladdr",
+                &mac,
+                "dev",
+                port.iface,
+                "nud",
+                "permanent",
+            ]);
+        }
+        wait_until_up(&[
+            (&client.netns, client.iface),
+            (&gateway.netns, gateway.client_side.iface),
+            (&gateway.netns, gateway.server_side.iface),
+            (&server.netns, server.iface),
+        ]);
+        Self {
+            client,
+            gateway,
+            server,
+        }
+    }
+}
+
+/// Client (10.0.3.1), server (10.0.3.2) and a third box (10.0.3.66) on one flat segment: a
+/// bridge that learns no addresses, so, like a hub, it floods every frame to every port and the
+/// third box sees the client's and the server's traffic. All removed on drop.
+#[derive(Debug)]
+pub struct SegmentLab {
+    pub client: Endpoint,
+    pub server: Endpoint,
+    pub third: Endpoint,
+    /// Holds the bridge; kept for its drop.
+    _hub: Netns,
+}
+
+impl SegmentLab {
+    pub fn create() -> Self {
+        let base = unique_name("ft");
+        let host = |name: &str, last: u8| Endpoint {
+            netns: Netns::create(format!("{base}-{name}")),
+            iface: "eth0",
+            ipv4: [10, 0, 3, last],
+            ipv6: [0xfd00, 3, 0, 0, 0, 0, 0, last.into()],
+        };
+        let (client, server, third) = (host("cli", 1), host("srv", 2), host("third", 66));
+        let hub = Netns::create(format!("{base}-hub"));
+        hub.ip(&["link", "add", "hub0", "type", "bridge"]);
+        let mut links = Vec::new();
+        for (port, endpoint) in [
+            ("to-cli", &client),
+            ("to-srv", &server),
+            ("to-third", &third),
+        ] {
+            veth_pair((&hub, port), (&endpoint.netns, endpoint.iface));
+            hub.ip(&["link", "set", port, "master", "hub0"]);
+            hub.ip(&[
+                "link",
+                "set",
+                port,
+                "type",
+                "bridge_slave",
+                "learning",
+                "off",
+            ]);
+            hub.ip(&["link", "set", port, "up"]);
+            endpoint.configure();
+            links.push((&hub, port));
+            links.push((&endpoint.netns, endpoint.iface));
+        }
+        hub.ip(&["link", "set", "hub0", "up"]);
+        wait_until_up(&links);
+        drop(links);
+        Self {
+            client,
+            server,
+            third,
+            _hub: hub,
         }
     }
 }
@@ -446,11 +835,22 @@ pub fn hooks_on(netns: &Netns, iface: &str) -> Hooks {
 
 /// `flagtrace --pin-root ROOT flows --json`, one JSON object per flow.
 pub fn flows_json(pin_root: &Path) -> Vec<Value> {
+    json_lines(pin_root, &["flows", "--json"])
+}
+
+/// `flagtrace --pin-root ROOT resets --json`: the flows that carried a RST.
+pub fn resets_json(pin_root: &Path) -> Vec<Value> {
+    json_lines(pin_root, &["resets", "--json"])
+}
+
+/// `flagtrace --pin-root ROOT ARGS`, which must succeed and print one JSON object a line.
+fn json_lines(pin_root: &Path, args: &[&str]) -> Vec<Value> {
     let root = pin_root.to_str().expect("UTF-8 pin root");
-    let output = flagtrace(&["--pin-root", root, "flows", "--json"]);
+    let output = flagtrace(&[&["--pin-root", root], args].concat());
     assert!(
         output.status.success(),
-        "flagtrace flows --json failed ({}): {}",
+        "flagtrace {} failed ({}): {}",
+        args.join(" "),
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );

@@ -4,15 +4,22 @@
 //! - [`oracle`]: what a packet should do to the maps, computed with etherparse;
 //! - [`model`]: the expected map contents, built from oracle verdicts and compared with the kernel;
 //! - [`frame`]: a layer-by-layer frame builder for shapes etherparse's `PacketBuilder` cannot make;
-//! - [`lab`]: network namespaces joined by a veth pair, and the `flagtrace` binary run in them.
+//! - [`lab`]: network namespaces (a veth pair, a routed path through a gateway, a flat segment
+//!   with a third box), background processes, and the `flagtrace` binary run in them;
+//! - [`forge`]: the forged resets of the lab tool `ft-lab` (src/bin/ft-lab.rs), on raw sockets;
+//! - [`seed_story`]: the lab that `ft-lab demo` (`cargo xtask demo`) and the reset tests share;
+//! - [`bench`]: `cargo xtask bench`, the per-packet cost against reference programs.
 //!
 //! Everything that creates a kernel object (namespace, pin directory, loader process) is a RAII
 //! guard that removes it in `Drop`, so a failing test leaves nothing behind.
 
+pub mod bench;
+pub mod forge;
 pub mod frame;
 pub mod lab;
 pub mod model;
 pub mod oracle;
+pub mod seed_story;
 pub mod tracer;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

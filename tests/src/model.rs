@@ -1,14 +1,22 @@
 //! The map contents the kernel must have after a sequence of packets, built from oracle
-//! verdicts, and its comparison with what the kernel actually has.
+//! verdicts, and its comparison with what the kernel actually has: the flow table (counts, first
+//! SYN sender, per-sender baselines, handshake times), the reset evidence table, the reset gate
+//! and the global counters.
 
 use std::collections::HashMap;
 
 use tracer_common::{
-    FlagCounts, FlowKey, FlowValue, GlobalCounters, Hook, FIRST_SYN_HI, FIRST_SYN_LO,
-    FIRST_SYN_NONE, HOOK_COUNT, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    gate_slot, FlowKey, FlowValue, GlobalCounters, Hook, ResetEvidence, RstEvidence,
+    BACK_TO_BACK_NS, FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, HOOK_COUNT, RESET_GATE_BUDGET,
+    RESET_GATE_SLOTS, SEEN_EGRESS, SEEN_INGRESS, SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST,
+    TCP_SYN,
 };
 
-use crate::{boottime_ns, oracle::Verdict, tracer::LoadedTracer};
+use crate::{
+    boottime_ns,
+    oracle::{Segment, Verdict},
+    tracer::LoadedTracer,
+};
 
 /// A CLOCK_BOOTTIME interval around one program run: a timestamp the run took lies inside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,27 +39,115 @@ impl Window {
         )
     }
 
-    fn contains(&self, ns: u64) -> bool {
+    pub fn contains(&self, ns: u64) -> bool {
         (self.start..=self.end).contains(&ns)
     }
+}
+
+/// A timestamp that is 0 when its event never happened, and inside the event's window otherwise.
+fn stamped(window: Option<Window>, ns: u64) -> bool {
+    window.map_or(ns == 0, |window| window.contains(ns))
 }
 
 /// What one flow-table entry must hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExpectedFlow {
-    pub sent_by: [FlagCounts; 2],
-    pub first_syn_from: u8,
+    /// Every field but the four timestamps, which are 0 here; the windows below bound them.
+    pub value: FlowValue,
     /// The run that created the entry: `first_seen_ns` is inside it.
     pub created: Window,
     /// The latest run that counted into the entry: `last_seen_ns` is inside it.
     pub updated: Window,
+    /// The run of the first SYN without ACK, which `syn_ns` lies in (0 without one).
+    pub syn: Option<Window>,
+    /// The run of the first SYN/ACK, which `syn_ack_ns` lies in (0 without one).
+    pub syn_ack: Option<Window>,
 }
 
-/// Expected flow table and global counters of one loaded tracer.
-#[derive(Debug, Default)]
+/// What one sender's half of a reset evidence entry must hold once it sent a RST.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedRst {
+    /// Every field but the two timestamps and `max_seq_jump`, which are 0 here.
+    pub evidence: RstEvidence,
+    /// The run of the first RST: `first_rst_ns` is inside it.
+    pub first: Window,
+    /// The run of the latest RST: `last_rst_ns` is inside it.
+    pub last: Window,
+    /// The values `max_seq_jump` may have: exactly one, unless two RSTs ran so close to
+    /// [`BACK_TO_BACK_NS`] apart that their windows cannot tell whether the kernel saw them back
+    /// to back.
+    pub max_seq_jump: Vec<u32>,
+}
+
+/// Expected maps and global counters of one loaded tracer.
+#[derive(Debug)]
 pub struct FlowModel {
     flows: HashMap<FlowKey, ExpectedFlow>,
+    resets: HashMap<FlowKey, [Option<ExpectedRst>; 2]>,
+    /// Budget left in every slot of the reset gate.
+    gate: Vec<u32>,
     counters: [GlobalCounters; HOOK_COUNT as usize],
+}
+
+impl Default for FlowModel {
+    fn default() -> Self {
+        Self {
+            flows: HashMap::new(),
+            resets: HashMap::new(),
+            gate: vec![0; RESET_GATE_SLOTS as usize],
+            counters: Default::default(),
+        }
+    }
+}
+
+/// One TCP segment as a hook saw it.
+struct Seen<'a> {
+    segment: &'a Segment,
+    hook: Hook,
+    window: Window,
+    key: FlowKey,
+    sender: usize,
+}
+
+impl Seen<'_> {
+    fn has(&self, flag: u8) -> bool {
+        self.segment.flags & flag != 0
+    }
+
+    /// The L2 neighbour on the flow's path: who handed the packet to us on ingress, who it is
+    /// handed to on egress.
+    fn neighbour_mac(&self) -> [u8; 6] {
+        match self.hook {
+            Hook::Ingress => self.segment.eth_src,
+            Hook::Egress => self.segment.eth_dst,
+        }
+    }
+
+    fn seen_on(&self) -> u8 {
+        match self.hook {
+            Hook::Ingress => SEEN_INGRESS,
+            Hook::Egress => SEEN_EGRESS,
+        }
+    }
+
+    /// The sequence number after this segment: SYN and FIN occupy one each.
+    fn seq_end(&self) -> u32 {
+        let control = u32::from(self.has(TCP_SYN)) + u32::from(self.has(TCP_FIN));
+        self.segment
+            .seq
+            .wrapping_add(self.segment.payload_len)
+            .wrapping_add(control)
+    }
+}
+
+/// `a` comes at or after `b` in TCP sequence space (RFC 1982 serial number arithmetic).
+fn seq_at_or_after(a: u32, b: u32) -> bool {
+    a.wrapping_sub(b) < 1 << 31
+}
+
+/// Distance between two sequence numbers, the short way round.
+fn seq_distance(a: u32, b: u32) -> u32 {
+    a.wrapping_sub(b).min(b.wrapping_sub(a))
 }
 
 impl FlowModel {
@@ -60,8 +156,10 @@ impl FlowModel {
     }
 
     /// Accounts one packet the `hook` program ran on during `window`, as the contract says:
-    /// every packet counts once in `packets` and once in its class; only segments with SYN, FIN
-    /// or RST touch the flow table.
+    /// every packet counts once in `packets` and once in its class; segments with SYN, FIN or
+    /// RST update the flow table (a RST its reset evidence instead of the baseline, and opens
+    /// the reset gate); any other segment spends the gate's budget when it is open, and then
+    /// counts in the reset evidence of its sender only.
     pub fn apply(&mut self, hook: Hook, ifindex: u32, verdict: &Verdict, window: Window) {
         let counters = &mut self.counters[hook as usize];
         counters.packets += 1;
@@ -77,7 +175,19 @@ impl FlowModel {
             Verdict::Tcp(segment) => segment,
         };
         counters.tcp += 1;
-        if segment.flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+        let rst = segment.flags & TCP_RST != 0;
+        let slot = gate_slot(
+            &segment.src,
+            segment.src_port,
+            &segment.dst,
+            segment.dst_port,
+        ) as usize;
+        let after_reset = !rst && self.gate[slot] > 0;
+        if after_reset {
+            self.gate[slot] -= 1;
+        }
+        let flagged = segment.flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
+        if !flagged && !after_reset {
             return;
         }
         let (key, sender) = FlowKey::from_packet(
@@ -88,47 +198,153 @@ impl FlowModel {
             segment.dst,
             segment.dst_port,
         );
-        let flow = self.flows.entry(key).or_insert_with(|| {
-            counters.flows_created += 1;
-            ExpectedFlow {
-                sent_by: [FlagCounts::default(); 2],
-                first_syn_from: FIRST_SYN_NONE,
-                created: window,
-                updated: window,
-            }
-        });
-        flow.updated = window;
-        let counts = &mut flow.sent_by[sender];
-        let flags = segment.flags;
-        if flags & TCP_SYN != 0 {
-            if flags & TCP_ACK != 0 {
-                counts.syn_ack += 1;
-            } else {
-                counts.syn += 1;
-                if flow.first_syn_from == FIRST_SYN_NONE {
-                    flow.first_syn_from = if sender == SENDER_LO {
-                        FIRST_SYN_LO
-                    } else {
-                        FIRST_SYN_HI
-                    };
-                }
-            }
+        let seen = Seen {
+            segment,
+            hook,
+            window,
+            key,
+            sender,
+        };
+        if flagged {
+            self.record_flags(&seen);
         }
-        if flags & TCP_FIN != 0 {
-            counts.fin += 1;
+        if rst {
+            self.gate[slot] = RESET_GATE_BUDGET;
         }
-        if flags & TCP_RST != 0 {
-            counts.rst += 1;
+        if after_reset {
+            self.note_after_reset(&seen);
         }
     }
 
-    /// Forgets the flows, as [`LoadedTracer::clear_flows`] does in the kernel.
+    fn record_flags(&mut self, seen: &Seen) {
+        let counters = &mut self.counters[seen.hook as usize];
+        let flow = self.flows.entry(seen.key).or_insert_with(|| {
+            counters.flows_created += 1;
+            ExpectedFlow {
+                value: FlowValue::default(),
+                created: seen.window,
+                updated: seen.window,
+                syn: None,
+                syn_ack: None,
+            }
+        });
+        flow.updated = seen.window;
+        let value = &mut flow.value;
+        let counts = &mut value.sent_by[seen.sender];
+        if seen.has(TCP_SYN) && seen.has(TCP_ACK) {
+            counts.syn_ack += 1;
+            flow.syn_ack.get_or_insert(seen.window);
+        } else if seen.has(TCP_SYN) {
+            counts.syn += 1;
+            flow.syn.get_or_insert(seen.window);
+            if value.first_syn_from == FIRST_SYN_NONE {
+                value.first_syn_from = if seen.sender == SENDER_LO {
+                    FIRST_SYN_LO
+                } else {
+                    FIRST_SYN_HI
+                };
+            }
+        }
+        counts.fin += u32::from(seen.has(TCP_FIN));
+        counts.rst += u32::from(seen.has(TCP_RST));
+        let baseline = &mut value.baseline[seen.sender];
+        if seen.has(TCP_RST) {
+            let max_seq_before = baseline.max_seq_end;
+            self.record_reset(seen, max_seq_before);
+            return;
+        }
+        let seq_end = seen.seq_end();
+        if baseline.seen_on == SEEN_NONE || seq_at_or_after(seq_end, baseline.max_seq_end) {
+            baseline.max_seq_end = seq_end;
+        }
+        baseline.mac = seen.neighbour_mac();
+        baseline.ip_id = seen.segment.ip_id;
+        baseline.ttl = seen.segment.ttl;
+        baseline.seen_on = seen.seen_on();
+    }
+
+    fn record_reset(&mut self, seen: &Seen, max_seq_before: u32) {
+        let seq = seen.segment.seq;
+        let rst = &mut self.resets.entry(seen.key).or_default()[seen.sender];
+        let Some(rst) = rst else {
+            *rst = Some(ExpectedRst {
+                evidence: RstEvidence {
+                    mac: seen.neighbour_mac(),
+                    ip_id: seen.segment.ip_id,
+                    ttl: seen.segment.ttl,
+                    seen_on: seen.seen_on(),
+                    seq,
+                    ack: if seen.has(TCP_ACK) {
+                        seen.segment.ack
+                    } else {
+                        0
+                    },
+                    max_seq_before,
+                    last_seq: seq,
+                    ..RstEvidence::default()
+                },
+                first: seen.window,
+                last: seen.window,
+                max_seq_jump: vec![0],
+            });
+            return;
+        };
+        let evidence = &mut rst.evidence;
+        if seq == evidence.seq {
+            evidence.same_seq_rsts = evidence.same_seq_rsts.saturating_add(1);
+        }
+        // The kernel compares its two timestamps; the windows bound them from both sides.
+        let surely_back_to_back = seen.window.end - rst.last.start < BACK_TO_BACK_NS;
+        let maybe_back_to_back = seen.window.start.saturating_sub(rst.last.end) < BACK_TO_BACK_NS;
+        let jump = seq_distance(seq, evidence.last_seq);
+        let mut choices = Vec::new();
+        for &before in &rst.max_seq_jump {
+            if !surely_back_to_back {
+                choices.push(before);
+            }
+            if maybe_back_to_back {
+                choices.push(before.max(jump));
+            }
+        }
+        choices.sort_unstable();
+        choices.dedup();
+        rst.max_seq_jump = choices;
+        evidence.last_seq = seq;
+        rst.last = seen.window;
+    }
+
+    /// A segment other than a RST that found the gate open: counts for its sender, if that
+    /// sender sent a RST on this flow.
+    fn note_after_reset(&mut self, seen: &Seen) {
+        let Some(Some(rst)) = self
+            .resets
+            .get_mut(&seen.key)
+            .map(|senders| &mut senders[seen.sender])
+        else {
+            return;
+        };
+        let evidence = &mut rst.evidence;
+        evidence.packets_after = evidence.packets_after.wrapping_add(1);
+        let payload = seen.segment.payload_len;
+        if payload > 0 && seq_at_or_after(seen.segment.seq, evidence.seq) {
+            evidence.bytes_beyond = evidence.bytes_beyond.wrapping_add(payload);
+        }
+    }
+
+    /// Forgets the flows, their reset evidence and the reset gate, as
+    /// [`LoadedTracer::clear_flows`] does in the kernel.
     pub fn clear_flows(&mut self) {
         self.flows.clear();
+        self.resets.clear();
+        self.gate.fill(0);
     }
 
     pub fn flows(&self) -> &HashMap<FlowKey, ExpectedFlow> {
         &self.flows
+    }
+
+    pub fn resets(&self) -> &HashMap<FlowKey, [Option<ExpectedRst>; 2]> {
+        &self.resets
     }
 
     /// Every difference between this model and the tracer's maps, one line each; empty when
@@ -144,28 +360,91 @@ impl FlowModel {
                 ));
             }
         }
-        let kernel = tracer.flows()?;
-        for (key, value) in &kernel {
-            match self.flows.get(key) {
-                None => found.push(format!("unexpected flow {key:?} = {value:?}")),
-                Some(expected) => found.extend(flow_mismatch(key, expected, value)),
-            }
-        }
-        for (key, expected) in &self.flows {
-            if !kernel.contains_key(key) {
-                found.push(format!("missing flow {key:?}, expected {expected:?}"));
+        compare_tables(
+            &self.flows,
+            &tracer.flows()?,
+            "flow",
+            flow_mismatch,
+            &mut found,
+        );
+        compare_tables(
+            &self.resets,
+            &tracer.resets()?,
+            "reset evidence",
+            reset_mismatch,
+            &mut found,
+        );
+        for (slot, (expected, got)) in self.gate.iter().zip(tracer.reset_gate()?).enumerate() {
+            if *expected != got {
+                found.push(format!(
+                    "reset gate slot {slot}: expected {expected}, got {got}"
+                ));
             }
         }
         Ok(found)
     }
 }
 
-fn flow_mismatch(key: &FlowKey, expected: &ExpectedFlow, got: &FlowValue) -> Option<String> {
-    let matches = got.sent_by == expected.sent_by
-        && got.first_syn_from == expected.first_syn_from
-        && got._pad == [0; 7]
+/// Adds a line to `found` for each entry missing from, unexpected in, or different in `kernel`.
+fn compare_tables<E: std::fmt::Debug, V: std::fmt::Debug>(
+    expected: &HashMap<FlowKey, E>,
+    kernel: &HashMap<FlowKey, V>,
+    table: &str,
+    mismatch: impl Fn(&E, &V) -> bool,
+    found: &mut Vec<String>,
+) {
+    for (key, got) in kernel {
+        match expected.get(key) {
+            None => found.push(format!("unexpected {table} {key:?} = {got:?}")),
+            Some(expected) if mismatch(expected, got) => found.push(format!(
+                "{table} {key:?}:\n  expected {expected:?}\n  got      {got:?}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for (key, expected) in expected {
+        if !kernel.contains_key(key) {
+            found.push(format!("missing {table} {key:?}, expected {expected:?}"));
+        }
+    }
+}
+
+fn flow_mismatch(expected: &ExpectedFlow, got: &FlowValue) -> bool {
+    let untimed = FlowValue {
+        first_seen_ns: 0,
+        last_seen_ns: 0,
+        syn_ns: 0,
+        syn_ack_ns: 0,
+        ..*got
+    };
+    let matches = untimed == expected.value
         && expected.created.contains(got.first_seen_ns)
         && expected.updated.contains(got.last_seen_ns)
-        && got.first_seen_ns <= got.last_seen_ns;
-    (!matches).then(|| format!("flow {key:?}: expected {expected:?}, got {got:?}"))
+        && got.first_seen_ns <= got.last_seen_ns
+        && stamped(expected.syn, got.syn_ns)
+        && stamped(expected.syn_ack, got.syn_ack_ns);
+    !matches
+}
+
+fn reset_mismatch(expected: &[Option<ExpectedRst>; 2], got: &ResetEvidence) -> bool {
+    expected
+        .iter()
+        .zip(&got.by_sender)
+        .any(|(expected, got)| match expected {
+            None => *got != RstEvidence::default(),
+            Some(expected) => {
+                let untimed = RstEvidence {
+                    first_rst_ns: 0,
+                    last_rst_ns: 0,
+                    max_seq_jump: 0,
+                    ..*got
+                };
+                let matches = untimed == expected.evidence
+                    && expected.first.contains(got.first_rst_ns)
+                    && expected.last.contains(got.last_rst_ns)
+                    && got.first_rst_ns <= got.last_rst_ns
+                    && expected.max_seq_jump.contains(&got.max_seq_jump);
+                !matches
+            }
+        })
 }

@@ -7,9 +7,11 @@
 //! ways that would make the comparison wrong, not stricter:
 //! - they follow 0x9100 and MACsec tags and up to three link extensions; the kernel follows at
 //!   most two tags, 802.1Q (0x8100) or 802.1ad (0x88a8), and counts anything else as non-TCP;
-//! - they cut the IP payload at the IPv4 total length / IPv6 payload length; the kernel ignores
-//!   both (GSO and BIG TCP packets carry 0 there), so the TCP header is read from the captured
-//!   bytes wherever the IP header chain says it starts;
+//! - they cut the IP payload at the IPv4 total length / IPv6 payload length; the kernel walks the
+//!   headers without them (GSO and BIG TCP packets carry 0 there), so the TCP header is read from
+//!   the captured bytes wherever the IP header chain says it starts. The kernel uses the length
+//!   fields only for the TCP payload length (sequence ends and bytes after a RST), and so does
+//!   [`Segment::payload_len`], whatever the captured length;
 //! - they give up on TCP for any fragment; the kernel reads the TCP header of a first fragment
 //!   (offset 0, more-fragments set) and skips only non-first ones;
 //! - they parse IPsec AH as an IP extension and stop on repeated or misplaced IPv6 extension
@@ -36,18 +38,41 @@ pub const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers the kernel follows before giving up (counted as non-TCP).
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 
-/// The parts of a TCP segment the kernel keys and counts by.
+/// The parts of a TCP segment the kernel keys, counts and keeps as reset evidence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {
+    pub eth_src: [u8; 6],
+    pub eth_dst: [u8; 6],
     pub family: u8,
     /// Address words as the kernel loads them: native integers of network-order bytes; IPv4
     /// fills word 0 only.
     pub src: [u32; 4],
     pub dst: [u32; 4],
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
+    /// IPv4 identification; 0 for IPv6.
+    pub ip_id: u16,
     pub src_port: u16,
     pub dst_port: u16,
     /// Byte 13 of the TCP header (CWR ECE URG ACK PSH RST SYN FIN).
     pub flags: u8,
+    pub seq: u32,
+    /// The acknowledgement number field, whether or not the ACK flag is set.
+    pub ack: u32,
+    /// TCP payload length by the IP length fields: IPv4 total length, or IPv6 payload length
+    /// less the extension headers, less the IP and TCP headers; 0 when they do not add up.
+    pub payload_len: u32,
+}
+
+/// What the IP layer hands to the TCP header: addresses and the fields the evidence keeps.
+struct IpLayer {
+    family: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+    ttl: u8,
+    ip_id: u16,
+    /// Bytes the IP length fields leave for TCP header and payload.
+    l4_len: usize,
 }
 
 /// How the kernel must classify one frame.
@@ -96,39 +121,48 @@ fn walk(frame: &[u8]) -> Step<Verdict> {
         ether_type = tag.ether_type();
         rest = &rest[tag.slice().len()..];
     }
+    let macs = (ethernet.source(), ethernet.destination());
     match ether_type {
-        EtherType::IPV4 => ipv4(rest),
-        EtherType::IPV6 => ipv6(rest),
+        EtherType::IPV4 => ipv4(rest, macs),
+        EtherType::IPV6 => ipv6(rest, macs),
         // ARP, other EtherTypes, and a tag deeper than the kernel follows.
         _ => Ok(Verdict::NotTcp),
     }
 }
 
-fn ipv4(packet: &[u8]) -> Step<Verdict> {
+/// The Ethernet source and destination.
+type Macs = ([u8; 6], [u8; 6]);
+
+fn ipv4(packet: &[u8], macs: Macs) -> Step<Verdict> {
     // Checks version 4, IHL >= 5 and that the whole header with its options is present; it
-    // does not look at the total length or the checksum, and neither does the kernel.
+    // does not look at the total length or the checksum, and neither does the kernel's walk.
     let header = Ipv4HeaderSlice::from_slice(packet).map_err(|_| Verdict::ParseError)?;
     if header.fragments_offset().value() != 0 || header.protocol() != ip_number::TCP {
         return Ok(Verdict::NotTcp);
     }
-    tcp(
-        &packet[header.slice().len()..],
-        FAMILY_IPV4,
-        ipv4_words(header.source()),
-        ipv4_words(header.destination()),
-    )
+    let ip = IpLayer {
+        family: FAMILY_IPV4,
+        src: ipv4_words(header.source()),
+        dst: ipv4_words(header.destination()),
+        ttl: header.ttl(),
+        ip_id: header.identification(),
+        l4_len: usize::from(header.total_len()).saturating_sub(usize::from(header.ihl()) * 4),
+    };
+    tcp(&packet[header.slice().len()..], macs, ip)
 }
 
-fn ipv6(packet: &[u8]) -> Step<Verdict> {
+fn ipv6(packet: &[u8], macs: Macs) -> Step<Verdict> {
     let header = Ipv6HeaderSlice::from_slice(packet).map_err(|_| Verdict::ParseError)?;
     let mut next_header = header.next_header();
     let mut rest = &packet[header.slice().len()..];
+    let mut ext_len = 0;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next_header {
             ip_number::IPV6_HOP_BY_HOP | ip_number::IPV6_ROUTE | ip_number::IPV6_DEST_OPTIONS => {
                 let ext =
                     Ipv6RawExtHeaderSlice::from_slice(rest).map_err(|_| Verdict::ParseError)?;
                 next_header = ext.next_header();
+                ext_len += ext.slice().len();
                 rest = &rest[ext.slice().len()..];
             }
             ip_number::IPV6_FRAG => {
@@ -138,6 +172,7 @@ fn ipv6(packet: &[u8]) -> Step<Verdict> {
                     return Ok(Verdict::NotTcp);
                 }
                 next_header = fragment.next_header();
+                ext_len += fragment.slice().len();
                 rest = &rest[fragment.slice().len()..];
             }
             _ => break,
@@ -147,15 +182,18 @@ fn ipv6(packet: &[u8]) -> Step<Verdict> {
     if next_header != ip_number::TCP {
         return Ok(Verdict::NotTcp);
     }
-    tcp(
-        rest,
-        FAMILY_IPV6,
-        ipv6_words(header.source()),
-        ipv6_words(header.destination()),
-    )
+    let ip = IpLayer {
+        family: FAMILY_IPV6,
+        src: ipv6_words(header.source()),
+        dst: ipv6_words(header.destination()),
+        ttl: header.hop_limit(),
+        ip_id: 0,
+        l4_len: usize::from(header.payload_length()).saturating_sub(ext_len),
+    };
+    tcp(rest, macs, ip)
 }
 
-fn tcp(segment: &[u8], family: u8, src: [u32; 4], dst: [u32; 4]) -> Step<Verdict> {
+fn tcp(segment: &[u8], (eth_src, eth_dst): Macs, ip: IpLayer) -> Step<Verdict> {
     // Checks data offset >= 5 and that the whole header with its options is present.
     let header = TcpHeaderSlice::from_slice(segment).map_err(|_| Verdict::ParseError)?;
     // Byte 13 of the header, rebuilt from etherparse's flag accessors.
@@ -173,11 +211,22 @@ fn tcp(segment: &[u8], family: u8, src: [u32; 4], dst: [u32; 4]) -> Step<Verdict
     .enumerate()
     .fold(0u8, |byte, (bit, &set)| byte | (u8::from(set) << bit));
     Ok(Verdict::Tcp(Segment {
-        family,
-        src,
-        dst,
+        eth_src,
+        eth_dst,
+        family: ip.family,
+        src: ip.src,
+        dst: ip.dst,
+        ttl: ip.ttl,
+        ip_id: ip.ip_id,
         src_port: header.source_port(),
         dst_port: header.destination_port(),
         flags,
+        seq: header.sequence_number(),
+        ack: header.acknowledgment_number(),
+        payload_len: ip
+            .l4_len
+            .saturating_sub(usize::from(header.data_offset()) * 4)
+            .try_into()
+            .expect("an IP length field is 16 bits"),
     }))
 }

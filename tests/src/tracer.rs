@@ -4,17 +4,19 @@
 use std::{
     collections::HashMap,
     ffi::CString,
+    os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, ensure, Context as _};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, Pod,
 };
 use tracer_common::{
-    FlowKey, FlowValue, GlobalCounters, Hook, COUNTERS_MAP, FLOWS_MAP, TC_PROGRAM, XDP_PROGRAM,
+    FlowKey, FlowValue, GlobalCounters, Hook, ResetEvidence, COUNTERS_MAP, FLOWS_MAP, RESETS_MAP,
+    RESET_GATE_MAP, TC_PROGRAM, XDP_PROGRAM,
 };
 
 use crate::unique_name;
@@ -153,33 +155,45 @@ impl LoadedTracer {
 
     /// Every entry of the flow table.
     pub fn flows(&self) -> anyhow::Result<HashMap<FlowKey, FlowValue>> {
-        self.flow_map()?
-            .iter()
-            .map(|entry| entry.context("reading the flow table"))
-            .collect()
+        self.entries(FLOWS_MAP)
     }
 
-    /// Empties the flow table (the global counters keep counting).
+    /// Every entry of the reset evidence table.
+    pub fn resets(&self) -> anyhow::Result<HashMap<FlowKey, ResetEvidence>> {
+        self.entries(RESETS_MAP)
+    }
+
+    /// Every slot of the reset gate, in slot order.
+    pub fn reset_gate(&self) -> anyhow::Result<Vec<u32>> {
+        let map = self.map(RESET_GATE_MAP)?;
+        // The conversion checks the value size that read_u32_array relies on.
+        let slots = Array::<&MapData, u32>::try_from(map)?.len();
+        let aya::maps::Map::Array(data) = map else {
+            bail!("{RESET_GATE_MAP} is not an array");
+        };
+        read_u32_array(data, slots).with_context(|| format!("reading {RESET_GATE_MAP}"))
+    }
+
+    /// Forgets every flow: empties the flow and reset evidence tables and closes the reset gate
+    /// (the global counters keep counting).
     pub fn clear_flows(&mut self) -> anyhow::Result<()> {
-        let keys: Vec<FlowKey> = self.flows()?.into_keys().collect();
-        let map = self
-            .ebpf
-            .map_mut(FLOWS_MAP)
-            .with_context(|| format!("no map {FLOWS_MAP}"))?;
-        let mut flows: BpfHashMap<&mut MapData, FlowKey, FlowValue> = map.try_into()?;
-        for key in keys {
-            flows.remove(&key).context("deleting a flow")?;
+        self.clear_entries::<FlowValue>(FLOWS_MAP)?;
+        self.clear_entries::<ResetEvidence>(RESETS_MAP)?;
+        let open: Vec<u32> = (0u32..)
+            .zip(self.reset_gate()?)
+            .filter_map(|(slot, budget)| (budget != 0).then_some(slot))
+            .collect();
+        let mut gate: Array<&mut MapData, u32> = self.map_mut(RESET_GATE_MAP)?.try_into()?;
+        for slot in open {
+            gate.set(slot, 0, 0)
+                .with_context(|| format!("closing {RESET_GATE_MAP}[{slot}]"))?;
         }
         Ok(())
     }
 
     /// The hook's global counters, summed over CPUs.
     pub fn counters(&self, hook: Hook) -> anyhow::Result<GlobalCounters> {
-        let map = self
-            .ebpf
-            .map(tracer_common::COUNTERS_MAP)
-            .with_context(|| format!("no map {COUNTERS_MAP}"))?;
-        let counters: PerCpuArray<&MapData, GlobalCounters> = map.try_into()?;
+        let counters: PerCpuArray<&MapData, GlobalCounters> = self.map(COUNTERS_MAP)?.try_into()?;
         let per_cpu = counters
             .get(&(hook as u32), 0)
             .with_context(|| format!("reading {COUNTERS_MAP}[{hook:?}]"))?;
@@ -194,13 +208,90 @@ impl LoadedTracer {
             }))
     }
 
-    fn flow_map(&self) -> anyhow::Result<BpfHashMap<&MapData, FlowKey, FlowValue>> {
-        let map = self
-            .ebpf
-            .map(FLOWS_MAP)
-            .with_context(|| format!("no map {FLOWS_MAP}"))?;
-        Ok(map.try_into()?)
+    fn map(&self, name: &str) -> anyhow::Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("no map {name} in the object"))
     }
+
+    fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("no map {name} in the object"))
+    }
+
+    /// Every entry of a hash map keyed by flow.
+    fn entries<V: Pod>(&self, name: &str) -> anyhow::Result<HashMap<FlowKey, V>> {
+        let map: BpfHashMap<&MapData, FlowKey, V> = self.map(name)?.try_into()?;
+        map.iter()
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("reading {name}"))
+    }
+
+    fn clear_entries<V: Pod>(&mut self, name: &str) -> anyhow::Result<()> {
+        let keys: Vec<FlowKey> = self.entries::<V>(name)?.into_keys().collect();
+        let mut map: BpfHashMap<&mut MapData, FlowKey, V> = self.map_mut(name)?.try_into()?;
+        for key in keys {
+            map.remove(&key)
+                .with_context(|| format!("deleting {key:?} from {name}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a whole array of u32 in one BPF_MAP_LOOKUP_BATCH call. aya has no batch operations,
+/// and a lookup per slot made reading the 4096-slot reset gate after every packet the slowest
+/// part of the test-run suite.
+fn read_u32_array(map: &MapData, len: u32) -> anyhow::Result<Vec<u32>> {
+    /// `enum bpf_cmd` in include/uapi/linux/bpf.h.
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    /// The `batch` member of `union bpf_attr`.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    let mut keys = vec![0u32; len as usize];
+    let mut values = vec![0u32; len as usize];
+    let mut next_batch = 0u32;
+    let mut attr = BatchAttr {
+        // No start token: from the first slot.
+        in_batch: 0,
+        out_batch: &raw mut next_batch as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: len,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: the kernel writes at most `count` keys and values of 4 bytes (the map's key and
+    // value size, checked by aya's Array<_, u32>) into the two buffers of `len` entries, and one
+    // key into `next_batch`; all outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            &raw mut attr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    // ENOENT means the batch reached the end of the map: also a complete read.
+    if rc != 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::NotFound {
+        bail!("BPF_MAP_LOOKUP_BATCH: {}", std::io::Error::last_os_error());
+    }
+    ensure!(
+        attr.count == len && keys.iter().copied().eq(0..len),
+        "BPF_MAP_LOOKUP_BATCH returned {} of {len} slots, out of order",
+        attr.count
+    );
+    Ok(values)
 }
 
 /// Whether BPF_PROG_TEST_RUN runs the hook's program on `frame` at all. It refuses (EINVAL)

@@ -1,27 +1,35 @@
-//! Differential test: over 200,000 random and mutated frames through the XDP program (and the TC
-//! program, which shares the flow table and counts on its own index). Every run must pass the
-//! frame unchanged, and after every batch the flow table (keys, per-sender flag
-//! counts, first SYN sender, timestamps) and the global counters must equal what the etherparse
-//! oracle (flagtrace_tests::oracle, which documents where and why it departs from etherparse's
-//! whole-packet parsers) computes from the same bytes.
+//! Differential test: over 200,000 random and mutated frames, each through the XDP program, the
+//! TC program or both (they share the maps and count on their own index), so that a flow's
+//! packets mix hooks and each program sees over 100,000 frames. Every run must pass the frame
+//! unchanged, and after every batch the flow table (keys, per-sender flag counts, first SYN
+//! sender, per-sender baselines, timestamps), the reset evidence table, the reset gate and the
+//! global counters must equal what flagtrace_tests::model computes from the etherparse oracle's
+//! reading of the same bytes (flagtrace_tests::oracle documents where and why it departs from
+//! etherparse's whole-packet parsers).
 //!
 //! Most frames are valid TCP frames across IPv4/IPv6, options, extension headers, fragments and
 //! VLAN tags, then mutated where the parser looks: flags, lengths, IHL, data offset, EtherTypes,
 //! next headers, fragment offsets; truncated, extended, or with bytes inserted between headers.
-//! A few are noise. Seeded: FLAGTRACE_SEED=<u64> replays a run; the seed is printed on failure,
-//! with the first frame whose result differs, in hex.
+//! A few are noise. MACs, TTLs, IP IDs and sequence numbers come from small pools (with some
+//! random values), so that RSTs repeat sequence numbers, jump, wrap, and are followed by data at,
+//! before and beyond them. Seeded: FLAGTRACE_SEED=<u64> replays a run; the seed is printed at the
+//! start (shown with --nocapture) and named in every failure, with the first frame whose result
+//! differs, in hex.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    collections::VecDeque,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use flagtrace_tests::{
     frame::{Ext, Field, FieldKind, Frame, FrameSpec, IpSpec, L4Spec},
     hex,
     model::{FlowModel, Window},
-    oracle::{self, ipv4_words, ipv6_words, Segment, Verdict, MAX_IPV6_EXT_HEADERS},
+    oracle::{self, Verdict},
     tracer::{pass_verdict, test_run_accepts, test_run_ifindex, LoadedTracer},
 };
 use rand::{rngs::SmallRng, seq::SliceRandom, Rng, SeedableRng};
-use tracer_common::{Hook, FAMILY_IPV4, FAMILY_IPV6, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use tracer_common::{Hook, SEEN_NONE, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 const BATCHES: usize = 400;
 const BATCH_LEN: usize = 512;
@@ -36,6 +44,27 @@ const IPV6_POOL: [[u8; 16]; 3] = [
     [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5],
 ];
 const PORT_POOL: [u16; 5] = [80, 443, 40000, 40001, 51234];
+/// Two locally administered MACs and one with a real OUI.
+const MAC_POOL: [[u8; 6]; 3] = [
+    [0x02, 0, 0, 0, 0, 0x01],
+    [0x02, 0, 0, 0, 0, 0x02],
+    [0x00, 0x01, 0xd7, 0x3c, 0x5e, 0x01],
+];
+/// Initial TTLs and one hop less, and the extremes.
+const TTL_POOL: [u8; 6] = [1, 63, 64, 127, 128, 255];
+/// Close together (same-sequence RSTs, data just at or past a RST), far apart (jumps), and
+/// around both wraps of sequence space (where "at or after" turns over).
+const SEQ_POOL: [u32; 9] = [
+    0,
+    1000,
+    1001,
+    1022,
+    5000,
+    0x7fff_fff0,
+    0x8000_0000,
+    0xffff_fff0,
+    0xffff_ffff,
+];
 const FLAG_CHOICES: [u8; 9] = [
     TCP_SYN,
     TCP_SYN | TCP_ACK,
@@ -77,6 +106,18 @@ fn ext(rng: &mut SmallRng) -> Ext {
     }
 }
 
+/// From `pool` mostly, else any value.
+fn pooled<T: Copy>(pool: &[T], rng: &mut SmallRng) -> T
+where
+    rand::distributions::Standard: rand::distributions::Distribution<T>,
+{
+    if rng.gen_bool(0.9) {
+        *pool.choose(rng).expect("non-empty")
+    } else {
+        rng.gen()
+    }
+}
+
 fn random_spec(rng: &mut SmallRng) -> FrameSpec {
     let tpid = |rng: &mut SmallRng| *[0x8100, 0x88a8].choose(rng).expect("non-empty");
     let tags = match rng.gen_range(0..16) {
@@ -89,6 +130,7 @@ fn random_spec(rng: &mut SmallRng) -> FrameSpec {
         IpSpec::V4 {
             src: *IPV4_POOL.choose(rng).expect("non-empty"),
             dst: *IPV4_POOL.choose(rng).expect("non-empty"),
+            id: pooled(&[0, 1, 0xffff], rng),
             option_words: if rng.gen_bool(0.6) {
                 0
             } else {
@@ -125,6 +167,8 @@ fn random_spec(rng: &mut SmallRng) -> FrameSpec {
             } else {
                 rng.gen()
             },
+            seq: pooled(&SEQ_POOL, rng),
+            ack: pooled(&SEQ_POOL, rng),
             option_words: if rng.gen_bool(0.7) {
                 rng.gen_range(0..=3)
             } else {
@@ -139,46 +183,14 @@ fn random_spec(rng: &mut SmallRng) -> FrameSpec {
             payload,
         }
     };
-    FrameSpec { tags, ip, l4 }
-}
-
-/// The segment a generated frame carries before mutation, when it is plainly readable TCP:
-/// the generator's ground truth, which the oracle must reproduce.
-fn plain_segment(spec: &FrameSpec) -> Option<Segment> {
-    let L4Spec::Tcp {
-        src_port,
-        dst_port,
-        flags,
-        ..
-    } = spec.l4
-    else {
-        return None;
-    };
-    let (family, src, dst) = match &spec.ip {
-        IpSpec::V4 {
-            src,
-            dst,
-            fragment_offset: 0,
-            ..
-        } => (FAMILY_IPV4, ipv4_words(*src), ipv4_words(*dst)),
-        IpSpec::V6 { src, dst, exts }
-            if exts.len() <= MAX_IPV6_EXT_HEADERS
-                && exts
-                    .iter()
-                    .all(|ext| !matches!(ext, Ext::Fragment { offset, .. } if *offset != 0)) =>
-        {
-            (FAMILY_IPV6, ipv6_words(*src), ipv6_words(*dst))
-        }
-        _ => return None,
-    };
-    (spec.tags.len() <= oracle::MAX_VLAN_TAGS).then_some(Segment {
-        family,
-        src,
-        dst,
-        src_port,
-        dst_port,
-        flags,
-    })
+    FrameSpec {
+        src_mac: *MAC_POOL.choose(rng).expect("non-empty"),
+        dst_mac: *MAC_POOL.choose(rng).expect("non-empty"),
+        tags,
+        ip,
+        ttl: pooled(&TTL_POOL, rng),
+        l4,
+    }
 }
 
 /// A value the parser cares about for a field of this kind.
@@ -268,52 +280,132 @@ fn noise(rng: &mut SmallRng) -> Vec<u8> {
     bytes
 }
 
-/// The next frame to test: mostly mutated valid frames, some unmutated, a few noise.
-fn next_frame(rng: &mut SmallRng) -> Vec<u8> {
-    if rng.gen_bool(0.03) {
-        return noise(rng);
+/// One frame of a batch and the programs it goes through, in this order.
+struct Shot {
+    frame: Vec<u8>,
+    hooks: &'static [Hook],
+}
+
+/// Mostly one program per frame, so that a flow's packets mix hooks (each records its own MAC
+/// side) and a repeated RST is a real repeat; some frames through both, in either order.
+const HOOK_CHOICES: [&[Hook]; 10] = [
+    &[Hook::Ingress],
+    &[Hook::Ingress],
+    &[Hook::Ingress],
+    &[Hook::Ingress],
+    &[Hook::Egress],
+    &[Hook::Egress],
+    &[Hook::Egress],
+    &[Hook::Egress],
+    &[Hook::Ingress, Hook::Egress],
+    &[Hook::Egress, Hook::Ingress],
+];
+
+/// How many recent frames a new one may continue the flow of.
+const RECENT_FLOWS: usize = 8;
+
+/// The frames to test: mostly mutated valid frames, some unmutated, a few noise. Half of the
+/// valid frames continue the flow of a recent one, in either direction, so that RSTs are
+/// followed by more segments from both sides while the reset gate is open.
+struct Frames {
+    rng: SmallRng,
+    recent: VecDeque<FrameSpec>,
+}
+
+impl Frames {
+    fn new(seed: u64) -> Self {
+        Self {
+            rng: SmallRng::seed_from_u64(seed),
+            recent: VecDeque::with_capacity(RECENT_FLOWS),
+        }
     }
-    let spec = random_spec(rng);
-    let frame = spec.build();
-    if let Some(segment) = plain_segment(&spec) {
-        assert_eq!(
-            oracle::classify(&frame.bytes),
-            Verdict::Tcp(segment),
-            "the oracle misreads a generated frame: {spec:?} {}",
-            hex(&frame.bytes)
-        );
-    }
-    if rng.gen_bool(0.15) {
-        frame.bytes
-    } else {
-        mutate(frame, rng)
+
+    fn next(&mut self) -> Shot {
+        let rng = &mut self.rng;
+        let hooks = *HOOK_CHOICES.choose(rng).expect("non-empty");
+        if rng.gen_bool(0.03) {
+            return Shot {
+                frame: noise(rng),
+                hooks,
+            };
+        }
+        let mut spec = random_spec(rng);
+        if let Some(earlier) = self.recent.iter().collect::<Vec<_>>().choose(rng) {
+            if rng.gen_bool(0.5) {
+                continue_flow(&mut spec, earlier, rng.gen_bool(0.4));
+            }
+        }
+        if self.recent.len() == RECENT_FLOWS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(spec.clone());
+        let frame = spec.build();
+        if let Some(segment) = spec.segment() {
+            assert_eq!(
+                oracle::classify(&frame.bytes),
+                Verdict::Tcp(segment),
+                "the oracle misreads a generated frame: {spec:?} {}",
+                hex(&frame.bytes)
+            );
+        }
+        let frame = if rng.gen_bool(0.15) {
+            frame.bytes
+        } else {
+            mutate(frame, rng)
+        };
+        Shot { frame, hooks }
     }
 }
 
-/// Runs frame number `index` of a batch through both programs, checking the return values and
-/// that the frame is unchanged, and accounts it in the model. Odd frames go to TC first, so both
-/// hooks create flows.
+/// Gives `spec` the IP header and ports of `earlier`, swapped when `reply`.
+fn continue_flow(spec: &mut FrameSpec, earlier: &FrameSpec, reply: bool) {
+    spec.ip = earlier.ip.clone();
+    let ports = |l4: &L4Spec| match *l4 {
+        L4Spec::Tcp {
+            src_port, dst_port, ..
+        }
+        | L4Spec::Udp {
+            src_port, dst_port, ..
+        } => (src_port, dst_port),
+    };
+    let (mut src, mut dst) = ports(&earlier.l4);
+    if reply {
+        std::mem::swap(&mut src, &mut dst);
+        match &mut spec.ip {
+            IpSpec::V4 { src, dst, .. } => std::mem::swap(src, dst),
+            IpSpec::V6 { src, dst, .. } => std::mem::swap(src, dst),
+        }
+    }
+    match &mut spec.l4 {
+        L4Spec::Tcp {
+            src_port, dst_port, ..
+        }
+        | L4Spec::Udp {
+            src_port, dst_port, ..
+        } => (*src_port, *dst_port) = (src, dst),
+    }
+}
+
+/// Runs frame number `index` of a batch through its programs, checking the return values and
+/// that the frame is unchanged, and accounts it in the model.
 fn run_frame(
     tracer: &LoadedTracer,
     model: &mut FlowModel,
     ifindex: u32,
-    (index, frame): (usize, &[u8]),
+    shot: &Shot,
 ) -> Result<(), String> {
+    let frame = shot.frame.as_slice();
     let verdict = oracle::classify(frame);
-    let mut hooks = [Hook::Ingress, Hook::Egress];
-    if index % 2 == 1 {
-        hooks.reverse();
-    }
-    for hook in hooks {
+    for &hook in shot.hooks {
         let (run, window) = Window::around(|| tracer.run(hook, frame));
         if !test_run_accepts(hook, frame) {
             // Refused by the kernel before the program ran: nothing to count.
-            return match run {
-                Err(_) => Ok(()),
-                Ok(_) => Err(format!(
+            if run.is_ok() {
+                return Err(format!(
                     "{hook:?}: test run accepted a frame it should refuse"
-                )),
-            };
+                ));
+            }
+            continue;
         }
         let run = run.map_err(|e| format!("{hook:?}: {e:#}"))?;
         if run.return_value != pass_verdict(hook) {
@@ -332,12 +424,13 @@ fn run_frame(
 
 /// Replays a failed batch frame by frame on a fresh tracer to name the first frame after which
 /// the maps differ.
-fn first_failing_frame(batch: &[Vec<u8>], ifindex: u32) -> String {
+fn first_failing_frame(batch: &[Shot], ifindex: u32) -> String {
     let tracer = LoadedTracer::load(MAX_FLOWS).expect("loading the tracer");
     let mut model = FlowModel::new();
-    for (index, frame) in batch.iter().enumerate() {
-        if let Err(error) = run_frame(&tracer, &mut model, ifindex, (index, frame.as_slice())) {
-            return format!("frame {index} {}: {error}", hex(frame));
+    for (index, shot) in batch.iter().enumerate() {
+        let frame = &shot.frame;
+        if let Err(error) = run_frame(&tracer, &mut model, ifindex, shot) {
+            return format!("frame {index} {} on {:?}: {error}", hex(frame), shot.hooks);
         }
         let mismatches = model.mismatches(&tracer).expect("reading the maps");
         if !mismatches.is_empty() {
@@ -352,26 +445,86 @@ fn first_failing_frame(batch: &[Vec<u8>], ifindex: u32) -> String {
     "no single frame reproduces the difference on a fresh tracer".into()
 }
 
+/// How often each kind of evidence occurred in the compared maps: the comparison of a field
+/// means something only if the field took many values.
+#[derive(Debug, Default)]
+struct Coverage {
+    flows: usize,
+    baselines: usize,
+    resetting_senders: usize,
+    with_packets_after: usize,
+    with_bytes_beyond: usize,
+    with_same_seq_rsts: usize,
+    with_seq_jump: usize,
+    with_max_seq_before: usize,
+}
+
+impl Coverage {
+    /// Adds what `model` holds (which equals the kernel's maps when this is called).
+    fn add(&mut self, model: &FlowModel) {
+        self.flows += model.flows().len();
+        self.baselines += model
+            .flows()
+            .values()
+            .flat_map(|flow| flow.value.baseline)
+            .filter(|baseline| baseline.seen_on != SEEN_NONE)
+            .count();
+        for rst in model.resets().values().flatten().flatten() {
+            let evidence = &rst.evidence;
+            self.resetting_senders += 1;
+            self.with_packets_after += usize::from(evidence.packets_after > 0);
+            self.with_bytes_beyond += usize::from(evidence.bytes_beyond > 0);
+            self.with_same_seq_rsts += usize::from(evidence.same_seq_rsts > 0);
+            self.with_seq_jump += usize::from(rst.max_seq_jump.iter().any(|&jump| jump > 0));
+            self.with_max_seq_before += usize::from(evidence.max_seq_before > 0);
+        }
+    }
+
+    fn assert_bulk(&self) {
+        let counts = [
+            ("flows", self.flows, 20_000),
+            ("baselines", self.baselines, 10_000),
+            ("senders with a RST", self.resetting_senders, 10_000),
+            ("with packets after the RST", self.with_packets_after, 2_000),
+            ("with bytes beyond the RST", self.with_bytes_beyond, 1_000),
+            ("with same-sequence RSTs", self.with_same_seq_rsts, 1_000),
+            ("with a sequence jump", self.with_seq_jump, 1_000),
+            (
+                "with a sequence end before the RST",
+                self.with_max_seq_before,
+                1_000,
+            ),
+        ];
+        for (name, count, least) in counts {
+            assert!(
+                count >= least,
+                "only {count} {name} (want {least}): {self:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn kernel_agrees_with_etherparse_on_random_and_mutated_frames() {
     let seed = seed();
     eprintln!("differential test seed: FLAGTRACE_SEED={seed}");
-    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut frames = Frames::new(seed);
     let ifindex = test_run_ifindex().expect("loopback ifindex");
     let mut tracer = LoadedTracer::load(MAX_FLOWS).expect("loading the tracer");
     let mut model = FlowModel::new();
     let mut verdicts = [0usize; 3];
-    let mut flows_seen = 0;
+    let mut coverage = Coverage::default();
     for batch_index in 0..BATCHES {
-        let batch: Vec<Vec<u8>> = (0..BATCH_LEN).map(|_| next_frame(&mut rng)).collect();
-        for (index, frame) in batch.iter().enumerate() {
-            if let Err(error) = run_frame(&tracer, &mut model, ifindex, (index, frame.as_slice())) {
+        let batch: Vec<Shot> = (0..BATCH_LEN).map(|_| frames.next()).collect();
+        for (index, shot) in batch.iter().enumerate() {
+            if let Err(error) = run_frame(&tracer, &mut model, ifindex, shot) {
                 panic!(
-                    "FLAGTRACE_SEED={seed}: batch {batch_index} frame {index} {}: {error}",
-                    hex(frame)
+                    "FLAGTRACE_SEED={seed}: batch {batch_index} frame {index} {} on {:?}: {error}",
+                    hex(&shot.frame),
+                    shot.hooks
                 );
             }
-            verdicts[match oracle::classify(frame) {
+            verdicts[match oracle::classify(&shot.frame) {
                 Verdict::Tcp(_) => 0,
                 Verdict::NotTcp => 1,
                 Verdict::ParseError => 2,
@@ -386,16 +539,24 @@ fn kernel_agrees_with_etherparse_on_random_and_mutated_frames() {
                 first_failing_frame(&batch, ifindex)
             );
         }
-        flows_seen += model.flows().len();
+        coverage.add(&model);
         tracer.clear_flows().expect("clearing flows");
         model.clear_flows();
     }
     // The comparison means something only if every outcome was exercised in bulk.
     let total = BATCHES * BATCH_LEN;
-    eprintln!("tcp/non-tcp/parse-error frames: {verdicts:?}, flows: {flows_seen}");
+    eprintln!("tcp/non-tcp/parse-error frames: {verdicts:?}, {coverage:?}");
     assert!(total >= 200_000);
     for (name, count) in ["tcp", "non-tcp", "parse-error"].iter().zip(verdicts) {
         assert!(count * 10 >= total, "only {count} {name} frames of {total}");
     }
-    assert!(flows_seen >= 20_000, "only {flows_seen} flows");
+    for hook in [Hook::Ingress, Hook::Egress] {
+        // The kernel's own count, which the comparisons above have checked.
+        let ran = tracer.counters(hook).expect("reading the counters").packets;
+        assert!(
+            ran >= 100_000,
+            "the {hook:?} program ran on only {ran} frames"
+        );
+    }
+    coverage.assert_bulk();
 }

@@ -1,10 +1,16 @@
 //! BPF_PROG_TEST_RUN of the real programs on frames built with etherparse. After every frame:
-//! the program passed it unchanged, and the flow table and both hooks' counters are exactly what
-//! the contract says (see flagtrace_tests::model). The expected verdict of every frame is written
-//! here by hand; the etherparse oracle of the differential test must agree with each of them.
+//! the program passed it unchanged, and the flow table, the reset evidence table, the reset gate
+//! and both hooks' counters are exactly what the contract says (see flagtrace_tests::model). The
+//! expected verdict of every frame, with the fields the tracer keeps (MACs, TTL, IP ID, sequence
+//! numbers, payload length by the IP length fields), is written here by hand; the etherparse
+//! oracle of the differential test must agree with each of them. The tests spell out the values
+//! they are about once more without the model, field by field.
 //!
-//! Both programs run every frame, each in a tracer of its own (XDP counts on the Ingress index,
-//! TC on Egress; the other index must stay zero). Under test run both see the loopback device.
+//! Most scenarios run on both programs, each in a tracer of its own (XDP counts on the Ingress
+//! index, TC on Egress; the other index must stay zero). Under test run both see the loopback
+//! device.
+
+use std::time::Duration;
 
 use etherparse::{
     ip_number, ArpEthIpv4Packet, ArpOperation, IpFragOffset, IpHeaders, IpNumber, Ipv4Header,
@@ -15,12 +21,13 @@ use flagtrace_tests::{
     frame::{Ext, FrameSpec, IpSpec, L4Spec, CLIENT_MAC, SERVER_MAC},
     hex,
     model::{FlowModel, Window},
-    oracle::{self, ipv4_words, ipv6_words, Segment, Verdict},
+    oracle::{self, Verdict},
     tracer::{pass_verdict, test_run_accepts, test_run_ifindex, LoadedTracer},
 };
 use tracer_common::{
-    FlagCounts, FlowKey, Hook, FAMILY_IPV4, FAMILY_IPV6, FIRST_SYN_HI, FIRST_SYN_LO,
-    FIRST_SYN_NONE, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    gate_slot, Baseline, FlagCounts, FlowKey, FlowValue, Hook, ResetEvidence, RstEvidence,
+    BACK_TO_BACK_NS, FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, RESET_GATE_BUDGET, SEEN_EGRESS,
+    SEEN_INGRESS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 const CLIENT_V4: [u8; 4] = [10, 0, 0, 1];
@@ -30,7 +37,12 @@ const SERVER_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 const CLIENT_PORT: u16 = 40000;
 const SERVER_PORT: u16 = 443;
 const PAYLOAD: &[u8] = b"flagtrace test payload";
+const PAYLOAD_LEN: u32 = PAYLOAD.len() as u32;
 const PSH: u8 = 0x08;
+/// The router between client and server (an F5 OUI, as in the seed story).
+const GATEWAY_MAC: [u8; 6] = [0x00, 0x01, 0xd7, 0x3c, 0x5e, 0x01];
+/// A box on the client's segment that forges RSTs.
+const INJECTOR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x66];
 
 /// One tracer, one hook, and the state its maps must be in.
 struct Harness {
@@ -50,8 +62,9 @@ impl Harness {
         }
     }
 
-    /// Runs `frame`, which must classify as `expected`, and checks the maps exactly.
-    fn send(&mut self, name: &str, frame: &[u8], expected: Verdict) {
+    /// Runs `frame`, which must classify as `expected`, and checks the maps exactly. Returns the
+    /// window of the run, which the kernel's timestamps for this frame lie in.
+    fn send(&mut self, name: &str, frame: &[u8], expected: Verdict) -> Window {
         let context = format!("{name} on {:?}, frame {}", self.hook, hex(frame));
         assert_eq!(
             oracle::classify(frame),
@@ -66,7 +79,7 @@ impl Harness {
                 "test run accepted a frame it should refuse: {context}"
             );
             self.assert_maps_match(&context);
-            return;
+            return window;
         }
         let run = run.unwrap_or_else(|e| panic!("{context}: {e:#}"));
         assert_eq!(
@@ -80,6 +93,17 @@ impl Harness {
         );
         self.model.apply(self.hook, self.ifindex, &expected, window);
         self.assert_maps_match(&context);
+        window
+    }
+
+    fn send_seg(&mut self, name: &str, seg: &Seg) -> Window {
+        self.send(name, &seg.frame(), seg.verdict())
+    }
+
+    /// Forgets every flow, in the kernel and in the model.
+    fn clear(&mut self) {
+        self.tracer.clear_flows().expect("clearing flows");
+        self.model.clear_flows();
     }
 
     fn assert_maps_match(&self, context: &str) {
@@ -94,11 +118,71 @@ impl Harness {
         );
     }
 
-    /// The one flow the tracer holds, with the counts of the low and high endpoints.
-    fn only_flow(&self) -> (FlowKey, tracer_common::FlowValue) {
+    /// The one flow the tracer holds.
+    fn only_flow(&self) -> (FlowKey, FlowValue) {
         let flows = self.tracer.flows().expect("reading flows");
         assert_eq!(flows.len(), 1, "expected exactly one flow, got {flows:?}");
         flows.into_iter().next().expect("one flow")
+    }
+
+    /// The reset evidence of the one flow, which must have some.
+    fn only_reset(&self) -> ResetEvidence {
+        let (key, _) = self.only_flow();
+        let resets = self.tracer.resets().expect("reading resets");
+        assert_eq!(
+            resets.len(),
+            1,
+            "expected exactly one entry, got {resets:?}"
+        );
+        resets[&key]
+    }
+
+    /// The budget left in the reset gate slot of `seg`'s flow.
+    fn gate(&self, seg: &Seg) -> u32 {
+        self.tracer.reset_gate().expect("reading the gate")[seg.gate_slot() as usize]
+    }
+
+    /// The MAC the tracer records for `seg` on this hook: the L2 neighbour.
+    fn neighbour(&self, seg: &Seg) -> [u8; 6] {
+        match self.hook {
+            Hook::Ingress => seg.src_mac,
+            Hook::Egress => seg.dst_mac,
+        }
+    }
+
+    fn seen_on(&self) -> u8 {
+        match self.hook {
+            Hook::Ingress => SEEN_INGRESS,
+            Hook::Egress => SEEN_EGRESS,
+        }
+    }
+
+    /// The baseline that `seg`, as the latest normal packet of its sender on this hook, leaves.
+    fn baseline(&self, seg: &Seg, max_seq_end: u32) -> Baseline {
+        Baseline {
+            mac: self.neighbour(seg),
+            ip_id: seg.ip_id(),
+            ttl: seg.ttl,
+            seen_on: self.seen_on(),
+            _pad: [0; 2],
+            max_seq_end,
+        }
+    }
+
+    /// The evidence `rst`, as the first RST of its sender on this hook, leaves: timestamps 0
+    /// (see [`assert_rst`]), and the fields that later RSTs and packets change as they start.
+    fn first_rst(&self, rst: &Seg, max_seq_before: u32) -> RstEvidence {
+        RstEvidence {
+            mac: self.neighbour(rst),
+            ip_id: rst.ip_id(),
+            ttl: rst.ttl,
+            seen_on: self.seen_on(),
+            ack: if rst.flags & TCP_ACK != 0 { rst.ack } else { 0 },
+            seq: rst.seq,
+            max_seq_before,
+            last_seq: rst.seq,
+            ..RstEvidence::default()
+        }
     }
 }
 
@@ -109,25 +193,140 @@ fn on_both_hooks(scenario: impl Fn(&mut Harness)) {
     }
 }
 
-fn tcp_v4(src: [u8; 4], src_port: u16, dst: [u8; 4], dst_port: u16, flags: u8) -> Verdict {
-    Verdict::Tcp(Segment {
-        family: FAMILY_IPV4,
-        src: ipv4_words(src),
-        dst: ipv4_words(dst),
-        src_port,
-        dst_port,
-        flags,
-    })
+/// Asserts that `got` equals `untimed` but for its timestamps, and that those lie in the windows
+/// of the first and the latest RST.
+fn assert_rst(got: &RstEvidence, untimed: &RstEvidence, first: Window, last: Window) {
+    assert!(first.contains(got.first_rst_ns), "first RST time: {got:?}");
+    assert!(last.contains(got.last_rst_ns), "latest RST time: {got:?}");
+    let got_untimed = RstEvidence {
+        first_rst_ns: 0,
+        last_rst_ns: 0,
+        ..*got
+    };
+    assert_eq!(&got_untimed, untimed);
 }
 
-fn tcp_v6(src: [u8; 16], src_port: u16, dst: [u8; 16], dst_port: u16, flags: u8) -> Verdict {
-    Verdict::Tcp(Segment {
-        family: FAMILY_IPV6,
-        src: ipv6_words(src),
-        dst: ipv6_words(dst),
-        src_port,
-        dst_port,
-        flags,
+/// One TCP segment between the client and the server, with every field the tracer reads or
+/// keeps. The defaults are those of the PacketBuilder frames of the catalogue below.
+#[derive(Clone, Copy, Debug)]
+struct Seg {
+    v6: bool,
+    from_server: bool,
+    client_port: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    ttl: u8,
+    ip_id: u16,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    payload: &'static [u8],
+}
+
+impl Seg {
+    fn client(flags: u8) -> Self {
+        Seg {
+            v6: false,
+            from_server: false,
+            client_port: CLIENT_PORT,
+            flags,
+            seq: 1000,
+            ack: if flags & TCP_ACK != 0 { 2000 } else { 0 },
+            ttl: 64,
+            ip_id: 0,
+            src_mac: CLIENT_MAC,
+            dst_mac: SERVER_MAC,
+            payload: &[],
+        }
+    }
+
+    fn server(flags: u8) -> Self {
+        Seg {
+            from_server: true,
+            ..Self::client(flags)
+        }
+    }
+
+    /// The IP ID the frame carries: IPv6 has none.
+    fn ip_id(&self) -> u16 {
+        if self.v6 {
+            0
+        } else {
+            self.ip_id
+        }
+    }
+
+    fn spec(&self) -> FrameSpec {
+        let (mut src_port, mut dst_port) = (self.client_port, SERVER_PORT);
+        if self.from_server {
+            (src_port, dst_port) = (dst_port, src_port);
+        }
+        let ip = match (self.v6, self.from_server) {
+            (false, false) => ipv4_spec(CLIENT_V4, SERVER_V4, self.ip_id),
+            (false, true) => ipv4_spec(SERVER_V4, CLIENT_V4, self.ip_id),
+            (true, false) => ipv6_spec(CLIENT_V6, SERVER_V6, vec![]),
+            (true, true) => ipv6_spec(SERVER_V6, CLIENT_V6, vec![]),
+        };
+        FrameSpec {
+            src_mac: self.src_mac,
+            dst_mac: self.dst_mac,
+            tags: vec![],
+            ip,
+            ttl: self.ttl,
+            l4: L4Spec::Tcp {
+                src_port,
+                dst_port,
+                flags: self.flags,
+                seq: self.seq,
+                ack: self.ack,
+                option_words: 0,
+                payload: self.payload.to_vec(),
+            },
+        }
+    }
+
+    fn frame(&self) -> Vec<u8> {
+        self.spec().build().bytes
+    }
+
+    /// Written from the spec, not read from the frame.
+    fn verdict(&self) -> Verdict {
+        Verdict::Tcp(self.spec().segment().expect("a plain TCP segment"))
+    }
+
+    /// The index of this segment's sender in its flow's key.
+    fn sender(&self) -> usize {
+        let segment = self.spec().segment().expect("a plain TCP segment");
+        FlowKey::from_packet(
+            segment.family,
+            0,
+            segment.src,
+            segment.src_port,
+            segment.dst,
+            segment.dst_port,
+        )
+        .1
+    }
+
+    fn gate_slot(&self) -> u32 {
+        let segment = self.spec().segment().expect("a plain TCP segment");
+        gate_slot(
+            &segment.src,
+            segment.src_port,
+            &segment.dst,
+            segment.dst_port,
+        )
+    }
+}
+
+/// `verdict` with another payload length: for frames whose IP length fields were patched.
+fn with_payload_len(verdict: Verdict, payload_len: u32) -> Verdict {
+    let Verdict::Tcp(segment) = verdict else {
+        panic!("not a TCP verdict: {verdict:?}")
+    };
+    Verdict::Tcp(oracle::Segment {
+        payload_len,
+        ..segment
     })
 }
 
@@ -159,51 +358,8 @@ fn write_tcp(tcp: PacketBuilderStep<TcpHeader>, flags: u8, payload: &[u8]) -> Ve
     frame
 }
 
-/// Ethernet / IPv4 / TCP from `src` to `dst`.
-fn ipv4_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8, payload: &[u8]) -> Vec<u8> {
-    let tcp = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
-        .ipv4(src.0, dst.0, 64)
-        .tcp(src.1, dst.1, 1000, 64240);
-    write_tcp(tcp, flags, payload)
-}
-
-/// Ethernet / IPv6 / TCP from `src` to `dst`.
-fn ipv6_frame(src: ([u8; 16], u16), dst: ([u8; 16], u16), flags: u8, payload: &[u8]) -> Vec<u8> {
-    let tcp = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
-        .ipv6(src.0, dst.0, 64)
-        .tcp(src.1, dst.1, 1000, 64240);
-    write_tcp(tcp, flags, payload)
-}
-
 fn client_v4(flags: u8) -> Vec<u8> {
-    ipv4_frame(
-        (CLIENT_V4, CLIENT_PORT),
-        (SERVER_V4, SERVER_PORT),
-        flags,
-        &[],
-    )
-}
-
-fn server_v4(flags: u8) -> Vec<u8> {
-    ipv4_frame(
-        (SERVER_V4, SERVER_PORT),
-        (CLIENT_V4, CLIENT_PORT),
-        flags,
-        &[],
-    )
-}
-
-fn client_v4_verdict(flags: u8) -> Verdict {
-    tcp_v4(CLIENT_V4, CLIENT_PORT, SERVER_V4, SERVER_PORT, flags)
-}
-
-fn server_v4_verdict(flags: u8) -> Verdict {
-    tcp_v4(SERVER_V4, SERVER_PORT, CLIENT_V4, CLIENT_PORT, flags)
-}
-
-/// The sender index of the client in the canonical key of the client/server flow.
-fn client_sender(family: u8, client: [u32; 4], server: [u32; 4]) -> usize {
-    FlowKey::from_packet(family, 1, client, CLIENT_PORT, server, SERVER_PORT).1
+    Seg::client(flags).frame()
 }
 
 fn counts(syn: u32, syn_ack: u32, fin: u32, rst: u32) -> FlagCounts {
@@ -218,36 +374,79 @@ fn counts(syn: u32, syn_ack: u32, fin: u32, rst: u32) -> FlagCounts {
 #[test]
 fn handshake_data_and_close_are_counted_per_sender() {
     on_both_hooks(|h| {
-        h.send("SYN", &client_v4(TCP_SYN), client_v4_verdict(TCP_SYN));
-        let syn_ack = TCP_SYN | TCP_ACK;
-        h.send("SYN/ACK", &server_v4(syn_ack), server_v4_verdict(syn_ack));
-        h.send("ACK", &client_v4(TCP_ACK), client_v4_verdict(TCP_ACK));
-        let data = ipv4_frame(
-            (CLIENT_V4, CLIENT_PORT),
-            (SERVER_V4, SERVER_PORT),
-            PSH | TCP_ACK,
-            PAYLOAD,
+        let syn = Seg {
+            ip_id: 7,
+            ..Seg::client(TCP_SYN)
+        };
+        let syn_window = h.send_seg("SYN", &syn);
+        let syn_ack = Seg {
+            seq: 5000,
+            ack: 1001,
+            ttl: 57,
+            ip_id: 300,
+            src_mac: GATEWAY_MAC,
+            dst_mac: CLIENT_MAC,
+            ..Seg::server(TCP_SYN | TCP_ACK)
+        };
+        let syn_ack_window = h.send_seg("SYN/ACK", &syn_ack);
+        let ack = Seg {
+            seq: 1001,
+            ack: 5001,
+            ..Seg::client(TCP_ACK)
+        };
+        h.send_seg("ACK", &ack);
+        let data = Seg {
+            flags: PSH | TCP_ACK,
+            payload: PAYLOAD,
+            ..ack
+        };
+        h.send_seg("data", &data);
+        let client_fin = Seg {
+            seq: 1001 + PAYLOAD_LEN,
+            ip_id: 9,
+            flags: TCP_FIN | TCP_ACK,
+            ..ack
+        };
+        h.send_seg("client FIN", &client_fin);
+        let server_fin = Seg {
+            seq: 5001,
+            ack: 1002 + PAYLOAD_LEN,
+            ip_id: 301,
+            flags: TCP_FIN | TCP_ACK,
+            ..syn_ack
+        };
+        h.send_seg("server FIN", &server_fin);
+        h.send_seg(
+            "last ACK",
+            &Seg {
+                seq: 1002 + PAYLOAD_LEN,
+                ..ack
+            },
         );
-        h.send("data", &data, client_v4_verdict(PSH | TCP_ACK));
-        let fin = TCP_FIN | TCP_ACK;
-        h.send("client FIN", &client_v4(fin), client_v4_verdict(fin));
-        h.send("server FIN", &server_v4(fin), server_v4_verdict(fin));
-        h.send("last ACK", &client_v4(TCP_ACK), client_v4_verdict(TCP_ACK));
 
-        // Spelled out once more without the model: who sent what, and who the client is.
+        // Spelled out once more without the model: who sent what, who the client is, and what
+        // each side's normal packets looked like (the latest one; the highest sequence end).
         let (key, value) = h.only_flow();
-        let client = client_sender(FAMILY_IPV4, ipv4_words(CLIENT_V4), ipv4_words(SERVER_V4));
+        let (client, server) = (syn.sender(), syn_ack.sender());
         assert_eq!(key.ifindex, h.ifindex);
-        assert_eq!(key.family, FAMILY_IPV4);
+        assert_eq!(key.family, tracer_common::FAMILY_IPV4);
         assert_eq!(value.sent_by[client], counts(1, 0, 1, 0));
-        assert_eq!(value.sent_by[1 - client], counts(0, 1, 1, 0));
+        assert_eq!(value.sent_by[server], counts(0, 1, 1, 0));
         let expected_first = if client == 0 {
             FIRST_SYN_LO
         } else {
             FIRST_SYN_HI
         };
         assert_eq!(value.first_syn_from, expected_first);
+        assert_eq!(
+            value.baseline[client],
+            h.baseline(&client_fin, 1002 + PAYLOAD_LEN)
+        );
+        assert_eq!(value.baseline[server], h.baseline(&server_fin, 5002));
+        assert!(syn_window.contains(value.syn_ns));
+        assert!(syn_ack_window.contains(value.syn_ack_ns));
         assert!(value.first_seen_ns != 0 && value.first_seen_ns <= value.last_seen_ns);
+        assert!(h.tracer.resets().expect("resets").is_empty());
         let counters = h.tracer.counters(h.hook).expect("counters");
         assert_eq!(
             (counters.packets, counters.tcp, counters.flows_created),
@@ -259,33 +458,48 @@ fn handshake_data_and_close_are_counted_per_sender() {
 #[test]
 fn ipv6_handshake_and_refusal() {
     on_both_hooks(|h| {
-        let syn = tcp_v6(CLIENT_V6, CLIENT_PORT, SERVER_V6, SERVER_PORT, TCP_SYN);
-        let client = ((CLIENT_V6, CLIENT_PORT), (SERVER_V6, SERVER_PORT));
-        let server = ((SERVER_V6, SERVER_PORT), (CLIENT_V6, CLIENT_PORT));
-        h.send("SYN", &ipv6_frame(client.0, client.1, TCP_SYN, &[]), syn);
-        let rst_ack = TCP_RST | TCP_ACK;
-        h.send(
-            "RST/ACK",
-            &ipv6_frame(server.0, server.1, rst_ack, &[]),
-            tcp_v6(SERVER_V6, SERVER_PORT, CLIENT_V6, CLIENT_PORT, rst_ack),
-        );
+        let syn = Seg {
+            v6: true,
+            ttl: 255,
+            ..Seg::client(TCP_SYN)
+        };
+        h.send_seg("SYN", &syn);
+        let refusal = Seg {
+            v6: true,
+            seq: 0,
+            ack: 1001,
+            ttl: 63,
+            ..Seg::server(TCP_RST | TCP_ACK)
+        };
+        let rst_window = h.send_seg("RST/ACK", &refusal);
         let (key, value) = h.only_flow();
-        let client = client_sender(FAMILY_IPV6, ipv6_words(CLIENT_V6), ipv6_words(SERVER_V6));
-        assert_eq!(key.family, FAMILY_IPV6);
+        let (client, server) = (syn.sender(), refusal.sender());
+        assert_eq!(key.family, tracer_common::FAMILY_IPV6);
         assert_eq!(value.sent_by[client], counts(1, 0, 0, 0));
-        assert_eq!(value.sent_by[1 - client], counts(0, 0, 0, 1));
+        assert_eq!(value.sent_by[server], counts(0, 0, 0, 1));
+        // The hop limit stands in for the TTL, and IPv6 has no IP ID.
+        assert_eq!(value.baseline[client], h.baseline(&syn, 1001));
+        assert_eq!(value.baseline[server], Baseline::default());
+        let evidence = h.only_reset();
+        assert_rst(
+            &evidence.by_sender[server],
+            &h.first_rst(&refusal, 0),
+            rst_window,
+            rst_window,
+        );
+        assert_eq!(evidence.by_sender[client], RstEvidence::default());
+        assert_eq!(h.gate(&refusal), RESET_GATE_BUDGET);
     });
 }
 
 #[test]
 fn rst_and_rst_ack_count_as_rst() {
     on_both_hooks(|h| {
-        h.send("RST", &server_v4(TCP_RST), server_v4_verdict(TCP_RST));
-        let rst_ack = TCP_RST | TCP_ACK;
-        h.send("RST/ACK", &server_v4(rst_ack), server_v4_verdict(rst_ack));
+        h.send_seg("RST", &Seg::server(TCP_RST));
+        h.send_seg("RST/ACK", &Seg::server(TCP_RST | TCP_ACK));
         let (_, value) = h.only_flow();
-        let client = client_sender(FAMILY_IPV4, ipv4_words(CLIENT_V4), ipv4_words(SERVER_V4));
-        assert_eq!(value.sent_by[1 - client], counts(0, 0, 0, 2));
+        let server = Seg::server(TCP_RST).sender();
+        assert_eq!(value.sent_by[server], counts(0, 0, 0, 2));
         assert_eq!(value.first_syn_from, FIRST_SYN_NONE);
     });
 }
@@ -293,16 +507,15 @@ fn rst_and_rst_ack_count_as_rst() {
 #[test]
 fn plain_ack_and_data_touch_no_flow() {
     on_both_hooks(|h| {
-        h.send("ACK", &client_v4(TCP_ACK), client_v4_verdict(TCP_ACK));
-        let data = ipv4_frame(
-            (SERVER_V4, SERVER_PORT),
-            (CLIENT_V4, CLIENT_PORT),
-            PSH | TCP_ACK,
-            PAYLOAD,
-        );
-        h.send("data", &data, server_v4_verdict(PSH | TCP_ACK));
-        h.send("no flags", &client_v4(0), client_v4_verdict(0));
+        h.send_seg("ACK", &Seg::client(TCP_ACK));
+        let data = Seg {
+            payload: PAYLOAD,
+            ..Seg::server(PSH | TCP_ACK)
+        };
+        h.send_seg("data", &data);
+        h.send_seg("no flags", &Seg::client(0));
         assert!(h.tracer.flows().expect("flows").is_empty());
+        assert!(h.tracer.resets().expect("resets").is_empty());
     });
 }
 
@@ -311,21 +524,12 @@ fn first_syn_sender_is_recorded_even_after_other_packets() {
     on_both_hooks(|h| {
         // The entry is created by the SYN/ACK (no client known yet); the first SYN without ACK
         // names the client; a retransmitted SYN from the other side does not change it.
-        let syn_ack = TCP_SYN | TCP_ACK;
-        h.send(
-            "SYN/ACK first",
-            &server_v4(syn_ack),
-            server_v4_verdict(syn_ack),
-        );
-        h.send("SYN", &client_v4(TCP_SYN), client_v4_verdict(TCP_SYN));
-        h.send("SYN again", &client_v4(TCP_SYN), client_v4_verdict(TCP_SYN));
-        h.send(
-            "other side SYN",
-            &server_v4(TCP_SYN),
-            server_v4_verdict(TCP_SYN),
-        );
+        let syn_ack_window = h.send_seg("SYN/ACK first", &Seg::server(TCP_SYN | TCP_ACK));
+        let syn_window = h.send_seg("SYN", &Seg::client(TCP_SYN));
+        h.send_seg("SYN again", &Seg::client(TCP_SYN));
+        h.send_seg("other side SYN", &Seg::server(TCP_SYN));
         let (_, value) = h.only_flow();
-        let client = client_sender(FAMILY_IPV4, ipv4_words(CLIENT_V4), ipv4_words(SERVER_V4));
+        let client = Seg::client(TCP_SYN).sender();
         assert_eq!(value.sent_by[client], counts(2, 0, 0, 0));
         assert_eq!(value.sent_by[1 - client], counts(1, 1, 0, 0));
         let expected_first = if client == 0 {
@@ -334,6 +538,9 @@ fn first_syn_sender_is_recorded_even_after_other_packets() {
             FIRST_SYN_HI
         };
         assert_eq!(value.first_syn_from, expected_first);
+        // The first of each kind keeps its time.
+        assert!(syn_window.contains(value.syn_ns));
+        assert!(syn_ack_window.contains(value.syn_ack_ns));
     });
 }
 
@@ -341,35 +548,49 @@ fn first_syn_sender_is_recorded_even_after_other_packets() {
 fn combined_flags_count_in_every_matching_counter() {
     on_both_hooks(|h| {
         let all = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST;
-        h.send("SYN/ACK/FIN/RST", &client_v4(all), client_v4_verdict(all));
-        let syn_fin = TCP_SYN | TCP_FIN;
-        h.send("SYN/FIN", &client_v4(syn_fin), client_v4_verdict(syn_fin));
-        let fin = TCP_FIN;
-        h.send("bare FIN", &client_v4(fin), client_v4_verdict(fin));
+        h.send_seg("SYN/ACK/FIN/RST", &Seg::client(all));
+        h.send_seg("SYN/FIN", &Seg::client(TCP_SYN | TCP_FIN));
+        h.send_seg("bare FIN", &Seg::client(TCP_FIN));
         let (_, value) = h.only_flow();
-        let client = client_sender(FAMILY_IPV4, ipv4_words(CLIENT_V4), ipv4_words(SERVER_V4));
+        let client = Seg::client(TCP_FIN).sender();
         assert_eq!(value.sent_by[client], counts(1, 1, 3, 1));
+        // The first packet is a RST, so it is evidence, not baseline; the SYN/FIN ends one past
+        // its FIN (SYN and FIN take a sequence number each).
+        assert_eq!(
+            value.baseline[client],
+            h.baseline(&Seg::client(TCP_FIN), 1002)
+        );
     });
 }
 
 #[test]
 fn both_hooks_share_one_flow_entry() {
     // As attached for real: the client's packets leave through TC, the server's arrive at XDP.
-    let mut egress = Harness::new(Hook::Egress);
-    egress.send("SYN out", &client_v4(TCP_SYN), client_v4_verdict(TCP_SYN));
-    egress.hook = Hook::Ingress;
-    let syn_ack = TCP_SYN | TCP_ACK;
-    egress.send(
-        "SYN/ACK in",
-        &server_v4(syn_ack),
-        server_v4_verdict(syn_ack),
-    );
-    let (_, value) = egress.only_flow();
-    let client = client_sender(FAMILY_IPV4, ipv4_words(CLIENT_V4), ipv4_words(SERVER_V4));
+    let mut h = Harness::new(Hook::Egress);
+    let syn = Seg {
+        dst_mac: GATEWAY_MAC,
+        ..Seg::client(TCP_SYN)
+    };
+    h.send_seg("SYN out", &syn);
+    h.hook = Hook::Ingress;
+    let syn_ack = Seg {
+        src_mac: GATEWAY_MAC,
+        dst_mac: CLIENT_MAC,
+        seq: 5000,
+        ..Seg::server(TCP_SYN | TCP_ACK)
+    };
+    h.send_seg("SYN/ACK in", &syn_ack);
+    let (_, value) = h.only_flow();
+    let (client, server) = (syn.sender(), syn_ack.sender());
     assert_eq!(value.sent_by[client], counts(1, 0, 0, 0));
-    assert_eq!(value.sent_by[1 - client], counts(0, 1, 0, 0));
+    assert_eq!(value.sent_by[server], counts(0, 1, 0, 0));
+    // Both sides name the gateway: the destination of what leaves, the source of what arrives.
+    assert_eq!(value.baseline[client].mac, GATEWAY_MAC);
+    assert_eq!(value.baseline[client].seen_on, SEEN_EGRESS);
+    assert_eq!(value.baseline[server].mac, GATEWAY_MAC);
+    assert_eq!(value.baseline[server].seen_on, SEEN_INGRESS);
     for hook in [Hook::Ingress, Hook::Egress] {
-        let counters = egress.tracer.counters(hook).expect("counters");
+        let counters = h.tracer.counters(hook).expect("counters");
         assert_eq!((counters.packets, counters.tcp), (1, 1), "{hook:?}");
     }
 }
@@ -391,7 +612,7 @@ impl Case {
         Self {
             name,
             frame,
-            verdict,
+            verdict: with_payload_len(verdict, payload_len.try_into().expect("small payload")),
             required_len,
         }
     }
@@ -411,6 +632,7 @@ const ETHERNET_LEN: usize = 14;
 const VLAN_LEN: usize = 4;
 const IPV4_LEN: usize = 20;
 const IPV6_LEN: usize = 40;
+const TCP_LEN: usize = 20;
 
 /// A client-to-server IPv4 header with `option_words` words of NOP options (the option
 /// content is irrelevant to the tracer; NOPs keep it valid). PacketBuilder sets the protocol.
@@ -575,39 +797,35 @@ fn arp_request() -> Vec<u8> {
     frame
 }
 
-/// Built with the layered builder: shapes PacketBuilder cannot make.
-fn layered(tags: &[u16], ip: IpSpec, flags: u8) -> Vec<u8> {
+/// A client SYN with payload from the layered builder, with `tags` and `ip`: shapes
+/// PacketBuilder cannot make.
+fn layered(tags: &[u16], ip: IpSpec) -> Vec<u8> {
+    let syn = Seg {
+        payload: PAYLOAD,
+        ..Seg::client(TCP_SYN)
+    };
     FrameSpec {
         tags: tags.to_vec(),
         ip,
-        l4: L4Spec::Tcp {
-            src_port: CLIENT_PORT,
-            dst_port: SERVER_PORT,
-            flags,
-            option_words: 0,
-            payload: PAYLOAD.to_vec(),
-        },
+        ..syn.spec()
     }
     .build()
     .bytes
 }
 
-fn ipv4_spec() -> IpSpec {
+fn ipv4_spec(src: [u8; 4], dst: [u8; 4], id: u16) -> IpSpec {
     IpSpec::V4 {
-        src: CLIENT_V4,
-        dst: SERVER_V4,
+        src,
+        dst,
+        id,
         option_words: 0,
         fragment_offset: 0,
         more_fragments: false,
     }
 }
 
-fn ipv6_spec(exts: Vec<Ext>) -> IpSpec {
-    IpSpec::V6 {
-        src: CLIENT_V6,
-        dst: SERVER_V6,
-        exts,
-    }
+fn ipv6_spec(src: [u8; 16], dst: [u8; 16], exts: Vec<Ext>) -> IpSpec {
+    IpSpec::V6 { src, dst, exts }
 }
 
 /// `count` extension headers of every walked kind, in no particular RFC order.
@@ -629,14 +847,23 @@ fn ext_chain(count: usize) -> Vec<Ext> {
 
 /// Every valid frame of the suite.
 fn catalogue() -> Vec<Case> {
-    let syn_v4 = || tcp_v4(CLIENT_V4, CLIENT_PORT, SERVER_V4, SERVER_PORT, TCP_SYN);
-    let syn_v6 = || tcp_v6(CLIENT_V6, CLIENT_PORT, SERVER_V6, SERVER_PORT, TCP_SYN);
+    // Case::tcp sets the payload length.
+    let syn_v4 = || Seg::client(TCP_SYN).verdict();
+    let syn_v6 = || {
+        Seg {
+            v6: true,
+            ..Seg::client(TCP_SYN)
+        }
+        .verdict()
+    };
+    let eth = || PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC);
     let mut cases = vec![
         Case::tcp(
             "IPv4 SYN",
-            ipv4_frame(
-                (CLIENT_V4, CLIENT_PORT),
-                (SERVER_V4, SERVER_PORT),
+            write_tcp(
+                eth()
+                    .ipv4(CLIENT_V4, SERVER_V4, 64)
+                    .tcp(CLIENT_PORT, SERVER_PORT, 1000, 64240),
                 TCP_SYN,
                 PAYLOAD,
             ),
@@ -645,9 +872,10 @@ fn catalogue() -> Vec<Case> {
         ),
         Case::tcp(
             "IPv6 SYN",
-            ipv6_frame(
-                (CLIENT_V6, CLIENT_PORT),
-                (SERVER_V6, SERVER_PORT),
+            write_tcp(
+                eth()
+                    .ipv6(CLIENT_V6, SERVER_V6, 64)
+                    .tcp(CLIENT_PORT, SERVER_PORT, 1000, 64240),
                 TCP_SYN,
                 PAYLOAD,
             ),
@@ -668,7 +896,7 @@ fn catalogue() -> Vec<Case> {
         ),
         Case::tcp(
             "IPv6 with 6 extension headers (the bound)",
-            layered(&[], ipv6_spec(ext_chain(6)), TCP_SYN),
+            layered(&[], ipv6_spec(CLIENT_V6, SERVER_V6, ext_chain(6))),
             syn_v6(),
             PAYLOAD.len(),
         ),
@@ -687,31 +915,29 @@ fn catalogue() -> Vec<Case> {
         ),
         Case::tcp(
             "two 802.1Q tags",
-            layered(&[0x8100, 0x8100], ipv4_spec(), TCP_SYN),
+            layered(&[0x8100, 0x8100], ipv4_spec(CLIENT_V4, SERVER_V4, 0)),
             syn_v4(),
             PAYLOAD.len(),
         ),
         Case::tcp(
             "802.1ad single tag",
-            layered(&[0x88a8], ipv4_spec(), TCP_SYN),
+            layered(&[0x88a8], ipv4_spec(CLIENT_V4, SERVER_V4, 0)),
             syn_v4(),
             PAYLOAD.len(),
         ),
         Case::tcp(
             "TCP with options",
-            FrameSpec {
-                tags: vec![],
-                ip: ipv4_spec(),
-                l4: L4Spec::Tcp {
-                    src_port: CLIENT_PORT,
-                    dst_port: SERVER_PORT,
-                    flags: TCP_SYN,
-                    option_words: 10,
-                    payload: PAYLOAD.to_vec(),
-                },
-            }
-            .build()
-            .bytes,
+            {
+                let mut spec = Seg {
+                    payload: PAYLOAD,
+                    ..Seg::client(TCP_SYN)
+                }
+                .spec();
+                if let L4Spec::Tcp { option_words, .. } = &mut spec.l4 {
+                    *option_words = 10;
+                }
+                spec.build().bytes
+            },
             syn_v4(),
             PAYLOAD.len(),
         ),
@@ -740,13 +966,16 @@ fn catalogue() -> Vec<Case> {
         Case::other("ARP", arp_request(), ETHERNET_LEN),
         Case::other(
             "IPv6 with 7 extension headers (past the bound)",
-            layered(&[], ipv6_spec(ext_chain(7)), TCP_SYN),
+            layered(&[], ipv6_spec(CLIENT_V6, SERVER_V6, ext_chain(7))),
             // The walk stops after six headers, at a seventh it does not follow.
             ETHERNET_LEN + IPV6_LEN + 8 + 16 + 8 + 8 + 8 + 16,
         ),
         Case::other(
             "three VLAN tags (past the bound)",
-            layered(&[0x88a8, 0x8100, 0x8100], ipv4_spec(), TCP_SYN),
+            layered(
+                &[0x88a8, 0x8100, 0x8100],
+                ipv4_spec(CLIENT_V4, SERVER_V4, 0),
+            ),
             ETHERNET_LEN + 2 * VLAN_LEN,
         ),
     ];
@@ -839,12 +1068,11 @@ fn malformed_headers_are_parse_errors() {
             &patched(ihl, 0x65),
             Verdict::ParseError,
         );
-        let mut v6 = ipv6_frame(
-            (CLIENT_V6, CLIENT_PORT),
-            (SERVER_V6, SERVER_PORT),
-            TCP_SYN,
-            &[],
-        );
+        let mut v6 = Seg {
+            v6: true,
+            ..Seg::client(TCP_SYN)
+        }
+        .frame();
         v6[ETHERNET_LEN] = 0x40;
         h.send(
             "IPv4 version in an IPv6 EtherType",
@@ -855,30 +1083,67 @@ fn malformed_headers_are_parse_errors() {
 }
 
 #[test]
-fn ip_length_fields_are_not_trusted() {
+fn ip_length_fields_give_the_payload_length_but_not_the_header_walk() {
     // GSO and BIG TCP packets carry 0 in the IPv4 total length / IPv6 payload length, so the
-    // tracer walks the headers by their own length fields and the captured bytes only.
-    let syn_v4 = client_v4(TCP_SYN);
-    let mut zero_total = syn_v4.clone();
-    zero_total[ETHERNET_LEN + 2..ETHERNET_LEN + 4].copy_from_slice(&[0, 0]);
-    let mut v6 = ipv6_frame(
-        (CLIENT_V6, CLIENT_PORT),
-        (SERVER_V6, SERVER_PORT),
-        TCP_SYN,
-        &[],
-    );
-    v6[ETHERNET_LEN + 4..ETHERNET_LEN + 6].copy_from_slice(&[0, 0]);
-    let mut trailer = syn_v4.clone();
+    // tracer walks the headers by their own length fields and the captured bytes only. The TCP
+    // payload length (for sequence ends and data after a RST) is what the IP length fields leave
+    // after the IP and TCP headers, 0 when they do not add up, whatever was captured.
+    let syn = Seg {
+        payload: PAYLOAD,
+        ..Seg::client(TCP_SYN)
+    };
+    let syn_v6 = Seg { v6: true, ..syn };
+    let with_length = |seg: &Seg, length: u16| {
+        let offset = ETHERNET_LEN + if seg.v6 { 4 } else { 2 };
+        let mut frame = seg.frame();
+        frame[offset..offset + 2].copy_from_slice(&length.to_be_bytes());
+        frame
+    };
+    let mut trailer = syn.frame();
     trailer.extend_from_slice(&[0xee; 30]);
+    let headers = (IPV4_LEN + TCP_LEN) as u16;
+    let cases = [
+        ("IPv4 total length 0", syn, with_length(&syn, 0), 0),
+        (
+            "IPv4 total length inside the TCP header",
+            syn,
+            with_length(&syn, headers - 4),
+            0,
+        ),
+        (
+            "IPv4 total length short of the payload",
+            syn,
+            with_length(&syn, headers + 5),
+            5,
+        ),
+        (
+            "IPv4 total length past the frame",
+            syn,
+            with_length(&syn, u16::MAX),
+            u32::from(u16::MAX - headers),
+        ),
+        ("Ethernet trailer", syn, trailer, PAYLOAD_LEN),
+        ("IPv6 payload length 0", syn_v6, with_length(&syn_v6, 0), 0),
+        (
+            "IPv6 payload length past the frame",
+            syn_v6,
+            with_length(&syn_v6, u16::MAX),
+            u32::from(u16::MAX) - TCP_LEN as u32,
+        ),
+    ];
     on_both_hooks(|h| {
-        h.send(
-            "IPv4 total length 0",
-            &zero_total,
-            client_v4_verdict(TCP_SYN),
-        );
-        let syn_v6 = tcp_v6(CLIENT_V6, CLIENT_PORT, SERVER_V6, SERVER_PORT, TCP_SYN);
-        h.send("IPv6 payload length 0", &v6, syn_v6);
-        h.send("Ethernet trailer", &trailer, client_v4_verdict(TCP_SYN));
+        for (name, seg, frame, payload_len) in &cases {
+            h.send(name, frame, with_payload_len(seg.verdict(), *payload_len));
+            // What the payload length feeds: the sequence end of the SYN.
+            let (_, value) = h.only_flow();
+            assert_eq!(
+                value.baseline[seg.sender()].max_seq_end,
+                seg.seq + payload_len + 1,
+                "{name} on {:?}",
+                h.hook
+            );
+            h.clear();
+        }
     });
 }
 
@@ -888,12 +1153,11 @@ fn other_ethertypes_and_protocols_are_not_tcp() {
     lldp[12..14].copy_from_slice(&0x88ccu16.to_be_bytes());
     let mut icmp_v4 = client_v4(TCP_SYN);
     icmp_v4[ETHERNET_LEN + 9] = u8::from(ip_number::ICMP);
-    let mut no_next_v6 = ipv6_frame(
-        (CLIENT_V6, CLIENT_PORT),
-        (SERVER_V6, SERVER_PORT),
-        TCP_SYN,
-        &[],
-    );
+    let mut no_next_v6 = Seg {
+        v6: true,
+        ..Seg::client(TCP_SYN)
+    }
+    .frame();
     no_next_v6[ETHERNET_LEN + 6] = u8::from(IpNumber(59));
     let mut dot1q_in_9100 = single_vlan_syn();
     dot1q_in_9100[12..14].copy_from_slice(&0x9100u16.to_be_bytes());
@@ -905,5 +1169,457 @@ fn other_ethertypes_and_protocols_are_not_tcp() {
         h.send("UDP", &udp_v4(), Verdict::NotTcp);
         h.send("ARP", &arp_request(), Verdict::NotTcp);
         assert!(h.tracer.flows().expect("flows").is_empty());
+    });
+}
+
+// Reset evidence. The flows below are a client behind a gateway talking to a server; packets
+// from the server's address arrive, the client's leave. Each fixture runs on both programs
+// unless its point is one hook.
+
+/// The server's SYN/ACK as the client's side of the gateway sees it: seven hops away.
+fn server_syn_ack(v6: bool) -> Seg {
+    Seg {
+        v6,
+        seq: 7000,
+        ack: 1001,
+        ttl: 57,
+        ip_id: 0x4000,
+        src_mac: GATEWAY_MAC,
+        dst_mac: CLIENT_MAC,
+        ..Seg::server(TCP_SYN | TCP_ACK)
+    }
+}
+
+/// Data from the server at `seq`, through the gateway.
+fn server_data(seq: u32) -> Seg {
+    Seg {
+        seq,
+        payload: PAYLOAD,
+        flags: PSH | TCP_ACK,
+        ..server_syn_ack(false)
+    }
+}
+
+/// A RST from the server's address at `seq` as a box next to the client forges it: its own MAC,
+/// TTL 64 (no hops), IP ID 0, sent towards the server's MAC.
+fn forged_rst(v6: bool, seq: u32) -> Seg {
+    Seg {
+        v6,
+        seq,
+        ack: 1001,
+        ttl: 64,
+        ip_id: 0,
+        src_mac: INJECTOR_MAC,
+        dst_mac: SERVER_MAC,
+        ..Seg::server(TCP_RST | TCP_ACK)
+    }
+}
+
+#[test]
+fn ttl_mac_and_ip_id_of_normal_packets_and_of_the_rst_are_kept_apart() {
+    on_both_hooks(|h| {
+        for v6 in [false, true] {
+            let syn = Seg {
+                v6,
+                ttl: 64,
+                ip_id: 100,
+                dst_mac: GATEWAY_MAC,
+                ..Seg::client(TCP_SYN)
+            };
+            let syn_window = h.send_seg("SYN", &syn);
+            let syn_ack = server_syn_ack(v6);
+            let syn_ack_window = h.send_seg("SYN/ACK", &syn_ack);
+            let rst = forged_rst(v6, 7001);
+            let rst_window = h.send_seg("forged RST", &rst);
+
+            let (client, server) = (syn.sender(), syn_ack.sender());
+            let (_, value) = h.only_flow();
+            assert_eq!(value.baseline[client], h.baseline(&syn, 1001));
+            // The RST is evidence, not baseline: the server's baseline is still its SYN/ACK.
+            assert_eq!(value.baseline[server], h.baseline(&syn_ack, 7001));
+            assert!(syn_window.contains(value.syn_ns));
+            assert!(syn_ack_window.contains(value.syn_ack_ns));
+            let evidence = h.only_reset();
+            assert_rst(
+                &evidence.by_sender[server],
+                &h.first_rst(&rst, 7001),
+                rst_window,
+                rst_window,
+            );
+            assert_eq!(evidence.by_sender[client], RstEvidence::default());
+            // What tells them apart, recorded on both sides.
+            let recorded = &evidence.by_sender[server];
+            assert_ne!(recorded.ttl, value.baseline[server].ttl);
+            assert_ne!(recorded.mac, value.baseline[server].mac);
+            if !v6 {
+                assert_ne!(recorded.ip_id, value.baseline[server].ip_id);
+            }
+            assert_eq!(h.gate(&rst), RESET_GATE_BUDGET);
+            h.clear();
+        }
+    });
+}
+
+#[test]
+fn data_after_a_rst_counts_packets_and_the_bytes_at_or_beyond_its_seq() {
+    on_both_hooks(|h| {
+        h.send_seg("SYN/ACK", &server_syn_ack(false));
+        let rst = forged_rst(false, 7001);
+        let rst_window = h.send_seg("forged RST", &rst);
+        let (_, flow_at_rst) = h.only_flow();
+        // (segment, packets_after, bytes_beyond after it)
+        let after = [
+            (server_data(6000), 1, 0),
+            // Starts before the RST's sequence number and runs past it: the contract counts the
+            // bytes of packets that start at or beyond it only.
+            (server_data(7001 - 10), 2, 0),
+            (server_data(7001), 3, PAYLOAD_LEN),
+            (server_data(9000), 4, 2 * PAYLOAD_LEN),
+            (
+                Seg {
+                    payload: &[],
+                    flags: TCP_ACK,
+                    ..server_data(9000 + PAYLOAD_LEN)
+                },
+                5,
+                2 * PAYLOAD_LEN,
+            ),
+            // The client sent no RST: its packets spend the gate but count nowhere.
+            (
+                Seg {
+                    seq: 1001,
+                    payload: PAYLOAD,
+                    ..Seg::client(PSH | TCP_ACK)
+                },
+                5,
+                2 * PAYLOAD_LEN,
+            ),
+        ];
+        let server = rst.sender();
+        for (index, (seg, packets, bytes)) in after.iter().enumerate() {
+            h.send_seg(&format!("packet {index} after the RST"), seg);
+            let evidence = h.only_reset().by_sender[server];
+            assert_eq!(
+                (evidence.packets_after, evidence.bytes_beyond),
+                (*packets, *bytes),
+                "after packet {index} {seg:?}"
+            );
+            assert_eq!(h.gate(&rst), RESET_GATE_BUDGET - 1 - index as u32);
+            // Plain packets after a RST touch the reset evidence only.
+            assert_eq!(h.only_flow().1, flow_at_rst);
+        }
+        // A FIN with data is examined for its flags too: baseline and evidence both count it.
+        let fin = Seg {
+            flags: TCP_FIN | TCP_ACK,
+            ..server_data(9000 + PAYLOAD_LEN)
+        };
+        h.send_seg("FIN with data after the RST", &fin);
+        let (_, value) = h.only_flow();
+        assert_eq!(
+            value.baseline[server],
+            h.baseline(&fin, 9000 + 2 * PAYLOAD_LEN + 1)
+        );
+        let untimed = RstEvidence {
+            packets_after: 6,
+            bytes_beyond: 3 * PAYLOAD_LEN,
+            ..h.first_rst(&rst, 7001)
+        };
+        assert_rst(
+            &h.only_reset().by_sender[server],
+            &untimed,
+            rst_window,
+            rst_window,
+        );
+        assert_eq!(h.gate(&rst), RESET_GATE_BUDGET - 7);
+    });
+}
+
+#[test]
+fn the_reset_gate_closes_after_its_budget_and_a_new_rst_reopens_it() {
+    on_both_hooks(|h| {
+        let rst = forged_rst(false, 7001);
+        h.send_seg("forged RST", &rst);
+        let server = rst.sender();
+        let client_ack = Seg {
+            seq: 1001,
+            ..Seg::client(TCP_ACK)
+        };
+        // Both directions spend the budget; only the server's packets count for its RST.
+        for spent in 1..=RESET_GATE_BUDGET {
+            let seg = if spent % 2 == 1 {
+                server_data(7001 + spent * PAYLOAD_LEN)
+            } else {
+                client_ack
+            };
+            h.send_seg(&format!("packet {spent} after the RST"), &seg);
+            assert_eq!(h.gate(&rst), RESET_GATE_BUDGET - spent);
+        }
+        let counted = RESET_GATE_BUDGET / 2;
+        let evidence = h.only_reset().by_sender[server];
+        assert_eq!(
+            (evidence.packets_after, evidence.bytes_beyond),
+            (counted, counted * PAYLOAD_LEN)
+        );
+        // Closed: the server goes on sending, and nothing counts.
+        for index in 0..3 {
+            h.send_seg("data after the budget", &server_data(9000 + index));
+            assert_eq!(h.gate(&rst), 0);
+            assert_eq!(h.only_reset().by_sender[server], evidence);
+        }
+        // The next RST opens the gate again for the same number of packets.
+        h.send_seg("RST again", &rst);
+        assert_eq!(h.gate(&rst), RESET_GATE_BUDGET);
+        h.send_seg("data after the second RST", &server_data(9500));
+        let evidence = h.only_reset().by_sender[server];
+        assert_eq!(evidence.packets_after, counted + 1);
+        assert_eq!(evidence.bytes_beyond, (counted + 1) * PAYLOAD_LEN);
+        assert_eq!(evidence.same_seq_rsts, 1);
+        assert_eq!(h.gate(&rst), RESET_GATE_BUDGET - 1);
+    });
+}
+
+#[test]
+fn plain_packets_touch_no_table_unless_their_gate_slot_is_open() {
+    on_both_hooks(|h| {
+        h.send_seg("SYN", &Seg::client(TCP_SYN));
+        h.send_seg("SYN/ACK", &server_syn_ack(false));
+        let flows_before = h.tracer.flows().expect("flows");
+        let ack = Seg {
+            seq: 1001,
+            ack: 7001,
+            ..Seg::client(TCP_ACK)
+        };
+        let plain = [
+            ack,
+            server_data(7001),
+            Seg {
+                payload: PAYLOAD,
+                ..ack
+            },
+        ];
+        for (index, seg) in plain.iter().enumerate() {
+            h.send_seg(&format!("plain packet {index}, gate closed"), seg);
+            assert_eq!(h.tracer.flows().expect("flows"), flows_before);
+            assert!(h.tracer.resets().expect("resets").is_empty());
+            assert!(h.tracer.reset_gate().expect("gate").iter().all(|b| *b == 0));
+        }
+        // Another flow whose slot is this one's: its RST opens the gate for both.
+        let neighbour_port = (1..=u16::MAX)
+            .find(|&port| {
+                port != CLIENT_PORT
+                    && Seg {
+                        client_port: port,
+                        ..ack
+                    }
+                    .gate_slot()
+                        == ack.gate_slot()
+            })
+            .expect("4096 slots for 65535 ports: some port shares the slot");
+        let neighbour_rst = Seg {
+            client_port: neighbour_port,
+            ..forged_rst(false, 7001)
+        };
+        h.send_seg("RST of a flow in the same slot", &neighbour_rst);
+        let flows_with_neighbour = h.tracer.flows().expect("flows");
+        let resets = h.tracer.resets().expect("resets");
+        assert_eq!(flows_with_neighbour.len(), 2);
+        assert_eq!(resets.len(), 1);
+        // This flow's plain packets spend the shared budget, but this flow has no evidence to
+        // add to, and the other flow's stays as it is.
+        for spent in 1..=RESET_GATE_BUDGET + 2 {
+            let seg = plain[spent as usize % plain.len()];
+            h.send_seg(&format!("plain packet {spent} in the shared slot"), &seg);
+            assert_eq!(h.gate(&ack), RESET_GATE_BUDGET.saturating_sub(spent));
+            assert_eq!(h.tracer.flows().expect("flows"), flows_with_neighbour);
+            assert_eq!(h.tracer.resets().expect("resets"), resets);
+        }
+    });
+}
+
+#[test]
+fn back_to_back_rsts_keep_the_largest_sequence_jump() {
+    // One hook: the timing is the point, and a run costs one wait of more than two seconds.
+    let mut h = Harness::new(Hook::Ingress);
+    let rst = |seq| forged_rst(false, seq);
+    let first = h.send_seg("RST", &rst(0xffff_fff0));
+    // (seq, max_seq_jump after it): the short way round sequence space, across the wrap.
+    let steps = [
+        (0x0000_0010, 0x20),
+        (0x0300_0010, 0x0300_0000),
+        (0x0300_0000, 0x0300_0000),
+    ];
+    let server = rst(0).sender();
+    for (seq, jump) in steps {
+        h.send_seg(&format!("RST at {seq:#x}"), &rst(seq));
+        let evidence = h.only_reset().by_sender[server];
+        assert_eq!((evidence.last_seq, evidence.max_seq_jump), (seq, jump));
+    }
+    // Not back to back any more: a far jump after the pause does not count...
+    std::thread::sleep(Duration::from_nanos(BACK_TO_BACK_NS) + Duration::from_millis(100));
+    h.send_seg("RST after a pause", &rst(0x8000_0000));
+    let evidence = h.only_reset().by_sender[server];
+    assert_eq!(
+        (evidence.last_seq, evidence.max_seq_jump),
+        (0x8000_0000, 0x0300_0000)
+    );
+    // ...and the next one is back to back with it.
+    let last = h.send_seg("RST right after", &rst(0x8400_0000));
+    let untimed = RstEvidence {
+        last_seq: 0x8400_0000,
+        max_seq_jump: 0x0400_0000,
+        ..h.first_rst(&rst(0xffff_fff0), 0)
+    };
+    assert_rst(&h.only_reset().by_sender[server], &untimed, first, last);
+}
+
+#[test]
+fn rsts_repeating_the_first_rsts_sequence_number_are_counted() {
+    on_both_hooks(|h| {
+        // The first RST has no ACK flag, so its acknowledgement field is not evidence.
+        let first_rst = Seg {
+            ack: 0xdead_beef,
+            flags: TCP_RST,
+            ..forged_rst(false, 7001)
+        };
+        let first = h.send_seg("RST", &first_rst);
+        // Later RSTs change neither the first RST's fields nor its sequence number.
+        let repeat = Seg {
+            ttl: 50,
+            ip_id: 77,
+            src_mac: GATEWAY_MAC,
+            dst_mac: CLIENT_MAC,
+            ..forged_rst(false, 7001)
+        };
+        let sequence = [
+            (repeat, 1),
+            (repeat, 2),
+            (
+                Seg {
+                    seq: 7002,
+                    ..repeat
+                },
+                2,
+            ),
+            (repeat, 3),
+        ];
+        let server = first_rst.sender();
+        let mut last = first;
+        for (index, (seg, same_seq)) in sequence.iter().enumerate() {
+            last = h.send_seg(&format!("RST {index}"), seg);
+            let evidence = h.only_reset().by_sender[server];
+            assert_eq!(evidence.same_seq_rsts, *same_seq, "after RST {index}");
+        }
+        let untimed = RstEvidence {
+            same_seq_rsts: 3,
+            max_seq_jump: 1,
+            ..h.first_rst(&first_rst, 0)
+        };
+        assert_eq!(untimed.ack, 0);
+        assert_rst(&h.only_reset().by_sender[server], &untimed, first, last);
+        assert_eq!(h.only_flow().1.sent_by[server], counts(0, 0, 0, 5));
+    });
+}
+
+#[test]
+fn a_rst_leaving_through_tc_names_the_destination_mac() {
+    let mut h = Harness::new(Hook::Egress);
+    let syn = Seg {
+        dst_mac: GATEWAY_MAC,
+        ..Seg::client(TCP_SYN)
+    };
+    h.send_seg("SYN out", &syn);
+    // The client's own RST, addressed to another neighbour than its SYN was.
+    let client_rst = Seg {
+        seq: 1001,
+        ttl: 63,
+        ip_id: 5,
+        dst_mac: INJECTOR_MAC,
+        ..Seg::client(TCP_RST)
+    };
+    let client_window = h.send_seg("RST out", &client_rst);
+    h.hook = Hook::Ingress;
+    let server_rst = Seg {
+        src_mac: GATEWAY_MAC,
+        dst_mac: CLIENT_MAC,
+        ..forged_rst(false, 7001)
+    };
+    let server_window = h.send_seg("RST in", &server_rst);
+
+    let (client, server) = (syn.sender(), server_rst.sender());
+    let evidence = h.only_reset();
+    let sent = &evidence.by_sender[client];
+    assert_eq!((sent.mac, sent.seen_on), (INJECTOR_MAC, SEEN_EGRESS));
+    assert_rst(
+        sent,
+        &RstEvidence {
+            mac: INJECTOR_MAC,
+            ip_id: 5,
+            ttl: 63,
+            seen_on: SEEN_EGRESS,
+            seq: 1001,
+            max_seq_before: 1001,
+            last_seq: 1001,
+            ..RstEvidence::default()
+        },
+        client_window,
+        client_window,
+    );
+    let received = &evidence.by_sender[server];
+    assert_eq!(
+        (received.mac, received.seen_on),
+        (GATEWAY_MAC, SEEN_INGRESS)
+    );
+    let (_, value) = h.only_flow();
+    assert_eq!(
+        (value.baseline[client].mac, value.baseline[client].seen_on),
+        (GATEWAY_MAC, SEEN_EGRESS)
+    );
+    assert!(server_window.contains(received.first_rst_ns));
+}
+
+#[test]
+fn the_baseline_keeps_the_highest_sequence_end_and_the_latest_packets_fields() {
+    on_both_hooks(|h| {
+        let syn = Seg {
+            seq: 0xffff_fff0,
+            ..Seg::client(TCP_SYN)
+        };
+        h.send_seg("SYN", &syn);
+        // An older FIN (a retransmission, say) updates the fields but not the sequence end.
+        let old_fin = Seg {
+            seq: 0xffff_ff00,
+            ttl: 99,
+            ip_id: 3,
+            ..Seg::client(TCP_FIN)
+        };
+        h.send_seg("older FIN", &old_fin);
+        let client = syn.sender();
+        assert_eq!(
+            h.only_flow().1.baseline[client],
+            h.baseline(&old_fin, 0xffff_fff1)
+        );
+        // Past the wrap of sequence space is later, not lower.
+        let fin = Seg {
+            seq: 0x10,
+            payload: PAYLOAD,
+            ..Seg::client(TCP_FIN | TCP_ACK)
+        };
+        h.send_seg("FIN past the wrap", &fin);
+        let end = 0x10 + PAYLOAD_LEN + 1;
+        assert_eq!(h.only_flow().1.baseline[client], h.baseline(&fin, end));
+        // A RST is not a normal packet: it leaves the baseline and records it as the end before.
+        let rst = Seg {
+            seq: 0x5000,
+            ttl: 1,
+            ..Seg::client(TCP_RST)
+        };
+        let window = h.send_seg("RST", &rst);
+        assert_eq!(h.only_flow().1.baseline[client], h.baseline(&fin, end));
+        assert_rst(
+            &h.only_reset().by_sender[client],
+            &h.first_rst(&rst, end),
+            window,
+            window,
+        );
     });
 }

@@ -100,6 +100,14 @@ fn assert_flow(
         client_to_server[key].as_u64().expect("count")
             + server_to_client[key].as_u64().expect("count")
     };
+    // On this flat segment the server is the L2 neighbour: its MAC (a random, locally
+    // administered veth address, so no vendor) and its address from the neighbour table.
+    let server_ip = flow["server"]
+        .as_str()
+        .and_then(|server| server.parse::<SocketAddr>().ok())
+        .expect("server is an address")
+        .ip();
+    let reset = verdict_of(flow, state);
     let expected = json!({
         "iface": lab.client.iface,
         "netns": lab.client.netns.name(),
@@ -114,6 +122,12 @@ fn assert_flow(
         "state": state,
         "first_seen": flow["first_seen"],
         "last_seen": flow["last_seen"],
+        "reset_by": reset.0,
+        "evidence": reset.1,
+        "gateway_mac": lab.server.mac(),
+        "gateway_vendor": null,
+        "gateway_ip": server_ip.to_string(),
+        "gateway_is_default": false,
     });
     assert_eq!(flow, &expected, "flow line differs (left: got)");
     let (first, last) = (seconds(flow, "first_seen"), seconds(flow, "last_seen"));
@@ -122,6 +136,28 @@ fn assert_flow(
         since - CLOCK_SLACK_SECONDS <= first && first <= last && last <= now + CLOCK_SLACK_SECONDS,
         "timestamps outside the test's lifetime [{since}, {now}]: {flow}"
     );
+}
+
+/// The verdict fields a flow must carry. A closed flow has none. A refusal is an honest one
+/// here: `endpoint` when another flow gave the server a baseline, `unknown` when none did, and
+/// never `middlebox`; its evidence says which (resets.rs checks the sentences themselves).
+fn verdict_of(flow: &Value, state: &str) -> (Value, Value) {
+    if state == "closed" {
+        return (Value::Null, json!([]));
+    }
+    let reset_by = flow["reset_by"].clone();
+    assert!(
+        reset_by == "endpoint" || reset_by == "unknown",
+        "an honest refusal judged {reset_by}: {flow}"
+    );
+    let evidence = flow["evidence"].clone();
+    assert!(
+        evidence
+            .as_array()
+            .is_some_and(|sentences| !sentences.is_empty()),
+        "a reset without evidence: {flow}"
+    );
+    (reset_by, evidence)
 }
 
 /// A timestamp field of a flow line, in seconds since the Unix epoch.

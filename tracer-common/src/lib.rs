@@ -2,12 +2,28 @@
 //!
 //! Every map key and value is `#[repr(C)]` with explicit, zeroed padding: the kernel hashes keys
 //! byte for byte, so a stray padding byte would split one flow into many.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Name of the flow table (LRU hash, [`FlowKey`] -> [`FlowValue`]).
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Name of the per-CPU global counters (array of [`GlobalCounters`], indexed by [`Hook`]).
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the reset evidence table (LRU hash, [`FlowKey`] -> [`ResetEvidence`]): an entry for
+/// each flow that has carried a RST.
+pub const RESETS_MAP: &str = "RESETS";
+/// Name of the reset gate (array of u32, [`RESET_GATE_SLOTS`] entries, indexed by
+/// [`gate_slot`]): how many more packets of flows hashing there to examine after a RST.
+pub const RESET_GATE_MAP: &str = "RESET_GATE";
+/// Capacity of the reset evidence table when the operator does not choose one.
+pub const DEFAULT_MAX_RESETS: u32 = 65_536;
+/// Slots in the reset gate; a power of two.
+pub const RESET_GATE_SLOTS: u32 = 4096;
+/// How many packets of a flow (both directions) are examined after each of its RSTs. The
+/// endpoint that an injector spoofed goes on sending at once, so a few dozen packets are enough
+/// to catch it, and the gate closes by itself afterwards.
+pub const RESET_GATE_BUDGET: u32 = 64;
+/// Two RSTs from one sender count as back to back when they are this close in time.
+pub const BACK_TO_BACK_NS: u64 = 2_000_000_000;
 /// Name of the XDP program attached on ingress.
 pub const XDP_PROGRAM: &str = "flagtrace_ingress";
 /// Name of the TC (clsact egress) program.
@@ -31,6 +47,13 @@ pub const FIRST_SYN_HI: u8 = 2;
 pub const SENDER_LO: usize = 0;
 /// Index into [`FlowValue::sent_by`]: packets sent by the high endpoint of the key.
 pub const SENDER_HI: usize = 1;
+
+/// [`Baseline::seen_on`] / [`RstEvidence::seen_on`]: nothing recorded yet.
+pub const SEEN_NONE: u8 = 0;
+/// Recorded from a packet that arrived (XDP, ingress): the MAC is the packet's L2 source.
+pub const SEEN_INGRESS: u8 = 1;
+/// Recorded from a packet that left (TC, egress): the MAC is the packet's L2 destination.
+pub const SEEN_EGRESS: u8 = 2;
 
 /// Which hook saw a packet; index into the [`COUNTERS_MAP`] array.
 #[repr(u32)]
@@ -110,6 +133,17 @@ impl FlowKey {
     }
 }
 
+/// Slot of a packet's flow in the reset gate. Symmetric by construction (xor and sum do not care
+/// which endpoint is which), so a packet needs no canonical key to find its slot: a plain data
+/// packet pays only for this hash and one array read. Collisions only cost an extra lookup.
+#[inline(always)]
+pub fn gate_slot(src: &[u32; 4], src_port: u16, dst: &[u32; 4], dst_port: u16) -> u32 {
+    let addrs = src[0] ^ src[1] ^ src[2] ^ src[3] ^ dst[0] ^ dst[1] ^ dst[2] ^ dst[3];
+    let (a, b) = (src_port as u32, dst_port as u32);
+    let ports = (a ^ b) | (a + b) << 16;
+    ((addrs ^ ports).wrapping_mul(0x9e37_79b1) >> 20) & (RESET_GATE_SLOTS - 1)
+}
+
 /// `(a, a_port) <= (b, b_port)` in the key's canonical order. Written out word by word because
 /// core's slice comparison does not reliably inline into verifier-friendly code.
 #[inline(always)]
@@ -143,20 +177,95 @@ pub struct FlagCounts {
     pub rst: u32,
 }
 
+/// What one sender's normal (non-RST) packets looked like: the baseline a RST from that sender
+/// is compared with. Recorded from the SYN, SYN/ACK and FIN packets only: plain data packets
+/// cost no flow-table lookup (the ones after a RST update [`RstEvidence`], not this).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Baseline {
+    /// L2 neighbour of the latest such packet: its source MAC on ingress, its destination MAC on
+    /// egress. Either way, the device next to us on this flow's path.
+    pub mac: [u8; 6],
+    /// IPv4 identification of the latest such packet (0 for IPv6).
+    pub ip_id: u16,
+    /// TTL (IPv4) or hop limit (IPv6) of the latest such packet.
+    pub ttl: u8,
+    /// [`SEEN_NONE`], [`SEEN_INGRESS`] or [`SEEN_EGRESS`]: the hook of the latest such packet.
+    pub seen_on: u8,
+    pub _pad: [u8; 2],
+    /// Highest sequence end (seq + payload + SYN + FIN) among the examined packets.
+    pub max_seq_end: u32,
+}
+
 /// What the kernel knows about one flow. Counters are updated with atomic adds (the table is
-/// shared by all CPUs); the timestamps are plain stores, last writer wins.
+/// shared by all CPUs); the rest are plain stores, last writer wins.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     /// Counts by sender: [`SENDER_LO`] and [`SENDER_HI`].
     pub sent_by: [FlagCounts; 2],
+    /// Normal packets by sender, the same indexes.
+    pub baseline: [Baseline; 2],
     /// `bpf_ktime_get_boot_ns` (CLOCK_BOOTTIME) of the packet that created the entry.
     pub first_seen_ns: u64,
     /// `bpf_ktime_get_boot_ns` of the latest counted packet.
     pub last_seen_ns: u64,
+    /// Time of the first SYN without ACK; 0 when none was seen.
+    pub syn_ns: u64,
+    /// Time of the first SYN/ACK; 0 when none was seen.
+    pub syn_ack_ns: u64,
     /// Which endpoint sent the first SYN without ACK: one of the `FIRST_SYN_*` constants.
     pub first_syn_from: u8,
     pub _pad: [u8; 7],
+}
+
+/// The evidence RSTs from one sender leave. All fields describe the first RST unless they say
+/// otherwise; `first_rst_ns == 0` means this sender sent no RST.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RstEvidence {
+    /// Time of the first RST.
+    pub first_rst_ns: u64,
+    /// Time of the latest RST.
+    pub last_rst_ns: u64,
+    /// L2 neighbour of the first RST (source MAC on ingress, destination MAC on egress).
+    pub mac: [u8; 6],
+    /// IPv4 identification of the first RST (0 for IPv6).
+    pub ip_id: u16,
+    /// TTL or hop limit of the first RST.
+    pub ttl: u8,
+    /// Hook of the first RST: [`SEEN_INGRESS`] or [`SEEN_EGRESS`].
+    pub seen_on: u8,
+    /// Later RSTs carrying the first RST's sequence number.
+    pub same_seq_rsts: u16,
+    /// Sequence number of the first RST.
+    pub seq: u32,
+    /// Acknowledgement number of the first RST (0 when it has no ACK flag).
+    pub ack: u32,
+    /// The sender's highest sequence end seen before its first RST ([`Baseline::max_seq_end`]).
+    pub max_seq_before: u32,
+    /// Sequence number of the latest RST.
+    pub last_seq: u32,
+    /// Largest distance between the sequence numbers of two back-to-back RSTs (within
+    /// [`BACK_TO_BACK_NS`]), measured the short way round the sequence space.
+    pub max_seq_jump: u32,
+    /// Packets other than RSTs this sender sent after its first RST, among the
+    /// [`RESET_GATE_BUDGET`] packets examined after each RST (both directions, and other flows
+    /// sharing the gate slot, spend that budget).
+    pub packets_after: u32,
+    /// Payload bytes of those packets whose sequence number is at or beyond the first RST's:
+    /// data a really reset endpoint could not have sent. A packet that starts before the RST's
+    /// sequence counts no bytes, even when it runs past it: we prefer missing a forgery to a
+    /// false alarm.
+    pub bytes_beyond: u32,
+}
+
+/// An entry of the reset evidence table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetEvidence {
+    /// By sender: [`SENDER_LO`] and [`SENDER_HI`].
+    pub by_sender: [RstEvidence; 2],
 }
 
 /// Global counters for one hook, one copy per CPU (no atomics needed); user space sums them.
@@ -183,12 +292,16 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::GlobalCounters {}
+    unsafe impl aya::Pod for super::ResetEvidence {}
 }
 
 // Layout is part of the pinned-map format: a change here must be a deliberate one, because pins
 // from an older build would no longer match (user space checks key and value sizes on attach).
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 56);
+const _: () = assert!(core::mem::size_of::<Baseline>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 104);
+const _: () = assert!(core::mem::size_of::<RstEvidence>() == 56);
+const _: () = assert!(core::mem::size_of::<ResetEvidence>() == 112);
 const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 40);
 // The kernel adds to (syn, syn_ack) and (fin, rst) as 64-bit words, so each pair must be 8-aligned.
 const _: () = assert!(core::mem::align_of::<FlowValue>() == 8);
@@ -231,6 +344,19 @@ mod tests {
         let (key, sender) = FlowKey::from_packet(FAMILY_IPV6, 1, high, 1, low, 2);
         assert_eq!(key.addr_lo, low);
         assert_eq!(sender, SENDER_HI);
+    }
+
+    #[test]
+    fn gate_slot_is_in_range_and_direction_free() {
+        assert_eq!(gate_slot(&A, 40000, &B, 443), gate_slot(&B, 443, &A, 40000));
+        let v6 = [1, 2, 3, 4];
+        assert_eq!(gate_slot(&v6, 1, &A, 2), gate_slot(&A, 2, &v6, 1));
+        let slots: std::collections::HashSet<u32> = (0..1000u16)
+            .map(|port| gate_slot(&A, 40000 + port, &B, 443))
+            .collect();
+        assert!(slots.iter().all(|slot| *slot < RESET_GATE_SLOTS));
+        // Neighbouring client ports must spread over the gate, or one reset opens it for many.
+        assert!(slots.len() > 700, "only {} distinct slots", slots.len());
     }
 
     #[test]

@@ -1,4 +1,412 @@
-#![no_std]
-//! Empty on purpose: the kernel programs are the `tracer-ebpf` binary (src/main.rs). This library
-//! target exists so tracer-user can name the crate as a build dependency and be rebuilt when it
-//! changes.
+//! Packet parsing shared by flagtrace's kernel programs (src/main.rs) and the benchmark's
+//! reference programs. Plain `core` code over a `[start, end)` byte range, so it also runs, and is
+//! unit-tested, on the host.
+#![cfg_attr(not(test), no_std)]
+
+use core::{marker::PhantomData, mem};
+
+use tracer_common::{gate_slot, FlowKey, FAMILY_IPV4, FAMILY_IPV6};
+
+/// For the BPF programs built on this library.
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a loaded program: the verifier rejects any path that could panic.
+    loop {}
+}
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// 802.1Q inside 802.1ad (QinQ) is as deep as provider networks go in practice.
+const MAX_VLAN_TAGS: usize = 2;
+
+const IPPROTO_TCP: u8 = 6;
+const IPV4_FRAG_OFFSET_MASK: u16 = 0x1fff;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTIONS: u8 = 60;
+/// Real packets carry one or two extension headers; the bound keeps the verifier's work small.
+const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+/// The parts of a TCP packet the counters and the reset evidence need.
+pub struct TcpSegment<'a> {
+    pub eth: &'a EthHdr,
+    pub family: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub flags: u8,
+    /// TTL or hop limit.
+    pub ttl: u8,
+    /// IPv4 identification; 0 for IPv6.
+    pub ip_id: u16,
+    pub seq: u32,
+    pub ack: u32,
+    /// TCP payload length from the IP length fields (0 when they do not add up).
+    pub payload_len: u32,
+}
+
+impl TcpSegment<'_> {
+    /// This packet's slot in the reset gate.
+    #[inline(always)]
+    pub fn gate_slot(&self) -> u32 {
+        gate_slot(&self.src, self.src_port, &self.dst, self.dst_port)
+    }
+
+    /// The canonical key of this packet's flow on `ifindex`, and which endpoint sent it.
+    #[inline(always)]
+    pub fn flow_key(&self, ifindex: u32) -> (FlowKey, usize) {
+        FlowKey::from_packet(
+            self.family,
+            ifindex,
+            self.src,
+            self.src_port,
+            self.dst,
+            self.dst_port,
+        )
+    }
+}
+
+/// What the IP layer tells the TCP parser.
+struct IpInfo<'a> {
+    eth: &'a EthHdr,
+    family: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+    ttl: u8,
+    ip_id: u16,
+    /// Bytes from the start of the TCP header to the end of the IP packet, per the IP length
+    /// fields.
+    l4_len: usize,
+}
+
+/// Why a packet yielded no TCP segment.
+pub enum NoSegment {
+    /// Well formed, but not TCP we can read: another protocol, or a non-first fragment.
+    NotTcp,
+    /// Truncated or malformed before the TCP flags.
+    Malformed,
+}
+
+/// The packet bytes a program may read: `[start, end)`, valid for `'a`, one program run.
+#[derive(Clone, Copy)]
+pub struct Packet<'a> {
+    start: usize,
+    end: usize,
+    _run: PhantomData<&'a [u8]>,
+}
+
+impl<'a> Packet<'a> {
+    #[inline(always)]
+    pub fn new(start: usize, end: usize) -> Self {
+        Packet {
+            start,
+            end,
+            _run: PhantomData,
+        }
+    }
+
+    /// The one bounds-checked accessor: the header of type `H` at `offset`, if all of it is inside
+    /// the packet. Fields are then read relative to this one pointer, which is what the verifier
+    /// can follow; reading through pointers re-derived from a variable offset is what it refuses.
+    #[inline(always)]
+    fn header<H>(&self, offset: usize) -> Result<&'a H, NoSegment> {
+        if self.start + offset + mem::size_of::<H>() > self.end {
+            return Err(NoSegment::Malformed);
+        }
+        Ok(unsafe { &*((self.start + offset) as *const H) })
+    }
+}
+
+// Wire headers, as byte arrays so that no field needs alignment (packet data has none to offer).
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub ether_type: [u8; 2],
+}
+
+#[repr(C)]
+struct VlanHdr {
+    tci: [u8; 2],
+    ether_type: [u8; 2],
+}
+
+#[repr(C)]
+struct Ipv4Hdr {
+    version_ihl: u8,
+    tos: u8,
+    total_len: [u8; 2],
+    id: [u8; 2],
+    frag: [u8; 2],
+    ttl: u8,
+    protocol: u8,
+    check: [u8; 2],
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+#[repr(C)]
+struct Ipv6Hdr {
+    version_class_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next_header: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+/// The first two bytes common to hop-by-hop, routing and destination options headers.
+#[repr(C)]
+struct Ipv6ExtHdr {
+    next_header: u8,
+    len_8_octets_minus_1: u8,
+}
+
+#[repr(C)]
+struct Ipv6FragHdr {
+    next_header: u8,
+    reserved: u8,
+    offset_flags: [u8; 2],
+    id: [u8; 4],
+}
+
+#[repr(C)]
+struct TcpHdr {
+    src_port: [u8; 2],
+    dst_port: [u8; 2],
+    seq: [u8; 4],
+    ack: [u8; 4],
+    data_offset: u8,
+    flags: u8,
+    window: [u8; 2],
+    check: [u8; 2],
+    urgent: [u8; 2],
+}
+
+#[inline(always)]
+fn words<const N: usize>(bytes: &[u8]) -> [u32; N] {
+    let mut out = [0u32; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = u32::from_ne_bytes([
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ]);
+        i += 1;
+    }
+    out
+}
+
+#[inline(always)]
+pub fn parse(packet: Packet<'_>) -> Result<TcpSegment<'_>, NoSegment> {
+    let eth = packet.header::<EthHdr>(0)?;
+    let mut ether_type = u16::from_be_bytes(eth.ether_type);
+    let mut l3 = mem::size_of::<EthHdr>();
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        ether_type = u16::from_be_bytes(packet.header::<VlanHdr>(l3)?.ether_type);
+        l3 += mem::size_of::<VlanHdr>();
+    }
+    match ether_type {
+        ETH_P_IPV4 => parse_ipv4(packet, eth, l3),
+        ETH_P_IPV6 => parse_ipv6(packet, eth, l3),
+        _ => Err(NoSegment::NotTcp),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4<'a>(
+    packet: Packet<'a>,
+    eth: &'a EthHdr,
+    l3: usize,
+) -> Result<TcpSegment<'a>, NoSegment> {
+    let ip = packet.header::<Ipv4Hdr>(l3)?;
+    let header_len = ((ip.version_ihl & 0x0f) as usize) * 4;
+    if ip.version_ihl >> 4 != 4 || header_len < mem::size_of::<Ipv4Hdr>() {
+        return Err(NoSegment::Malformed);
+    }
+    // A header we walk must be whole, whatever follows it: a truncated one is malformed.
+    packet.header::<u8>(l3 + header_len - 1)?;
+    if u16::from_be_bytes(ip.frag) & IPV4_FRAG_OFFSET_MASK != 0 || ip.protocol != IPPROTO_TCP {
+        return Err(NoSegment::NotTcp);
+    }
+    let info = IpInfo {
+        eth,
+        family: FAMILY_IPV4,
+        src: [words::<1>(&ip.src)[0], 0, 0, 0],
+        dst: [words::<1>(&ip.dst)[0], 0, 0, 0],
+        ttl: ip.ttl,
+        ip_id: u16::from_be_bytes(ip.id),
+        l4_len: (u16::from_be_bytes(ip.total_len) as usize).saturating_sub(header_len),
+    };
+    parse_tcp(packet, l3 + header_len, info)
+}
+
+#[inline(always)]
+fn parse_ipv6<'a>(
+    packet: Packet<'a>,
+    eth: &'a EthHdr,
+    l3: usize,
+) -> Result<TcpSegment<'a>, NoSegment> {
+    let ip = packet.header::<Ipv6Hdr>(l3)?;
+    if ip.version_class_flow[0] >> 4 != 6 {
+        return Err(NoSegment::Malformed);
+    }
+    let mut next_header = ip.next_header;
+    let mut offset = l3 + mem::size_of::<Ipv6Hdr>();
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next_header {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {
+                let ext = packet.header::<Ipv6ExtHdr>(offset)?;
+                let header_len = (ext.len_8_octets_minus_1 as usize + 1) * 8;
+                next_header = ext.next_header;
+                packet.header::<u8>(offset + header_len - 1)?;
+                offset += header_len;
+            }
+            IPV6_FRAGMENT => {
+                let frag = packet.header::<Ipv6FragHdr>(offset)?;
+                // Only the first fragment (offset 0) carries the TCP header.
+                if u16::from_be_bytes(frag.offset_flags) >> 3 != 0 {
+                    return Err(NoSegment::NotTcp);
+                }
+                next_header = frag.next_header;
+                offset += mem::size_of::<Ipv6FragHdr>();
+            }
+            _ => break,
+        }
+    }
+    // Another protocol, or more extension headers than we follow.
+    if next_header != IPPROTO_TCP {
+        return Err(NoSegment::NotTcp);
+    }
+    let ext_len = offset - l3 - mem::size_of::<Ipv6Hdr>();
+    let info = IpInfo {
+        eth,
+        family: FAMILY_IPV6,
+        src: words::<4>(&ip.src),
+        dst: words::<4>(&ip.dst),
+        ttl: ip.hop_limit,
+        ip_id: 0,
+        l4_len: (u16::from_be_bytes(ip.payload_len) as usize).saturating_sub(ext_len),
+    };
+    parse_tcp(packet, offset, info)
+}
+
+#[inline(always)]
+fn parse_tcp<'a>(
+    packet: Packet<'a>,
+    l4: usize,
+    ip: IpInfo<'a>,
+) -> Result<TcpSegment<'a>, NoSegment> {
+    let tcp = packet.header::<TcpHdr>(l4)?;
+    let header_len = ((tcp.data_offset >> 4) as usize) * 4;
+    if header_len < mem::size_of::<TcpHdr>() {
+        return Err(NoSegment::Malformed);
+    }
+    let segment = TcpSegment {
+        eth: ip.eth,
+        family: ip.family,
+        src: ip.src,
+        dst: ip.dst,
+        src_port: u16::from_be_bytes(tcp.src_port),
+        dst_port: u16::from_be_bytes(tcp.dst_port),
+        flags: tcp.flags,
+        ttl: ip.ttl,
+        ip_id: ip.ip_id,
+        seq: u32::from_be_bytes(tcp.seq),
+        ack: u32::from_be_bytes(tcp.ack),
+        payload_len: ip.l4_len.saturating_sub(header_len) as u32,
+    };
+    // The whole header, options included, must be present.
+    packet.header::<u8>(l4 + header_len - 1)?;
+    Ok(segment)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    fn parsed<R>(frame: &[u8], check: impl FnOnce(Result<TcpSegment<'_>, NoSegment>) -> R) -> R {
+        let start = frame.as_ptr() as usize;
+        check(parse(Packet::new(start, start + frame.len())))
+    }
+
+    fn tcp_v4(
+        flags: impl FnOnce(
+            etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+        ) -> etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let builder = flags(
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 61)
+                .tcp(40000, 443, 1000, 64240),
+        );
+        let mut frame = Vec::new();
+        builder.write(&mut frame, payload).unwrap();
+        frame
+    }
+
+    #[test]
+    fn reads_what_the_evidence_needs_from_an_ipv4_segment() {
+        let frame = tcp_v4(|b| b.rst().ack(77), b"abc");
+        parsed(&frame, |segment| {
+            let segment = segment.ok().expect("a TCP segment");
+            assert_eq!(segment.family, FAMILY_IPV4);
+            assert_eq!(segment.src[0].to_ne_bytes(), [10, 0, 0, 1]);
+            assert_eq!((segment.src_port, segment.dst_port), (40000, 443));
+            assert_eq!(segment.flags, 0x14);
+            assert_eq!((segment.ttl, segment.seq, segment.ack), (61, 1000, 77));
+            assert_eq!(segment.payload_len, 3);
+            assert_eq!(segment.eth.src, [2, 0, 0, 0, 0, 1]);
+        });
+    }
+
+    #[test]
+    fn follows_vlan_tags_and_ipv6() {
+        let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .single_vlan(7.try_into().unwrap())
+            .ipv6([0xfd; 16], [0xfe; 16], 33)
+            .tcp(443, 50000, 5, 100)
+            .syn()
+            .ack(9);
+        let mut frame = Vec::new();
+        builder.write(&mut frame, &[]).unwrap();
+        parsed(&frame, |segment| {
+            let segment = segment.ok().expect("a TCP segment");
+            assert_eq!(
+                (segment.family, segment.ttl, segment.ip_id),
+                (FAMILY_IPV6, 33, 0)
+            );
+            assert_eq!(segment.dst, [u32::from_ne_bytes([0xfe; 4]); 4]);
+        });
+    }
+
+    #[test]
+    fn a_truncated_header_is_malformed_and_udp_is_not_tcp() {
+        let frame = tcp_v4(|b| b.syn(), &[]);
+        for len in 14..frame.len() {
+            parsed(&frame[..len], |segment| {
+                assert!(matches!(segment, Err(NoSegment::Malformed)), "length {len}")
+            });
+        }
+        let builder = PacketBuilder::ethernet2([0; 6], [0; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(53, 53);
+        let mut udp = Vec::new();
+        builder.write(&mut udp, &[]).unwrap();
+        parsed(&udp, |segment| {
+            assert!(matches!(segment, Err(NoSegment::NotTcp)))
+        });
+    }
+}

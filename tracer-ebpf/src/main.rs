@@ -16,14 +16,16 @@ use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, BPF_NOEXIST, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_boot_ns,
     macros::{classifier, map, xdp},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use tracer_common::{
-    FlagCounts, FlowKey, FlowValue, GlobalCounters, Hook, DEFAULT_MAX_FLOWS, FAMILY_IPV4,
-    FAMILY_IPV6, FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, HOOK_COUNT, SENDER_LO, TCP_ACK,
-    TCP_FIN, TCP_RST, TCP_SYN,
+    Baseline, FlagCounts, FlowKey, FlowValue, GlobalCounters, Hook, ResetEvidence, RstEvidence,
+    BACK_TO_BACK_NS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, FIRST_SYN_HI, FIRST_SYN_LO,
+    FIRST_SYN_NONE, HOOK_COUNT, RESET_GATE_BUDGET, RESET_GATE_SLOTS, SEEN_EGRESS, SEEN_INGRESS,
+    SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
+use tracer_ebpf::{parse, NoSegment, Packet, TcpSegment};
 
 /// The flow table. One table shared by all CPUs with atomic adds, rather than a per-CPU table:
 /// a per-CPU LRU hash multiplies its memory by the CPU count, and a busy appliance has many CPUs.
@@ -31,245 +33,30 @@ use tracer_common::{
 #[map(name = "FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
 
+/// Evidence of the flows that carried a RST; kept apart so that the flow table stays small.
+#[map(name = "RESETS")]
+static RESETS: LruHashMap<FlowKey, ResetEvidence> = LruHashMap::pinned(DEFAULT_MAX_RESETS, 0);
+
+/// Packets still to examine after a RST, per [`gate_slot`]: a cheap array read decides
+/// whether a plain data packet needs the RESETS lookup at all.
+#[map(name = "RESET_GATE")]
+static RESET_GATE: Array<u32> = Array::pinned(RESET_GATE_SLOTS, 0);
+
+/// Where a new table entry is built before it is inserted: the entries are too large for the
+/// 512-byte BPF stack next to everything else. One per CPU, private to this load (not pinned).
+#[repr(C)]
+struct Scratch {
+    flow: FlowValue,
+    reset: ResetEvidence,
+}
+
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<GlobalCounters> = PerCpuArray::pinned(HOOK_COUNT, 0);
 
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-/// 802.1Q inside 802.1ad (QinQ) is as deep as provider networks go in practice.
-const MAX_VLAN_TAGS: usize = 2;
-
-const IPPROTO_TCP: u8 = 6;
-const IPV4_FRAG_OFFSET_MASK: u16 = 0x1fff;
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_DEST_OPTIONS: u8 = 60;
-/// Real packets carry one or two extension headers; the bound keeps the verifier's work small.
-const MAX_IPV6_EXT_HEADERS: usize = 6;
 const TCP_FLAGS_OF_INTEREST: u8 = TCP_SYN | TCP_FIN | TCP_RST;
-
-/// The parts of a TCP packet the counters need.
-struct TcpSegment {
-    family: u8,
-    src: [u32; 4],
-    dst: [u32; 4],
-    src_port: u16,
-    dst_port: u16,
-    flags: u8,
-}
-
-/// Why a packet yielded no TCP segment.
-enum NoSegment {
-    /// Well formed, but not TCP we can read: another protocol, or a non-first fragment.
-    NotTcp,
-    /// Truncated or malformed before the TCP flags.
-    Malformed,
-}
-
-/// The packet bytes a program may read: `[start, end)`.
-#[derive(Clone, Copy)]
-struct Packet {
-    start: usize,
-    end: usize,
-}
-
-impl Packet {
-    /// The one bounds-checked accessor: the header of type `H` at `offset`, if all of it is inside
-    /// the packet. Fields are then read relative to this one pointer, which is what the verifier
-    /// can follow; reading through pointers re-derived from a variable offset is what it refuses.
-    #[inline(always)]
-    fn header<H>(&self, offset: usize) -> Result<&H, NoSegment> {
-        if self.start + offset + mem::size_of::<H>() > self.end {
-            return Err(NoSegment::Malformed);
-        }
-        Ok(unsafe { &*((self.start + offset) as *const H) })
-    }
-}
-
-// Wire headers, as byte arrays so that no field needs alignment (packet data has none to offer).
-#[repr(C)]
-struct EthHdr {
-    dst: [u8; 6],
-    src: [u8; 6],
-    ether_type: [u8; 2],
-}
-
-#[repr(C)]
-struct VlanHdr {
-    tci: [u8; 2],
-    ether_type: [u8; 2],
-}
-
-#[repr(C)]
-struct Ipv4Hdr {
-    version_ihl: u8,
-    tos: u8,
-    total_len: [u8; 2],
-    id: [u8; 2],
-    frag: [u8; 2],
-    ttl: u8,
-    protocol: u8,
-    check: [u8; 2],
-    src: [u8; 4],
-    dst: [u8; 4],
-}
-
-#[repr(C)]
-struct Ipv6Hdr {
-    version_class_flow: [u8; 4],
-    payload_len: [u8; 2],
-    next_header: u8,
-    hop_limit: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
-}
-
-/// The first two bytes common to hop-by-hop, routing and destination options headers.
-#[repr(C)]
-struct Ipv6ExtHdr {
-    next_header: u8,
-    len_8_octets_minus_1: u8,
-}
-
-#[repr(C)]
-struct Ipv6FragHdr {
-    next_header: u8,
-    reserved: u8,
-    offset_flags: [u8; 2],
-    id: [u8; 4],
-}
-
-#[repr(C)]
-struct TcpHdr {
-    src_port: [u8; 2],
-    dst_port: [u8; 2],
-    seq: [u8; 4],
-    ack: [u8; 4],
-    data_offset: u8,
-    flags: u8,
-    window: [u8; 2],
-    check: [u8; 2],
-    urgent: [u8; 2],
-}
-
-#[inline(always)]
-fn words<const N: usize>(bytes: &[u8]) -> [u32; N] {
-    let mut out = [0u32; N];
-    let mut i = 0;
-    while i < N {
-        out[i] = u32::from_ne_bytes([
-            bytes[4 * i],
-            bytes[4 * i + 1],
-            bytes[4 * i + 2],
-            bytes[4 * i + 3],
-        ]);
-        i += 1;
-    }
-    out
-}
-
-#[inline(always)]
-fn parse(packet: Packet) -> Result<TcpSegment, NoSegment> {
-    let eth = packet.header::<EthHdr>(0)?;
-    let mut ether_type = u16::from_be_bytes(eth.ether_type);
-    let mut l3 = mem::size_of::<EthHdr>();
-    for _ in 0..MAX_VLAN_TAGS {
-        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
-            break;
-        }
-        ether_type = u16::from_be_bytes(packet.header::<VlanHdr>(l3)?.ether_type);
-        l3 += mem::size_of::<VlanHdr>();
-    }
-    match ether_type {
-        ETH_P_IPV4 => parse_ipv4(packet, l3),
-        ETH_P_IPV6 => parse_ipv6(packet, l3),
-        _ => Err(NoSegment::NotTcp),
-    }
-}
-
-#[inline(always)]
-fn parse_ipv4(packet: Packet, l3: usize) -> Result<TcpSegment, NoSegment> {
-    let ip = packet.header::<Ipv4Hdr>(l3)?;
-    let header_len = ((ip.version_ihl & 0x0f) as usize) * 4;
-    if ip.version_ihl >> 4 != 4 || header_len < mem::size_of::<Ipv4Hdr>() {
-        return Err(NoSegment::Malformed);
-    }
-    // A header we walk must be whole, whatever follows it: a truncated one is malformed.
-    packet.header::<u8>(l3 + header_len - 1)?;
-    if u16::from_be_bytes(ip.frag) & IPV4_FRAG_OFFSET_MASK != 0 || ip.protocol != IPPROTO_TCP {
-        return Err(NoSegment::NotTcp);
-    }
-    let src = [words::<1>(&ip.src)[0], 0, 0, 0];
-    let dst = [words::<1>(&ip.dst)[0], 0, 0, 0];
-    parse_tcp(packet, l3 + header_len, FAMILY_IPV4, src, dst)
-}
-
-#[inline(always)]
-fn parse_ipv6(packet: Packet, l3: usize) -> Result<TcpSegment, NoSegment> {
-    let ip = packet.header::<Ipv6Hdr>(l3)?;
-    if ip.version_class_flow[0] >> 4 != 6 {
-        return Err(NoSegment::Malformed);
-    }
-    let src = words::<4>(&ip.src);
-    let dst = words::<4>(&ip.dst);
-    let mut next_header = ip.next_header;
-    let mut offset = l3 + mem::size_of::<Ipv6Hdr>();
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
-        match next_header {
-            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {
-                let ext = packet.header::<Ipv6ExtHdr>(offset)?;
-                let header_len = (ext.len_8_octets_minus_1 as usize + 1) * 8;
-                next_header = ext.next_header;
-                packet.header::<u8>(offset + header_len - 1)?;
-                offset += header_len;
-            }
-            IPV6_FRAGMENT => {
-                let frag = packet.header::<Ipv6FragHdr>(offset)?;
-                // Only the first fragment (offset 0) carries the TCP header.
-                if u16::from_be_bytes(frag.offset_flags) >> 3 != 0 {
-                    return Err(NoSegment::NotTcp);
-                }
-                next_header = frag.next_header;
-                offset += mem::size_of::<Ipv6FragHdr>();
-            }
-            _ => break,
-        }
-    }
-    // Another protocol, or more extension headers than we follow.
-    if next_header != IPPROTO_TCP {
-        return Err(NoSegment::NotTcp);
-    }
-    parse_tcp(packet, offset, FAMILY_IPV6, src, dst)
-}
-
-#[inline(always)]
-fn parse_tcp(
-    packet: Packet,
-    l4: usize,
-    family: u8,
-    src: [u32; 4],
-    dst: [u32; 4],
-) -> Result<TcpSegment, NoSegment> {
-    let tcp = packet.header::<TcpHdr>(l4)?;
-    let header_len = ((tcp.data_offset >> 4) as usize) * 4;
-    if header_len < mem::size_of::<TcpHdr>() {
-        return Err(NoSegment::Malformed);
-    }
-    let segment = TcpSegment {
-        family,
-        src,
-        dst,
-        src_port: u16::from_be_bytes(tcp.src_port),
-        dst_port: u16::from_be_bytes(tcp.dst_port),
-        flags: tcp.flags,
-    };
-    // The whole header, options included, must be present.
-    packet.header::<u8>(l4 + header_len - 1)?;
-    Ok(segment)
-}
 
 /// Adds one packet's flags to the counts of its sender, atomically: the table is shared by all
 /// CPUs. The BPF target has 64-bit atomics only, so each add covers two adjacent u32 counters,
@@ -293,123 +80,331 @@ fn add_flags(counts: *mut FlagCounts, flags: u8) {
     }
 }
 
+/// Element `sender` of a two-element array behind `base`, written as a branch: an indexed access
+/// would carry a bounds check (and a panic path) that the verifier refuses.
 #[inline(always)]
-fn sender_counts(value: *mut FlowValue, sender: usize) -> *mut FlagCounts {
+fn by_sender<T>(pair: *mut [T; 2], sender: usize) -> *mut T {
     unsafe {
         if sender == SENDER_LO {
-            &raw mut (*value).sent_by[0]
+            &raw mut (*pair)[0]
         } else {
-            &raw mut (*value).sent_by[1]
+            &raw mut (*pair)[1]
         }
     }
 }
 
-/// Records a segment that carries SYN, FIN or RST in its flow's entry. Returns whether the entry
-/// was created by this packet.
-#[inline(always)]
-fn record_flags(segment: &TcpSegment, ifindex: u32) -> bool {
-    let (key, sender) = FlowKey::from_packet(
-        segment.family,
-        ifindex,
-        segment.src,
-        segment.src_port,
-        segment.dst,
-        segment.dst_port,
-    );
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let syn_without_ack = segment.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let first_syn_from = if sender == SENDER_LO {
-        FIRST_SYN_LO
-    } else {
-        FIRST_SYN_HI
-    };
+/// One packet, with where and when it was seen.
+struct Observation<'a> {
+    segment: TcpSegment<'a>,
+    key: FlowKey,
+    sender: usize,
+    hook: Hook,
+    now: u64,
+}
 
-    if let Some(value) = FLOWS.get_ptr_mut(&key) {
-        update_entry(
-            value,
-            sender,
-            segment.flags,
-            now,
-            syn_without_ack,
-            first_syn_from,
+impl Observation<'_> {
+    /// The L2 neighbour on this flow's path: the source of what arrives, the destination of what
+    /// leaves.
+    #[inline(always)]
+    fn neighbour_mac(&self) -> &[u8; 6] {
+        match self.hook {
+            Hook::Ingress => &self.segment.eth.src,
+            Hook::Egress => &self.segment.eth.dst,
+        }
+    }
+
+    #[inline(always)]
+    fn seen_on(&self) -> u8 {
+        match self.hook {
+            Hook::Ingress => SEEN_INGRESS,
+            Hook::Egress => SEEN_EGRESS,
+        }
+    }
+
+    /// Sequence number just past this segment (SYN and FIN take one each).
+    #[inline(always)]
+    fn seq_end(&self) -> u32 {
+        let flags = self.segment.flags;
+        let control = (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
+        self.segment
+            .seq
+            .wrapping_add(self.segment.payload_len)
+            .wrapping_add(control)
+    }
+
+    #[inline(always)]
+    fn is_rst(&self) -> bool {
+        self.segment.flags & TCP_RST != 0
+    }
+}
+
+/// Zeroes a map value in place with 8-byte stores. `write_bytes` would compile to a call to
+/// compiler_builtins' memset, a byte-at-a-time loop (this toolchain's BPF backend does not inline
+/// memset): 104 iterations cost a new flow about 35 ns (see BENCHMARKS.md).
+#[inline(always)]
+unsafe fn zero<T>(value: *mut T) {
+    const {
+        assert!(mem::size_of::<T>() % 8 == 0 && mem::align_of::<T>() >= 8);
+    }
+    let words = value as *mut u64;
+    for i in 0..mem::size_of::<T>() / 8 {
+        // Volatile, so that LLVM cannot fold the stores back into a memset.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+}
+
+/// Copies a MAC address out of the packet. A plain `[u8; 6]` assignment from packet memory
+/// compiles to a call to memmove's byte loop; a non-overlapping copy is inlined.
+#[inline(always)]
+fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
+    unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), 6) }
+}
+
+/// `a` is at or after `b` in sequence space.
+#[inline(always)]
+fn seq_at_or_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) >= 0
+}
+
+/// Records a segment that carries SYN, FIN or RST in its flow's entry, and a RST's evidence.
+/// Returns whether the flow entry was created by this packet.
+#[inline(always)]
+fn record_flags(obs: &Observation) -> bool {
+    let (created, max_seq_before) = match FLOWS.get_ptr_mut(&obs.key) {
+        Some(value) => (false, update_flow(value, obs)),
+        None => insert_flow(obs),
+    };
+    if obs.is_rst() {
+        record_reset(obs, max_seq_before);
+    }
+    created
+}
+
+/// Creates the flow's entry from this packet. Returns whether it did (false when another CPU
+/// created it first: the packet then updates theirs), and what [`update_flow`] returns.
+#[inline(always)]
+fn insert_flow(obs: &Observation) -> (bool, u32) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return (false, 0);
+    };
+    let value = unsafe { &raw mut (*scratch).flow };
+    unsafe {
+        zero(value);
+        (*value).first_seen_ns = obs.now;
+    }
+    let max_seq_end = update_flow(value, obs);
+    if FLOWS
+        .insert(&obs.key, unsafe { &*value }, BPF_NOEXIST as u64)
+        .is_ok()
+    {
+        return (true, max_seq_end);
+    }
+    match FLOWS.get_ptr_mut(&obs.key) {
+        Some(theirs) => (false, update_flow(theirs, obs)),
+        None => (false, max_seq_end),
+    }
+}
+
+/// Adds one packet to a flow entry: counts, times, and the sender's baseline unless it is a RST.
+/// Returns the sender's highest sequence end before this packet's RST, if it is one.
+#[inline(always)]
+fn update_flow(value: *mut FlowValue, obs: &Observation) -> u32 {
+    let flags = obs.segment.flags;
+    add_flags(
+        by_sender(unsafe { &raw mut (*value).sent_by }, obs.sender),
+        flags,
+    );
+    let baseline = by_sender(unsafe { &raw mut (*value).baseline }, obs.sender);
+    let value = unsafe { &mut *value };
+    value.last_seen_ns = obs.now;
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        if value.syn_ns == 0 {
+            value.syn_ns = obs.now;
+        }
+        // Benign race: only a simultaneous open has two first SYNs, and either answer is right.
+        if value.first_syn_from == FIRST_SYN_NONE {
+            value.first_syn_from = if obs.sender == SENDER_LO {
+                FIRST_SYN_LO
+            } else {
+                FIRST_SYN_HI
+            };
+        }
+    }
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK && value.syn_ack_ns == 0 {
+        value.syn_ack_ns = obs.now;
+    }
+    let baseline = unsafe { &mut *baseline };
+    if !obs.is_rst() {
+        record_baseline(baseline, obs);
+    }
+    baseline.max_seq_end
+}
+
+#[inline(always)]
+fn record_baseline(baseline: &mut Baseline, obs: &Observation) {
+    let seq_end = obs.seq_end();
+    if baseline.seen_on == SEEN_NONE || seq_at_or_after(seq_end, baseline.max_seq_end) {
+        baseline.max_seq_end = seq_end;
+    }
+    copy_mac(&mut baseline.mac, obs.neighbour_mac());
+    baseline.ip_id = obs.segment.ip_id;
+    baseline.ttl = obs.segment.ttl;
+    baseline.seen_on = obs.seen_on();
+}
+
+/// Keeps what a RST says about who sent it, and opens the gate so that the packets after it are
+/// examined too.
+#[inline(always)]
+fn record_reset(obs: &Observation, max_seq_before: u32) {
+    if let Some(evidence) = RESETS.get_ptr_mut(&obs.key) {
+        update_reset(
+            by_sender(unsafe { &raw mut (*evidence).by_sender }, obs.sender),
+            obs,
+            max_seq_before,
         );
+    } else if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
+        let evidence = unsafe { &raw mut (*scratch).reset };
+        unsafe { zero(evidence) };
+        update_reset(
+            by_sender(unsafe { &raw mut (*evidence).by_sender }, obs.sender),
+            obs,
+            max_seq_before,
+        );
+        // On a lost race the other CPU's RST is the first one; ours is a repeat, not worth a retry.
+        let _ = RESETS.insert(&obs.key, unsafe { &*evidence }, BPF_NOEXIST as u64);
+    }
+    if let Some(budget) = RESET_GATE.get_ptr_mut(obs.segment.gate_slot()) {
+        unsafe { *budget = RESET_GATE_BUDGET };
+    }
+}
+
+#[inline(always)]
+fn update_reset(rst: *mut RstEvidence, obs: &Observation, max_seq_before: u32) {
+    let rst = unsafe { &mut *rst };
+    let seq = obs.segment.seq;
+    if rst.first_rst_ns == 0 {
+        rst.first_rst_ns = obs.now;
+        copy_mac(&mut rst.mac, obs.neighbour_mac());
+        rst.ip_id = obs.segment.ip_id;
+        rst.ttl = obs.segment.ttl;
+        rst.seen_on = obs.seen_on();
+        rst.seq = seq;
+        rst.ack = if obs.segment.flags & TCP_ACK != 0 {
+            obs.segment.ack
+        } else {
+            0
+        };
+        rst.max_seq_before = max_seq_before;
+    } else {
+        if seq == rst.seq {
+            rst.same_seq_rsts = rst.same_seq_rsts.saturating_add(1);
+        }
+        if obs.now.wrapping_sub(rst.last_rst_ns) < BACK_TO_BACK_NS {
+            let jump = seq
+                .wrapping_sub(rst.last_seq)
+                .min(rst.last_seq.wrapping_sub(seq));
+            if jump > rst.max_seq_jump {
+                rst.max_seq_jump = jump;
+            }
+        }
+    }
+    rst.last_rst_ns = obs.now;
+    rst.last_seq = seq;
+}
+
+/// Spends one packet of the reset gate's budget at `slot`; false when the gate is closed, which
+/// is the answer for nearly every packet.
+#[inline(always)]
+fn take_gate_budget(slot: u32) -> bool {
+    let Some(budget) = RESET_GATE.get_ptr_mut(slot) else {
+        return false;
+    };
+    let budget = unsafe { &mut *budget };
+    if *budget == 0 {
         return false;
     }
-    let mut value = FlowValue {
-        first_seen_ns: now,
-        last_seen_ns: now,
-        first_syn_from: if syn_without_ack {
-            first_syn_from
-        } else {
-            FIRST_SYN_NONE
-        },
-        ..FlowValue::default()
-    };
-    add_flags(sender_counts(&mut value, sender), segment.flags);
-    if FLOWS.insert(&key, &value, BPF_NOEXIST as u64).is_ok() {
-        return true;
-    }
-    // Another CPU created the entry between our lookup and insert: add to theirs.
-    if let Some(value) = FLOWS.get_ptr_mut(&key) {
-        update_entry(
-            value,
-            sender,
-            segment.flags,
-            now,
-            syn_without_ack,
-            first_syn_from,
-        );
-    }
-    false
+    // Racy on purpose: a lost decrement only examines one packet more.
+    *budget -= 1;
+    true
 }
 
+/// For a packet other than a RST whose flow recently carried one: counts what the RST's sender
+/// went on sending.
 #[inline(always)]
-fn update_entry(
-    value: *mut FlowValue,
-    sender: usize,
-    flags: u8,
-    now: u64,
-    syn_without_ack: bool,
-    first_syn_from: u8,
-) {
-    add_flags(sender_counts(value, sender), flags);
+fn note_after_reset(obs: &Observation) {
+    let Some(evidence) = RESETS.get_ptr_mut(&obs.key) else {
+        return;
+    };
+    let rst = by_sender(unsafe { &raw mut (*evidence).by_sender }, obs.sender);
+    if unsafe { (*rst).first_rst_ns } == 0 {
+        return;
+    }
+    let beyond =
+        obs.segment.payload_len > 0 && seq_at_or_after(obs.segment.seq, unsafe { (*rst).seq });
+    let bytes = if beyond {
+        obs.segment.payload_len as u64
+    } else {
+        0
+    };
+    // packets_after and bytes_beyond are adjacent u32s on an 8-byte boundary: one 64-bit add.
     unsafe {
-        (*value).last_seen_ns = now;
-        // Benign race: only a simultaneous open has two first SYNs, and either answer is right.
-        if syn_without_ack && (*value).first_syn_from == FIRST_SYN_NONE {
-            (*value).first_syn_from = first_syn_from;
-        }
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            &raw mut (*rst).packets_after as *mut u64,
+            1 | bytes << 32,
+        );
     }
 }
 
 /// Parses and accounts one packet. Never fails: whatever happens, the caller passes the packet.
 #[inline(always)]
-fn account(packet: Packet, ifindex: u32, hook: Hook) {
+fn account(packet: Packet<'_>, ifindex: u32, hook: Hook) {
     let Some(counters) = COUNTERS.get_ptr_mut(hook as u32) else {
         return;
     };
     // Per-CPU counters: plain increments are safe.
     let counters = unsafe { &mut *counters };
     counters.packets += 1;
-    match parse(packet) {
-        Ok(segment) => {
-            counters.tcp += 1;
-            // Most packets carry none of these flags; they cost parsing only, no table lookup.
-            if segment.flags & TCP_FLAGS_OF_INTEREST != 0 && record_flags(&segment, ifindex) {
-                counters.flows_created += 1;
-            }
+    let segment = match parse(packet) {
+        Ok(segment) => segment,
+        Err(NoSegment::NotTcp) => {
+            counters.non_tcp += 1;
+            return;
         }
-        Err(NoSegment::NotTcp) => counters.non_tcp += 1,
-        Err(NoSegment::Malformed) => counters.parse_errors += 1,
+        Err(NoSegment::Malformed) => {
+            counters.parse_errors += 1;
+            return;
+        }
+    };
+    counters.tcp += 1;
+    let interesting = segment.flags & TCP_FLAGS_OF_INTEREST != 0;
+    let after_reset = segment.flags & TCP_RST == 0 && take_gate_budget(segment.gate_slot());
+    // Most packets carry none of these flags and find the gate closed: parsing and one array
+    // read, no table lookup, no clock.
+    if !interesting && !after_reset {
+        return;
+    }
+    let (key, sender) = segment.flow_key(ifindex);
+    // Built before the clock is read: the helper call clobbers the argument registers, and what
+    // is already in the struct need not be spilled around the call and copied in after it.
+    let mut obs = Observation {
+        segment,
+        key,
+        sender,
+        hook,
+        now: 0,
+    };
+    obs.now = unsafe { bpf_ktime_get_boot_ns() };
+    if interesting && record_flags(&obs) {
+        counters.flows_created += 1;
+    }
+    if after_reset {
+        note_after_reset(&obs);
     }
 }
 
 #[xdp]
 pub fn flagtrace_ingress(ctx: XdpContext) -> u32 {
-    let packet = Packet {
-        start: ctx.data(),
-        end: ctx.data_end(),
-    };
+    let packet = Packet::new(ctx.data(), ctx.data_end());
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     account(packet, ifindex, Hook::Ingress);
     XDP_PASS
@@ -419,20 +414,10 @@ pub fn flagtrace_ingress(ctx: XdpContext) -> u32 {
 /// TCX links) exactly as if flagtrace were not there.
 #[classifier]
 pub fn flagtrace_egress(ctx: TcContext) -> i32 {
-    let packet = Packet {
-        start: ctx.data(),
-        end: ctx.data_end(),
-    };
+    let packet = Packet::new(ctx.data(), ctx.data_end());
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     account(packet, ifindex, Hook::Egress);
     TC_ACT_UNSPEC
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // Unreachable in a loaded program: the verifier rejects any path that could panic.
-    loop {}
 }
 
 #[unsafe(link_section = "license")]

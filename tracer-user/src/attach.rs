@@ -18,7 +18,10 @@ use aya::{
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
-use tracer_common::{COUNTERS_MAP, DEFAULT_MAX_FLOWS, FLOWS_MAP, TC_PROGRAM, XDP_PROGRAM};
+use tracer_common::{
+    COUNTERS_MAP, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, FLOWS_MAP, RESETS_MAP, RESET_GATE_MAP,
+    TC_PROGRAM, XDP_PROGRAM,
+};
 
 use crate::{
     cli::{AttachArgs, XdpModeArg},
@@ -42,23 +45,31 @@ pub fn run(root: &PinRoot, netns: &Netns, args: &AttachArgs) -> anyhow::Result<(
     };
 
     let dir = root.create_dir(&attachment)?;
-    let pinned_capacity = maps::pinned_flow_capacity(&dir, &root.purge_command(&attachment))?;
-    let max_flows = match (pinned_capacity, args.max_flows) {
-        (Some(pinned), Some(asked)) if pinned != asked => {
-            eprintln!(
-                "flagtrace: {attachment} keeps its pinned flow table of {pinned} flows; \
-                 --max-flows {asked} applies after `{}` (which deletes the counts)",
-                root.purge_command(&attachment)
-            );
-            pinned
-        }
-        (Some(pinned), _) => pinned,
-        (None, asked) => asked.unwrap_or(DEFAULT_MAX_FLOWS),
-    };
-    let mut ebpf = EbpfLoader::new()
-        .map_pin_path(FLOWS_MAP, dir.join(FLOWS_MAP))
-        .map_pin_path(COUNTERS_MAP, dir.join(COUNTERS_MAP))
+    let fix = root.purge_command(&attachment);
+    let pinned = maps::pinned_capacities(&dir, &fix)?;
+    let max_flows = table_capacity(
+        &attachment,
+        &fix,
+        "--max-flows",
+        pinned.flows,
+        args.max_flows,
+        DEFAULT_MAX_FLOWS,
+    );
+    let max_resets = table_capacity(
+        &attachment,
+        &fix,
+        "--max-resets",
+        pinned.resets,
+        args.max_resets,
+        DEFAULT_MAX_RESETS,
+    );
+    let mut loader = EbpfLoader::new();
+    for map in [FLOWS_MAP, RESETS_MAP, RESET_GATE_MAP, COUNTERS_MAP] {
+        loader.map_pin_path(map, dir.join(map));
+    }
+    let mut ebpf = loader
         .map_max_entries(FLOWS_MAP, max_flows)
+        .map_max_entries(RESETS_MAP, max_resets)
         .load(EBPF_OBJECT)
         .with_context(|| format!("loading the eBPF object for {attachment}"))?;
 
@@ -90,6 +101,29 @@ pub fn run(root: &PinRoot, netns: &Netns, args: &AttachArgs) -> anyhow::Result<(
         dir.display()
     );
     Ok(())
+}
+
+/// The capacity to load a table with: a pinned table keeps the one it was created with, and
+/// says so when `option` asks for another; `fix` is the command that removes the pins.
+fn table_capacity(
+    attachment: &Attachment,
+    fix: &str,
+    option: &str,
+    pinned: Option<u32>,
+    asked: Option<u32>,
+    default: u32,
+) -> u32 {
+    match (pinned, asked) {
+        (Some(pinned), Some(asked)) if pinned != asked => {
+            eprintln!(
+                "flagtrace: {attachment} keeps its pinned table of {pinned} entries; \
+                 {option} {asked} applies after `{fix}` (which deletes the counts)"
+            );
+            pinned
+        }
+        (Some(pinned), _) => pinned,
+        (None, asked) => asked.unwrap_or(default),
+    }
 }
 
 /// The program `name` of the object, as its concrete type.

@@ -1,6 +1,6 @@
 //! The `flagtrace` command line.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use crate::pins::DEFAULT_PIN_ROOT;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -26,6 +26,11 @@ pub struct Cli {
     )]
     pub pin_root: PathBuf,
 
+    /// MAC vendor registry: an IEEE CSV (oui.csv, mam.csv, oui36.csv) or a Wireshark manuf
+    /// file [default: /usr/share/ieee-data/*.csv, else /usr/share/wireshark/manuf].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub oui_db: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -50,6 +55,10 @@ pub enum Command {
     Attach(AttachArgs),
     /// Print one row per flow from the pinned flow tables
     Flows(FlowsArgs),
+    /// Print the flows that ended in a RST, and who sent it: the endpoint or a middlebox
+    ///
+    /// One line per flow, grouped by gateway and server, with the evidence that decided.
+    Resets(ResetsArgs),
     /// Print the global counters of each attachment
     Stats(StatsArgs),
     /// Remove hooks that a killed `attach` left on IFACE; with --purge also its pins
@@ -66,6 +75,11 @@ pub struct AttachArgs {
     /// room. A table already pinned keeps its capacity.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_flows: Option<u32>,
+
+    /// Reset evidence table capacity [default: 65536]: flows with a RST whose evidence is
+    /// kept. A table already pinned keeps its capacity.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_resets: Option<u32>,
 
     /// XDP attach mode: auto tries native (driver) mode and falls back to skb (generic) mode.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
@@ -106,6 +120,18 @@ pub enum SortKey {
 }
 
 #[derive(Debug, Args)]
+pub struct ResetsArgs {
+    /// One JSON object per line, the same objects as `flows --json`.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Only flows whose first RST came within DURATION of now: a number and a unit, s, m, h
+    /// or d (30s, 5m, 2h, 1d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
 pub struct StatsArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
@@ -130,6 +156,39 @@ fn parse_name(name: &str) -> Result<String, String> {
         return Err(format!("{name:?} is not a valid name"));
     }
     Ok(name.to_owned())
+}
+
+/// `30s`, `5m`, `2h`, `1d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || format!("{text:?} is not a duration like 30s, 5m, 2h or 1d");
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let unit_seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(unit_seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(invalid)
+}
+
+/// A duration the way `--since` takes it, in its largest whole unit: `300s` prints as `5m`.
+pub fn format_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    let (number, unit) = [(86_400, "d"), (3600, "h"), (60, "m")]
+        .into_iter()
+        .find(|(unit_seconds, _)| seconds > 0 && seconds.is_multiple_of(*unit_seconds))
+        .map_or((seconds, "s"), |(unit_seconds, unit)| {
+            (seconds / unit_seconds, unit)
+        });
+    format!("{number}{unit}")
 }
 
 #[cfg(test)]
@@ -205,6 +264,7 @@ mod tests {
             .render_long_help()
             .to_string();
         assert!(help.contains(&format!("[default: {}]", tracer_common::DEFAULT_MAX_FLOWS)));
+        assert!(help.contains(&format!("[default: {}]", tracer_common::DEFAULT_MAX_RESETS)));
     }
 
     #[test]
@@ -222,6 +282,76 @@ mod tests {
             assert_eq!(error.exit_code(), 2, "{args:?}");
             assert_ne!(error.kind(), ErrorKind::DisplayHelp);
         }
+    }
+
+    #[test]
+    fn resets_and_global_oui_db() {
+        let cli = parse(&[
+            "resets",
+            "--json",
+            "--since",
+            "5m",
+            "--oui-db",
+            "/tmp/manuf",
+        ])
+        .unwrap();
+        assert_eq!(cli.oui_db, Some(PathBuf::from("/tmp/manuf")));
+        let Command::Resets(args) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert!(args.json);
+        assert_eq!(args.since, Some(Duration::from_secs(300)));
+        let cli = parse(&["resets"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Resets(ResetsArgs {
+                json: false,
+                since: None
+            })
+        ));
+    }
+
+    #[test]
+    fn durations() {
+        for (text, seconds) in [
+            ("30s", 30),
+            ("5m", 300),
+            ("2h", 7200),
+            ("1d", 86_400),
+            ("0s", 0),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(seconds)),
+                "{text}"
+            );
+        }
+        for text in ["30s", "5m", "2h", "1d", "0s", "90s", "25h"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+        for bad in [
+            "",
+            "5",
+            "m",
+            "5 m",
+            "5min",
+            "-5m",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn attach_max_resets() {
+        let cli = parse(&["attach", "veth0", "--max-resets", "100"]).unwrap();
+        let Command::Attach(args) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(args.max_resets, Some(100));
+        assert!(parse(&["attach", "veth0", "--max-resets", "0"]).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (`bpf_ktime_get_boot_ns`), which keeps counting through suspend but has no epoch; a snapshot of
 //! both clocks taken together converts one into the other.
 
-use std::io;
+use std::{io, time::Duration};
 
 const NANOS_PER_SECOND: i128 = 1_000_000_000;
 const SECONDS_PER_DAY: i128 = 86_400;
@@ -36,6 +36,12 @@ impl ClockSnapshot {
     /// slightly after "now", which is right.
     pub fn unix_ns(&self, boottime_ns: u64) -> i128 {
         self.realtime_ns - (self.boottime_ns - i128::from(boottime_ns))
+    }
+
+    /// The CLOCK_BOOTTIME timestamp `ago` before the snapshot (0 if that is before boot).
+    pub fn boottime_before(&self, ago: Duration) -> u64 {
+        let before = self.boottime_ns - ago.as_nanos() as i128;
+        before.clamp(0, i128::from(u64::MAX)) as u64
     }
 
     /// A CLOCK_BOOTTIME timestamp as RFC 3339 UTC.
@@ -129,6 +135,16 @@ mod tests {
             snapshot.unix_ns(5_000 * SECOND as u64 + 7),
             1_700_000_000 * SECOND + 7
         );
+    }
+
+    #[test]
+    fn boottime_before_stops_at_boot() {
+        let snapshot = ClockSnapshot::new(1_700_000_000 * SECOND, 5_000 * SECOND);
+        assert_eq!(
+            snapshot.boottime_before(Duration::from_secs(300)),
+            4_700 * SECOND as u64
+        );
+        assert_eq!(snapshot.boottime_before(Duration::from_secs(86_400)), 0);
     }
 
     #[test]

@@ -12,7 +12,6 @@ use std::{
     fmt, io,
     mem::size_of_val,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
-    process::Command,
 };
 
 use anyhow::{bail, Context as _};
@@ -31,7 +30,7 @@ use tracer_common::{TC_PROGRAM, XDP_PROGRAM};
 use crate::{
     cli::DetachArgs,
     error::Failure,
-    netns::Netns,
+    netns::{run_ip, Netns},
     pins::{Attachment, PinRoot},
     privileges::{self, CAP_BPF, CAP_NET_ADMIN},
 };
@@ -233,7 +232,7 @@ struct IpProg {
 }
 
 /// XDP programs on `iface` in the current namespace, from `ip -j -d link show` (netlink
-/// RTM_GETLINK, which aya does not expose).
+/// RTM_GETLINK, which aya does not expose). `ip` inherits the namespace this thread entered.
 fn attached_xdp(iface: &str) -> anyhow::Result<Vec<AttachedXdp>> {
     let stdout = run_ip(&["-j", "-d", "link", "show", "dev", iface])?;
     parse_attached_xdp(&stdout).with_context(|| format!("parsing `ip -j -d link show dev {iface}`"))
@@ -269,23 +268,6 @@ fn detach_netlink_xdp(iface: &str, mode: u8) -> anyhow::Result<()> {
         other => bail!("unknown XDP attach mode {other}"),
     };
     run_ip(&["link", "set", "dev", iface, keyword, "off"]).map(drop)
-}
-
-/// Runs iproute2's `ip` in the current network namespace (children inherit the one we entered;
-/// `ip -n` would also remount /sys, which we do not need) and returns its stdout.
-fn run_ip(args: &[&str]) -> anyhow::Result<Vec<u8>> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running `ip` (is iproute2 installed?)")?;
-    if !output.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(output.stdout)
 }
 
 /// bpf(2) commands from include/uapi/linux/bpf.h that aya does not wrap.

@@ -1,6 +1,6 @@
 //! The host-side view of one flow-table entry: which endpoint is the client, what each side sent,
-//! and what happened to the connection. Pure functions of the kernel's key and value, so the live
-//! maps and an offline capture can share them.
+//! what happened to the connection, and the evidence its RSTs left. Pure functions of the
+//! kernel's key and values, so the live maps and an offline capture can share them.
 
 use std::{
     fmt,
@@ -10,8 +10,8 @@ use std::{
 use anyhow::bail;
 use serde::Serialize;
 use tracer_common::{
-    FlagCounts, FlowKey, FlowValue, FAMILY_IPV4, FAMILY_IPV6, FIRST_SYN_HI, FIRST_SYN_LO,
-    SENDER_HI, SENDER_LO,
+    Baseline, FlagCounts, FlowKey, FlowValue, ResetEvidence, RstEvidence, FAMILY_IPV4, FAMILY_IPV6,
+    FIRST_SYN_HI, FIRST_SYN_LO, SEEN_NONE, SENDER_HI, SENDER_LO,
 };
 
 /// What happened to a connection, in the spirit of Zeek's `conn_state`.
@@ -79,6 +79,25 @@ impl fmt::Display for State {
     }
 }
 
+/// What the kernel recorded about one side's packets: the baseline its RSTs are compared with,
+/// and the RSTs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SideEvidence {
+    /// Its latest examined non-RST packet; `None` when there was none.
+    pub baseline: Option<Baseline>,
+    /// Its RSTs; `None` when it sent none, or the reset evidence table no longer holds the flow.
+    pub rst: Option<RstEvidence>,
+}
+
+impl SideEvidence {
+    fn new(baseline: &Baseline, rst: Option<&RstEvidence>) -> SideEvidence {
+        SideEvidence {
+            baseline: (baseline.seen_on != SEEN_NONE).then_some(*baseline),
+            rst: rst.filter(|rst| rst.first_rst_ns != 0).copied(),
+        }
+    }
+}
+
 /// One flow, oriented from client to server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowRecord {
@@ -91,21 +110,40 @@ pub struct FlowRecord {
     pub first_seen_ns: u64,
     /// CLOCK_BOOTTIME nanoseconds of the latest counted packet.
     pub last_seen_ns: u64,
+    /// Time of the first SYN without ACK; 0 when none was seen.
+    pub syn_ns: u64,
+    /// Time of the first SYN/ACK; 0 when none was seen.
+    pub syn_ack_ns: u64,
+    pub client_evidence: SideEvidence,
+    pub server_evidence: SideEvidence,
 }
 
 impl FlowRecord {
-    /// Orients a flow-table entry. Fails only on an address family the kernel never writes.
-    pub fn new(key: &FlowKey, value: &FlowValue) -> anyhow::Result<FlowRecord> {
-        let lo = SocketAddr::new(ip_addr(key.family, &key.addr_lo)?, key.port_lo);
-        let hi = SocketAddr::new(ip_addr(key.family, &key.addr_hi)?, key.port_hi);
-        let lo_sent = value.sent_by[SENDER_LO];
-        let hi_sent = value.sent_by[SENDER_HI];
-        let (client, server, client_to_server, server_to_client) =
-            if client_side(key, value) == SENDER_LO {
-                (lo, hi, lo_sent, hi_sent)
+    /// Orients a flow-table entry and its reset evidence, if the kernel kept any. Fails only on an
+    /// address family the kernel never writes.
+    pub fn new(
+        key: &FlowKey,
+        value: &FlowValue,
+        resets: Option<&ResetEvidence>,
+    ) -> anyhow::Result<FlowRecord> {
+        let endpoint = |sender: usize| -> anyhow::Result<(SocketAddr, FlagCounts, SideEvidence)> {
+            let (addr, port) = if sender == SENDER_LO {
+                (&key.addr_lo, key.port_lo)
             } else {
-                (hi, lo, hi_sent, lo_sent)
+                (&key.addr_hi, key.port_hi)
             };
+            Ok((
+                SocketAddr::new(ip_addr(key.family, addr)?, port),
+                value.sent_by[sender],
+                SideEvidence::new(
+                    &value.baseline[sender],
+                    resets.map(|resets| &resets.by_sender[sender]),
+                ),
+            ))
+        };
+        let client_side = client_side(key, value);
+        let (client, client_to_server, client_evidence) = endpoint(client_side)?;
+        let (server, server_to_client, server_evidence) = endpoint(1 - client_side)?;
         Ok(FlowRecord {
             client,
             server,
@@ -114,12 +152,30 @@ impl FlowRecord {
             state: State::classify(&client_to_server, &server_to_client),
             first_seen_ns: value.first_seen_ns,
             last_seen_ns: value.last_seen_ns,
+            syn_ns: value.syn_ns,
+            syn_ack_ns: value.syn_ack_ns,
+            client_evidence,
+            server_evidence,
         })
     }
 
     /// Counts over both directions.
     pub fn totals(&self) -> FlagCounts {
         add(&self.client_to_server, &self.server_to_client)
+    }
+
+    /// When the flow's first RST was seen: the earliest first RST of either side, or the last
+    /// packet's time when the kernel kept no evidence. `None` without a RST.
+    pub fn first_rst_ns(&self) -> Option<u64> {
+        if self.totals().rst == 0 {
+            return None;
+        }
+        let sides = [&self.client_evidence, &self.server_evidence];
+        let first = sides
+            .iter()
+            .filter_map(|side| side.rst.map(|rst| rst.first_rst_ns))
+            .min();
+        Some(first.unwrap_or(self.last_seen_ns))
     }
 }
 
@@ -240,7 +296,7 @@ mod tests {
                 FIRST_SYN_HI
             };
         }
-        FlowRecord::new(&key, &value).unwrap()
+        FlowRecord::new(&key, &value, None).unwrap()
     }
 
     fn endpoints(record: &FlowRecord) -> (String, String) {
@@ -264,7 +320,7 @@ mod tests {
             FlowKey::from_packet(FAMILY_IPV6, 1, v6(client), 51000, v6(server), 443);
         let mut value = FlowValue::default();
         value.sent_by[sender].syn = 1;
-        let record = FlowRecord::new(&key, &value).unwrap();
+        let record = FlowRecord::new(&key, &value, None).unwrap();
         assert_eq!(record.client.to_string(), "[fd00::1]:51000");
         assert_eq!(record.server.to_string(), "[fd00::2:0:0:abcd]:443");
     }
@@ -275,7 +331,7 @@ mod tests {
             family: 5,
             ..FlowKey::default()
         };
-        assert!(FlowRecord::new(&key, &FlowValue::default()).is_err());
+        assert!(FlowRecord::new(&key, &FlowValue::default(), None).is_err());
     }
 
     #[test]
@@ -310,7 +366,7 @@ mod tests {
             first_syn_from: FIRST_SYN_NONE,
             ..FlowValue::default()
         };
-        let record = FlowRecord::new(&key, &value).unwrap();
+        let record = FlowRecord::new(&key, &value, None).unwrap();
         assert_eq!(record.client.port(), 9000);
     }
 
@@ -345,6 +401,53 @@ mod tests {
         assert_eq!(record.state, State::Reset);
         assert_eq!(record.totals(), counts(1, 1, 1, 1));
         assert_eq!((record.first_seen_ns, record.last_seen_ns), (100, 200));
+    }
+
+    #[test]
+    fn evidence_follows_the_client_and_server() {
+        let client = v4([10, 0, 0, 9]);
+        let server = v4([10, 0, 0, 2]);
+        // The client is the high endpoint of the key here, so a mix-up would show.
+        let (key, client_side) = FlowKey::from_packet(FAMILY_IPV4, 1, client, 40000, server, 443);
+        assert_eq!(client_side, SENDER_HI);
+        let mut value = FlowValue {
+            first_syn_from: FIRST_SYN_HI,
+            syn_ns: 10,
+            syn_ack_ns: 0,
+            last_seen_ns: 70,
+            ..FlowValue::default()
+        };
+        value.sent_by[SENDER_HI].syn = 1;
+        value.sent_by[SENDER_LO].rst = 1;
+        value.baseline[SENDER_HI] = Baseline {
+            ttl: 64,
+            seen_on: tracer_common::SEEN_EGRESS,
+            ..Baseline::default()
+        };
+        let mut resets = ResetEvidence::default();
+        resets.by_sender[SENDER_LO] = RstEvidence {
+            first_rst_ns: 50,
+            ttl: 61,
+            ..RstEvidence::default()
+        };
+        let record = FlowRecord::new(&key, &value, Some(&resets)).unwrap();
+        assert_eq!(record.client.to_string(), "10.0.0.9:40000");
+        assert_eq!(record.client_evidence.baseline.map(|b| b.ttl), Some(64));
+        assert_eq!(record.client_evidence.rst, None);
+        // A baseline the kernel never wrote (seen_on NONE) is no baseline.
+        assert_eq!(record.server_evidence.baseline, None);
+        assert_eq!(record.server_evidence.rst.map(|r| r.ttl), Some(61));
+        assert_eq!((record.syn_ns, record.syn_ack_ns), (10, 0));
+        assert_eq!(record.first_rst_ns(), Some(50));
+
+        // Evicted evidence: the RST time falls back to the last packet's.
+        let record = FlowRecord::new(&key, &value, None).unwrap();
+        assert_eq!(record.first_rst_ns(), Some(70));
+        value.sent_by[SENDER_LO].rst = 0;
+        assert_eq!(
+            FlowRecord::new(&key, &value, None).unwrap().first_rst_ns(),
+            None
+        );
     }
 
     #[test]

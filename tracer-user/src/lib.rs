@@ -7,12 +7,17 @@ pub mod clock;
 mod detach;
 pub mod error;
 pub mod flow;
+pub mod mac;
 mod maps;
+pub mod neighbour;
 pub mod netns;
+pub mod oui;
 mod output;
 mod pins;
 mod privileges;
 mod query;
+pub mod report;
+pub mod verdict;
 
 use cli::{Cli, Command};
 use netns::Netns;
@@ -22,16 +27,24 @@ use pins::PinRoot;
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
 
+/// The benchmark's reference programs (empty, parse, lookup), built from the same parser. Only
+/// `cargo xtask bench` loads them; the `flagtrace` binary does not refer to them, so the linker
+/// leaves them out of it.
+pub static REFERENCE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-reference"));
+
 /// Runs one command line. Expected failures come back as [`error::Failure`] somewhere in the chain.
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let root = PinRoot::new(&cli.pin_root);
     let netns = Netns::from_name(cli.netns.as_deref());
-    // flows and stats read every namespace's pins unless one is named.
+    // flows, resets and stats read every namespace's pins unless one is named.
     let netns_filter = cli.netns.is_some().then_some(&netns);
+    let oui_db = cli.oui_db.as_deref();
     match &cli.command {
         Command::Attach(args) => attach::run(&root, &netns, args),
         Command::Detach(args) => detach::run(&root, &netns, args),
-        Command::Flows(args) => query::flows(&root, netns_filter, args),
+        Command::Flows(args) => query::flows(&root, netns_filter, oui_db, args),
+        Command::Resets(args) => query::resets(&root, netns_filter, oui_db, args),
         Command::Stats(args) => query::stats(&root, netns_filter, args),
     }
 }

@@ -11,9 +11,11 @@ use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{HashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray},
     sys::SyscallError,
+    Pod,
 };
 use tracer_common::{
-    FlowKey, FlowValue, GlobalCounters, Hook, COUNTERS_MAP, FLOWS_MAP, HOOK_COUNT,
+    FlowKey, FlowValue, GlobalCounters, Hook, ResetEvidence, COUNTERS_MAP, FLOWS_MAP, HOOK_COUNT,
+    RESETS_MAP, RESET_GATE_MAP, RESET_GATE_SLOTS,
 };
 
 use crate::error::Failure;
@@ -34,6 +36,22 @@ const FLOWS: MapSpec = MapSpec {
     key_size: size_of::<FlowKey>(),
     value_size: size_of::<FlowValue>(),
     max_entries: None,
+};
+
+const RESETS: MapSpec = MapSpec {
+    name: RESETS_MAP,
+    map_type: MapType::LruHash,
+    key_size: size_of::<FlowKey>(),
+    value_size: size_of::<ResetEvidence>(),
+    max_entries: None,
+};
+
+const RESET_GATE: MapSpec = MapSpec {
+    name: RESET_GATE_MAP,
+    map_type: MapType::Array,
+    key_size: size_of::<u32>(),
+    value_size: size_of::<u32>(),
+    max_entries: Some(RESET_GATE_SLOTS),
 };
 
 const COUNTERS: MapSpec = MapSpec {
@@ -103,13 +121,29 @@ impl MapSpec {
     }
 }
 
-/// Checks the pins an earlier `attach` left in `dir`, if any, and returns the capacity of the
-/// pinned flow table: a reused pin keeps the capacity it was created with.
-pub fn pinned_flow_capacity(dir: &Path, fix: &str) -> anyhow::Result<Option<u32>> {
-    COUNTERS.open_checked(dir, fix)?;
-    Ok(FLOWS
-        .open_checked(dir, fix)?
-        .map(|(_, info)| info.max_entries()))
+/// Capacities of the tables an earlier `attach` pinned; `None` for a table not pinned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PinnedCapacities {
+    pub flows: Option<u32>,
+    pub resets: Option<u32>,
+}
+
+/// Checks the pins an earlier `attach` left in `dir`, if any, and returns the capacities of its
+/// tables: a reused pin keeps the capacity it was created with.
+pub fn pinned_capacities(dir: &Path, fix: &str) -> anyhow::Result<PinnedCapacities> {
+    let capacity = |spec: &MapSpec| -> anyhow::Result<Option<u32>> {
+        Ok(spec
+            .open_checked(dir, fix)?
+            .map(|(_, info)| info.max_entries()))
+    };
+    // The flow table first: a pin from before the reset evidence fails there, with the fix.
+    let flows = capacity(&FLOWS)?;
+    capacity(&COUNTERS)?;
+    capacity(&RESET_GATE)?;
+    Ok(PinnedCapacities {
+        flows,
+        resets: capacity(&RESETS)?,
+    })
 }
 
 /// Global counters of one attachment, summed over CPUs.
@@ -137,34 +171,38 @@ fn sum<'a>(counters: impl IntoIterator<Item = &'a GlobalCounters>) -> GlobalCoun
         })
 }
 
-/// The flow table and counters pinned for one attachment.
+/// The flow table, reset evidence and counters pinned for one attachment.
 pub struct PinnedMaps {
     dir: PathBuf,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    resets: HashMap<MapData, FlowKey, ResetEvidence>,
     counters: PerCpuArray<MapData, GlobalCounters>,
     capacity: u32,
+    resets_capacity: u32,
 }
 
 impl PinnedMaps {
-    /// Opens and checks both pins in `dir`. `fix` is the command that removes incompatible pins.
+    /// Opens and checks the pins in `dir`. `fix` is the command that removes incompatible pins.
     pub fn open(dir: &Path, fix: &str) -> anyhow::Result<PinnedMaps> {
-        let missing = |spec: &MapSpec| anyhow!("no pinned {} map in {}", spec.name, dir.display());
-        let (flows, flows_info) = FLOWS
-            .open_checked(dir, fix)?
-            .ok_or_else(|| missing(&FLOWS))?;
-        let (counters, _) = COUNTERS
-            .open_checked(dir, fix)?
-            .ok_or_else(|| missing(&COUNTERS))?;
+        let open = |spec: &MapSpec| -> anyhow::Result<(Map, u32)> {
+            let (data, info) = spec
+                .open_checked(dir, fix)?
+                .ok_or_else(|| anyhow!("no pinned {} map in {}", spec.name, dir.display()))?;
+            let map = Map::from_map_data(data)
+                .with_context(|| format!("opening {}", dir.join(spec.name).display()))?;
+            Ok((map, info.max_entries()))
+        };
         let context = |spec: &MapSpec| format!("opening {}", dir.join(spec.name).display());
+        let (flows, capacity) = open(&FLOWS)?;
+        let (resets, resets_capacity) = open(&RESETS)?;
+        let (counters, _) = open(&COUNTERS)?;
         Ok(PinnedMaps {
             dir: dir.to_owned(),
-            flows: HashMap::try_from(Map::from_map_data(flows).with_context(|| context(&FLOWS))?)
-                .with_context(|| context(&FLOWS))?,
-            counters: PerCpuArray::try_from(
-                Map::from_map_data(counters).with_context(|| context(&COUNTERS))?,
-            )
-            .with_context(|| context(&COUNTERS))?,
-            capacity: flows_info.max_entries(),
+            flows: HashMap::try_from(flows).with_context(|| context(&FLOWS))?,
+            resets: HashMap::try_from(resets).with_context(|| context(&RESETS))?,
+            counters: PerCpuArray::try_from(counters).with_context(|| context(&COUNTERS))?,
+            capacity,
+            resets_capacity,
         })
     }
 
@@ -174,18 +212,17 @@ impl PinnedMaps {
     }
 
     /// Every entry of the flow table.
-    pub fn flows(&self) -> anyhow::Result<Vec<(FlowKey, FlowValue)>> {
-        // The kernel keeps updating and evicting while we walk the table, and the walk restarts
-        // from the first key when its current key is evicted: dedupe by key, and bound the walk
-        // so that a table under heavy churn cannot keep us here.
-        let max_steps = 2 * self.capacity as usize;
-        let mut entries = StdHashMap::new();
-        for entry in self.flows.iter().take(max_steps) {
-            let (key, value) =
-                entry.with_context(|| format!("reading {}", self.dir.join(FLOWS_MAP).display()))?;
-            entries.insert(key, value);
-        }
-        Ok(entries.into_iter().collect())
+    pub fn flows(&self) -> anyhow::Result<StdHashMap<FlowKey, FlowValue>> {
+        walk(&self.flows, self.capacity, &self.dir.join(FLOWS_MAP))
+    }
+
+    /// Every entry of the reset evidence table.
+    pub fn resets(&self) -> anyhow::Result<StdHashMap<FlowKey, ResetEvidence>> {
+        walk(
+            &self.resets,
+            self.resets_capacity,
+            &self.dir.join(RESETS_MAP),
+        )
     }
 
     /// The global counters per hook, summed over CPUs.
@@ -204,6 +241,23 @@ impl PinnedMaps {
             egress: read(Hook::Egress)?,
         })
     }
+}
+
+/// Every entry of an LRU hash keyed by flow. The kernel keeps updating and evicting while we
+/// walk the table, and the walk restarts from the first key when its current key is evicted:
+/// dedupe by key, and bound the walk so that a table under heavy churn cannot keep us here.
+fn walk<V: Pod>(
+    table: &HashMap<MapData, FlowKey, V>,
+    capacity: u32,
+    path: &Path,
+) -> anyhow::Result<StdHashMap<FlowKey, V>> {
+    let max_steps = 2 * capacity as usize;
+    let mut entries = StdHashMap::new();
+    for entry in table.iter().take(max_steps) {
+        let (key, value) = entry.with_context(|| format!("reading {}", path.display()))?;
+        entries.insert(key, value);
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Network namespaces named the way `ip netns` names them (/run/netns/NAME), and interfaces in them.
 
-use std::{ffi::CString, fmt, fs::File, io, os::fd::AsRawFd, path::Path};
+use std::{ffi::CString, fmt, fs::File, io, os::fd::AsRawFd, path::Path, process::Command};
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 
 use crate::error::Failure;
 
@@ -51,6 +51,15 @@ impl Netns {
         Ok(())
     }
 
+    /// The arguments that make `ip` act in this namespace without our entering it: `-n NAME`, or
+    /// none for the host's.
+    pub fn ip_args(&self) -> Vec<&str> {
+        match self {
+            Netns::Host => Vec::new(),
+            Netns::Named(name) => vec!["-n", name],
+        }
+    }
+
     /// The index of `iface` in the namespace the calling thread is in, which must be this one.
     pub fn ifindex(&self, iface: &str) -> anyhow::Result<u32> {
         let no_such_interface = || Failure::NoSuchInterface {
@@ -69,6 +78,23 @@ impl Netns {
         }
         Err(error).with_context(|| format!("looking up interface {iface} in {self}"))
     }
+}
+
+/// Runs iproute2's `ip` with `args` and returns its stdout. It runs in the calling thread's
+/// namespace unless `args` says otherwise (`-n NAME`; see [`Netns::ip_args`]).
+pub fn run_ip(args: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (is iproute2 installed?)")?;
+    if !output.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output.stdout)
 }
 
 impl fmt::Display for Netns {

@@ -1,48 +1,117 @@
-//! `flagtrace flows` and `flagtrace stats`: read the pinned maps of every attachment (or the ones
-//! asked for) and print them. Only map reads: nothing here touches packets or hooks.
+//! `flagtrace flows`, `resets` and `stats`: read the pinned maps of every attachment (or the
+//! ones asked for) and print them. Only map reads: nothing here touches packets or hooks.
 
 use std::{
     cmp::Reverse,
     io::{self, Write as _},
+    path::Path,
 };
 
 use anyhow::Context as _;
 
 use crate::{
-    cli::{FlowsArgs, SortKey, StatsArgs},
+    cli::{format_duration, FlowsArgs, ResetsArgs, SortKey, StatsArgs},
     clock::ClockSnapshot,
     error::Failure,
     flow::FlowRecord,
     maps::PinnedMaps,
+    neighbour::Neighbours,
     netns::Netns,
+    oui::Vendors,
     output::{self, AttachmentStats},
     pins::{Attachment, PinRoot},
     privileges::{self, CAP_BPF},
+    report::{self, FlowReport},
 };
 
-pub fn flows(root: &PinRoot, netns: Option<&Netns>, args: &FlowsArgs) -> anyhow::Result<()> {
+pub fn flows(
+    root: &PinRoot,
+    netns: Option<&Netns>,
+    oui_db: Option<&Path>,
+    args: &FlowsArgs,
+) -> anyhow::Result<()> {
     privileges::require("flows", &[CAP_BPF])?;
-    let mut flows = Vec::new();
-    for (attachment, maps) in open_attachments(root, netns, args.iface.as_deref())? {
-        for (key, value) in maps.flows()? {
-            let flow = FlowRecord::new(&key, &value)
-                .with_context(|| format!("reading the flow table of {attachment}"))?;
-            flows.push((attachment.clone(), flow));
-        }
-    }
+    let mut reports = reports(root, netns, args.iface.as_deref(), oui_db)?;
     let clock = ClockSnapshot::now().context("reading the clocks")?;
-    sort_flows(&mut flows, args.sort);
-    flows.truncate(args.limit.unwrap_or(usize::MAX));
+    sort_flows(&mut reports, args.sort);
+    reports.truncate(args.limit.unwrap_or(usize::MAX));
 
     let mut out = io::stdout().lock();
     if args.json {
-        for (attachment, flow) in &flows {
-            writeln!(out, "{}", output::flow_json(attachment, flow, &clock))?;
+        for report in &reports {
+            writeln!(out, "{}", output::flow_json(report, &clock))?;
         }
     } else {
-        write!(out, "{}", output::flows_table(&flows, &clock))?;
+        write!(out, "{}", output::flows_table(&reports, &clock))?;
     }
     Ok(())
+}
+
+pub fn resets(
+    root: &PinRoot,
+    netns: Option<&Netns>,
+    oui_db: Option<&Path>,
+    args: &ResetsArgs,
+) -> anyhow::Result<()> {
+    privileges::require("resets", &[CAP_BPF])?;
+    let mut reports = reports(root, netns, None, oui_db)?;
+    let clock = ClockSnapshot::now().context("reading the clocks")?;
+    let cutoff = args.since.map_or(0, |since| clock.boottime_before(since));
+    reports.retain(|report| {
+        report.verdict.is_some() && report.flow.first_rst_ns().is_some_and(|at| at >= cutoff)
+    });
+    reports.sort_by_key(|report| report.flow.first_rst_ns());
+
+    let mut out = io::stdout().lock();
+    if reports.is_empty() {
+        let mut none = String::from("no resets");
+        if let Some(since) = args.since {
+            none += &format!(" in the last {}", format_duration(since));
+        }
+        // JSON lines stay JSON: the note goes to stderr there.
+        if args.json {
+            eprintln!("flagtrace: {none}");
+        } else {
+            writeln!(out, "{none}")?;
+        }
+    } else if args.json {
+        for report in &reports {
+            writeln!(out, "{}", output::flow_json(report, &clock))?;
+        }
+    } else {
+        write!(out, "{}", output::resets_text(&reports, &clock))?;
+    }
+    Ok(())
+}
+
+/// Reports on every flow of the attachments that match the filters. Each attachment's flows are
+/// judged together, since they are each other's baselines.
+fn reports(
+    root: &PinRoot,
+    netns: Option<&Netns>,
+    iface: Option<&str>,
+    oui_db: Option<&Path>,
+) -> anyhow::Result<Vec<FlowReport>> {
+    let vendors = Vendors::new(oui_db);
+    let mut reports = Vec::new();
+    for (attachment, maps) in open_attachments(root, netns, iface)? {
+        let resets = maps.resets()?;
+        let flows = maps
+            .flows()?
+            .iter()
+            .map(|(key, value)| FlowRecord::new(key, value, resets.get(key)))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("reading the flow table of {attachment}"))?;
+        let neighbours = || match Neighbours::read(&attachment.netns, &attachment.iface) {
+            Ok(table) => Some(table),
+            Err(error) => {
+                eprintln!("flagtrace: {error:#}; gateway IP addresses left out");
+                None
+            }
+        };
+        reports.extend(report::analyse(&attachment, flows, &vendors, neighbours)?);
+    }
+    Ok(reports)
 }
 
 pub fn stats(root: &PinRoot, netns: Option<&Netns>, args: &StatsArgs) -> anyhow::Result<()> {
@@ -95,16 +164,14 @@ fn open_attachments(
 }
 
 /// Most recent first; by RST or SYN total, the largest first and then the most recent.
-fn sort_flows(flows: &mut [(Attachment, FlowRecord)], key: SortKey) {
+fn sort_flows(reports: &mut [FlowReport], key: SortKey) {
     let last_seen = |flow: &FlowRecord| Reverse(flow.last_seen_ns);
     match key {
-        SortKey::Last => flows.sort_by_key(|(_, flow)| last_seen(flow)),
-        SortKey::Rst => {
-            flows.sort_by_key(|(_, flow)| (Reverse(flow.totals().rst), last_seen(flow)))
-        }
-        SortKey::Syn => {
-            flows.sort_by_key(|(_, flow)| (Reverse(flow.totals().syn), last_seen(flow)))
-        }
+        SortKey::Last => reports.sort_by_key(|report| last_seen(&report.flow)),
+        SortKey::Rst => reports
+            .sort_by_key(|report| (Reverse(report.flow.totals().rst), last_seen(&report.flow))),
+        SortKey::Syn => reports
+            .sort_by_key(|report| (Reverse(report.flow.totals().syn), last_seen(&report.flow))),
     }
 }
 
@@ -115,7 +182,7 @@ mod tests {
     use super::*;
 
     /// A flow from 10.0.0.1:`port` whose client sent `syn` SYNs and `rst` RSTs, last seen at `last`.
-    fn flow(port: u16, syn: u32, rst: u32, last: u64) -> (Attachment, FlowRecord) {
+    fn flow(port: u16, syn: u32, rst: u32, last: u64) -> FlowReport {
         let a = [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0];
         let b = [u32::from_ne_bytes([10, 0, 0, 2]), 0, 0, 0];
         let (key, sender) = FlowKey::from_packet(FAMILY_IPV4, 2, a, port, b, 80);
@@ -129,11 +196,19 @@ mod tests {
             netns: Netns::Host,
             iface: "eth0".into(),
         };
-        (attachment, FlowRecord::new(&key, &value).unwrap())
+        FlowReport {
+            attachment,
+            flow: FlowRecord::new(&key, &value, None).unwrap(),
+            verdict: None,
+            gateway: None,
+        }
     }
 
-    fn ports(flows: &[(Attachment, FlowRecord)]) -> Vec<u16> {
-        flows.iter().map(|(_, flow)| flow.client.port()).collect()
+    fn ports(reports: &[FlowReport]) -> Vec<u16> {
+        reports
+            .iter()
+            .map(|report| report.flow.client.port())
+            .collect()
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `cargo xtask`: sets up the toolchain, builds, runs and tests flagtrace. The README's commands
 //! (`cargo xtask demo`, `cargo xtask test`) are all a fresh Debian machine needs.
 
+mod bench;
 mod command;
+mod demo;
 mod setup;
 mod system;
 
@@ -24,12 +26,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Build, then show who reset a connection: in network namespaces, a gateway with an F5 MAC
+    /// resets connections to port 443 in the server's name, and flagtrace tells (as root).
+    Demo,
     /// Check the Rust toolchains, bpf-linker and the Debian packages; install what is missing.
     Setup,
     /// Set up, then build target/release/flagtrace with the eBPF object embedded.
     Build,
     /// Build, then run target/release/flagtrace with ARGS, e.g. `cargo xtask run -- attach eth0`.
     Run {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// Set up and build, then measure the kernel programs' cost per packet against reference
+    /// programs (as root); prints a table and writes target/bench/report.json.
+    Bench {
+        /// Passed to the benchmark, e.g. `cargo xtask bench -- --rounds 9`.
         #[arg(
             trailing_var_arg = true,
             allow_hyphen_values = true,
@@ -71,6 +87,7 @@ fn run_task(task: Task) -> Result<()> {
     }
     let root = workspace_root();
     match task {
+        Task::Demo => demo::demo(&root),
         Task::Setup => setup::setup(&root),
         Task::Build => {
             let flagtrace = build(&root)?;
@@ -82,6 +99,7 @@ fn run_task(task: Task) -> Result<()> {
             Err(Cmd::new(&flagtrace.to_string_lossy()).args(args).exec())
         }
         Task::Test { args } => test(&root, &args),
+        Task::Bench { args } => bench::bench(&root, &args),
     }
 }
 
@@ -147,6 +165,10 @@ fn test(root: &Path, integration_args: &[OsString]) -> Result<()> {
     ])
     .run(root)
     .context("step `host unit tests` failed")?;
+    // The kernel crate's library (its packet parser) also runs on the host; its binary does not.
+    cargo(&["test", "--release", "-p", "tracer-ebpf", "--lib"])
+        .run(root)
+        .context("step `parser unit tests` failed")?;
 
     // One test at a time: the integration tests share bpffs and the interfaces' hooks. `--tests`
     // leaves out the doc tests, so the run closes on the integration tests' own summary.

@@ -1,0 +1,238 @@
+//! Everything flagtrace says about a flow: the kernel's record, the verdict on its RSTs, and the
+//! device that handed us its packets (MAC, vendor, IP address).
+
+use tracer_common::{SEEN_EGRESS, SEEN_INGRESS};
+
+use crate::{
+    flow::FlowRecord,
+    mac::MacAddr,
+    neighbour::{NeighbourIp, Neighbours},
+    oui::{Vendor, Vendors},
+    pins::Attachment,
+    verdict::{self, HostBaselines, Verdict},
+};
+
+/// The L2 neighbour a flow's packets come through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    pub mac: MacAddr,
+    pub vendor: Vendor,
+    /// Its address in the neighbour table, when the table has the MAC.
+    pub neighbour: Option<NeighbourIp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowReport {
+    pub attachment: Attachment,
+    pub flow: FlowRecord,
+    /// `None` for a flow without a RST.
+    pub verdict: Option<Verdict>,
+    pub gateway: Option<Gateway>,
+}
+
+/// The device next to us on the path to the server: the L2 source of the server's packets that
+/// arrived; else the L2 destination of the client's packets that left; else that of a RST.
+pub fn gateway_mac(flow: &FlowRecord) -> Option<MacAddr> {
+    let server_in = flow
+        .server_evidence
+        .baseline
+        .filter(|b| b.seen_on == SEEN_INGRESS)
+        .map(|b| b.mac);
+    let client_out = flow
+        .client_evidence
+        .baseline
+        .filter(|b| b.seen_on == SEEN_EGRESS)
+        .map(|b| b.mac);
+    let rsts = [&flow.server_evidence, &flow.client_evidence].map(|side| side.rst.map(|r| r.mac));
+    [server_in, client_out]
+        .into_iter()
+        .chain(rsts)
+        .flatten()
+        .find_map(MacAddr::known)
+}
+
+/// Reports on the flows of one attachment. The verdicts compare each flow with the others, so
+/// `flows` must be all of the attachment's flows. `neighbours` reads the attachment's neighbour
+/// table; it is called at most once, and only when some flow has a gateway MAC.
+pub fn analyse(
+    attachment: &Attachment,
+    flows: Vec<FlowRecord>,
+    vendors: &Vendors,
+    neighbours: impl FnOnce() -> Option<Neighbours>,
+) -> anyhow::Result<Vec<FlowReport>> {
+    let hosts = HostBaselines::new(&flows);
+    let mut neighbours = Some(neighbours);
+    let mut table: Option<Neighbours> = None;
+    let mut reports = Vec::with_capacity(flows.len());
+    for flow in &flows {
+        let gateway = match gateway_mac(flow) {
+            Some(mac) => {
+                if let Some(read) = neighbours.take() {
+                    table = read();
+                }
+                Some(Gateway {
+                    mac,
+                    vendor: vendors.vendor(mac)?,
+                    neighbour: table
+                        .as_ref()
+                        .and_then(|table| table.ip_of(mac, flow.server.ip())),
+                })
+            }
+            None => None,
+        };
+        reports.push(FlowReport {
+            attachment: attachment.clone(),
+            verdict: verdict::judge(flow, &hosts),
+            flow: flow.clone(),
+            gateway,
+        });
+    }
+    Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::{Baseline, RstEvidence};
+
+    use super::*;
+    use crate::{
+        flow::{SideEvidence, State},
+        netns::Netns,
+        oui::OuiRegistry,
+        verdict::ResetBy,
+    };
+
+    const GATEWAY: [u8; 6] = [0x00, 0x01, 0xd7, 0x3c, 0x5e, 0x01];
+    const OTHER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
+
+    fn side(baseline: Option<([u8; 6], u8)>, rst_mac: Option<[u8; 6]>) -> SideEvidence {
+        SideEvidence {
+            baseline: baseline.map(|(mac, seen_on)| Baseline {
+                mac,
+                ttl: 64,
+                seen_on,
+                ..Baseline::default()
+            }),
+            rst: rst_mac.map(|mac| RstEvidence {
+                first_rst_ns: 5,
+                mac,
+                ttl: 64,
+                seen_on: SEEN_INGRESS,
+                ..RstEvidence::default()
+            }),
+        }
+    }
+
+    fn flow(client: SideEvidence, server: SideEvidence) -> FlowRecord {
+        let mut flow = FlowRecord {
+            client: "10.0.1.2:40000".parse().unwrap(),
+            server: "10.0.2.1:443".parse().unwrap(),
+            client_to_server: Default::default(),
+            server_to_client: Default::default(),
+            state: State::Attempted,
+            first_seen_ns: 1,
+            last_seen_ns: 5,
+            syn_ns: 1,
+            syn_ack_ns: 0,
+            client_evidence: client,
+            server_evidence: server,
+        };
+        flow.client_to_server.syn = 1;
+        flow.server_to_client.rst = u32::from(flow.server_evidence.rst.is_some());
+        flow
+    }
+
+    #[test]
+    fn gateway_mac_prefers_what_arrived_from_the_server() {
+        let mac = |m: [u8; 6]| Some(MacAddr(m));
+        let cases = [
+            // The server's packets arrived through the gateway.
+            (
+                side(Some((OTHER, SEEN_EGRESS)), None),
+                side(Some((GATEWAY, SEEN_INGRESS)), Some(OTHER)),
+                mac(GATEWAY),
+            ),
+            // Nothing arrived from it: where the client's packets went.
+            (
+                side(Some((GATEWAY, SEEN_EGRESS)), None),
+                side(None, None),
+                mac(GATEWAY),
+            ),
+            // A server baseline seen leaving is not the gateway.
+            (
+                side(None, None),
+                side(Some((OTHER, SEEN_EGRESS)), Some(GATEWAY)),
+                mac(GATEWAY),
+            ),
+            // Only the RST.
+            (side(None, None), side(None, Some(GATEWAY)), mac(GATEWAY)),
+            // Zeros are no MAC.
+            (
+                side(Some(([0; 6], SEEN_EGRESS)), None),
+                side(None, Some(GATEWAY)),
+                mac(GATEWAY),
+            ),
+            (side(None, None), side(None, None), None),
+        ];
+        for (index, (client, server, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(gateway_mac(&flow(client, server)), expected, "case {index}");
+        }
+    }
+
+    fn lab() -> Attachment {
+        Attachment {
+            netns: Netns::Named("lab".into()),
+            iface: "veth0".into(),
+        }
+    }
+
+    fn f5_registry() -> Vendors {
+        let registry = OuiRegistry::new(
+            crate::oui::parse_registry("00:01:D7\tF5\tF5 Networks, Inc.\n").unwrap(),
+        );
+        Vendors::with_registry(Some(registry))
+    }
+
+    #[test]
+    fn analyse_judges_against_the_other_flows_and_names_the_gateway() {
+        let refused = flow(
+            side(Some((GATEWAY, SEEN_EGRESS)), None),
+            side(None, Some(GATEWAY)),
+        );
+        let mut answered = flow(
+            side(Some((GATEWAY, SEEN_EGRESS)), None),
+            side(Some((GATEWAY, SEEN_INGRESS)), None),
+        );
+        answered.server = "10.0.2.1:80".parse().unwrap();
+        answered.server_evidence.baseline.as_mut().unwrap().ttl = 127;
+        let mut reads = 0;
+        let neighbours = || {
+            reads += 1;
+            None
+        };
+        let reports = analyse(&lab(), vec![refused, answered], &f5_registry(), neighbours).unwrap();
+        assert_eq!(reads, 1);
+        let verdict = reports[0].verdict.as_ref().unwrap();
+        assert_eq!(verdict.reset_by, ResetBy::Middlebox);
+        assert_eq!(reports[1].verdict, None);
+        let gateway = reports[0].gateway.as_ref().unwrap();
+        assert_eq!(gateway.mac.to_string(), "00:01:d7:3c:5e:01");
+        assert_eq!(
+            gateway.vendor,
+            Vendor::Organization("F5 Networks, Inc.".into())
+        );
+        assert_eq!(gateway.neighbour, None);
+    }
+
+    #[test]
+    fn no_mac_no_neighbour_lookup() {
+        let reports = analyse(
+            &lab(),
+            vec![flow(side(None, None), side(None, None))],
+            &f5_registry(),
+            || panic!("the neighbour table is not needed"),
+        )
+        .unwrap();
+        assert_eq!(reports[0].gateway, None);
+    }
+}

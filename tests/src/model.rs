@@ -13,12 +13,12 @@ use tracer_common::{
 };
 
 use crate::{
-    boottime_ns,
+    kernel_clock_ns,
     oracle::{Segment, Verdict},
     tracer::LoadedTracer,
 };
 
-/// A CLOCK_BOOTTIME interval around one program run: a timestamp the run took lies inside.
+/// A kernel-clock (CLOCK_MONOTONIC_COARSE) interval around one program run: a timestamp the run took lies inside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
     pub start: u64,
@@ -28,13 +28,13 @@ pub struct Window {
 impl Window {
     /// Measures the window around `run`.
     pub fn around<T>(run: impl FnOnce() -> T) -> (T, Window) {
-        let start = boottime_ns();
+        let start = kernel_clock_ns();
         let result = run();
         (
             result,
             Window {
                 start,
-                end: boottime_ns(),
+                end: kernel_clock_ns(),
             },
         )
     }

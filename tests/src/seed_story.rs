@@ -54,7 +54,7 @@ impl SeedStory {
     /// Builds the lab; namespaces are named `<name_prefix>-<pid>-<n>-cli`/`-gw`/`-srv`.
     /// `ft_lab` is the lab tool's binary.
     pub fn build(name_prefix: &str, ft_lab: &Path) -> Self {
-        let pins = PinDir::create().expect("creating a pin root");
+        let pins = PinDir::named(&format!("flagtrace-{name_prefix}")).expect("creating a pin root");
         let lab = RoutedLab::create(RoutedLabSpec {
             name_prefix,
             gateway_mac: GATEWAY_MAC,

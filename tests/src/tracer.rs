@@ -75,9 +75,15 @@ pub struct PinDir {
 }
 
 impl PinDir {
+    /// A pin root for a test: `flagtrace-test-<pid>-<n>`.
     pub fn create() -> anyhow::Result<Self> {
+        Self::named("flagtrace-test")
+    }
+
+    /// A pin root named `<prefix>-<pid>-<n>`, so that whoever looks at bpffs sees whose it is.
+    pub fn named(prefix: &str) -> anyhow::Result<Self> {
         ensure_bpffs()?;
-        let path = Path::new(BPFFS).join(unique_name("flagtrace-test"));
+        let path = Path::new(BPFFS).join(unique_name(prefix));
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Self { path })
     }

@@ -206,9 +206,10 @@ pub struct FlowValue {
     pub sent_by: [FlagCounts; 2],
     /// Normal packets by sender, the same indexes.
     pub baseline: [Baseline; 2],
-    /// `bpf_ktime_get_boot_ns` (CLOCK_BOOTTIME) of the packet that created the entry.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE, one-tick resolution) of the packet
+    /// that created the entry. All times in the maps are on this clock.
     pub first_seen_ns: u64,
-    /// `bpf_ktime_get_boot_ns` of the latest counted packet.
+    /// Time of the latest counted packet.
     pub last_seen_ns: u64,
     /// Time of the first SYN without ACK; 0 when none was seen.
     pub syn_ns: u64,

@@ -14,7 +14,7 @@ use core::{
 
 use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, BPF_NOEXIST, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_boot_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -393,7 +393,7 @@ fn account(packet: Packet<'_>, ifindex: u32, hook: Hook) {
         hook,
         now: 0,
     };
-    obs.now = unsafe { bpf_ktime_get_boot_ns() };
+    obs.now = unsafe { bpf_ktime_get_coarse_ns() };
     if interesting && record_flags(&obs) {
         counters.flows_created += 1;
     }

@@ -1,52 +1,54 @@
-//! Kernel timestamps to wall-clock time. The kernel stamps flows with CLOCK_BOOTTIME
-//! (`bpf_ktime_get_boot_ns`), which keeps counting through suspend but has no epoch; a snapshot of
-//! both clocks taken together converts one into the other.
+//! Kernel timestamps to wall-clock time. The kernel stamps flows with CLOCK_MONOTONIC_COARSE
+//! (`bpf_ktime_get_coarse_ns`: a few nanoseconds where the precise clocks cost tens, at one
+//! tick's resolution), which has no epoch; a snapshot of CLOCK_MONOTONIC and CLOCK_REALTIME
+//! taken together converts one into the other. The coarse clock is the precise one as of the
+//! last tick, so a converted time is at most a tick early.
 
 use std::{io, time::Duration};
 
 const NANOS_PER_SECOND: i128 = 1_000_000_000;
 const SECONDS_PER_DAY: i128 = 86_400;
 
-/// CLOCK_REALTIME and CLOCK_BOOTTIME read back to back.
+/// CLOCK_REALTIME and CLOCK_MONOTONIC read back to back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClockSnapshot {
     realtime_ns: i128,
-    boottime_ns: i128,
+    monotonic_ns: i128,
 }
 
 impl ClockSnapshot {
     pub fn now() -> io::Result<ClockSnapshot> {
         Ok(ClockSnapshot {
-            boottime_ns: read_clock(libc::CLOCK_BOOTTIME)?,
+            monotonic_ns: read_clock(libc::CLOCK_MONOTONIC)?,
             realtime_ns: read_clock(libc::CLOCK_REALTIME)?,
         })
     }
 
     /// A snapshot with chosen readings, for tests.
     #[cfg(test)]
-    pub fn new(realtime_ns: i128, boottime_ns: i128) -> ClockSnapshot {
+    pub fn new(realtime_ns: i128, monotonic_ns: i128) -> ClockSnapshot {
         ClockSnapshot {
             realtime_ns,
-            boottime_ns,
+            monotonic_ns,
         }
     }
 
-    /// Nanoseconds since the Unix epoch of a CLOCK_BOOTTIME timestamp: now, minus how long ago it
+    /// Nanoseconds since the Unix epoch of a kernel (monotonic) timestamp: now, minus how long ago it
     /// was. A timestamp after the snapshot (a packet counted while the maps were read) lands
     /// slightly after "now", which is right.
-    pub fn unix_ns(&self, boottime_ns: u64) -> i128 {
-        self.realtime_ns - (self.boottime_ns - i128::from(boottime_ns))
+    pub fn unix_ns(&self, monotonic_ns: u64) -> i128 {
+        self.realtime_ns - (self.monotonic_ns - i128::from(monotonic_ns))
     }
 
-    /// The CLOCK_BOOTTIME timestamp `ago` before the snapshot (0 if that is before boot).
-    pub fn boottime_before(&self, ago: Duration) -> u64 {
-        let before = self.boottime_ns - ago.as_nanos() as i128;
+    /// The kernel (monotonic) timestamp `ago` before the snapshot (0 if that is before boot).
+    pub fn monotonic_before(&self, ago: Duration) -> u64 {
+        let before = self.monotonic_ns - ago.as_nanos() as i128;
         before.clamp(0, i128::from(u64::MAX)) as u64
     }
 
-    /// A CLOCK_BOOTTIME timestamp as RFC 3339 UTC.
-    pub fn rfc3339(&self, boottime_ns: u64) -> String {
-        format_rfc3339_utc(self.unix_ns(boottime_ns))
+    /// A kernel (monotonic) timestamp as RFC 3339 UTC.
+    pub fn rfc3339(&self, monotonic_ns: u64) -> String {
+        format_rfc3339_utc(self.unix_ns(monotonic_ns))
     }
 }
 
@@ -124,7 +126,7 @@ mod tests {
     }
 
     #[test]
-    fn boottime_converts_by_age() {
+    fn monotonic_converts_by_age() {
         let snapshot = ClockSnapshot::new(1_700_000_000 * SECOND, 5_000 * SECOND);
         // Seen 3.25 s before the snapshot.
         let seen: u64 = 4_996_750_000_000;
@@ -138,21 +140,21 @@ mod tests {
     }
 
     #[test]
-    fn boottime_before_stops_at_boot() {
+    fn monotonic_before_stops_at_boot() {
         let snapshot = ClockSnapshot::new(1_700_000_000 * SECOND, 5_000 * SECOND);
         assert_eq!(
-            snapshot.boottime_before(Duration::from_secs(300)),
+            snapshot.monotonic_before(Duration::from_secs(300)),
             4_700 * SECOND as u64
         );
-        assert_eq!(snapshot.boottime_before(Duration::from_secs(86_400)), 0);
+        assert_eq!(snapshot.monotonic_before(Duration::from_secs(86_400)), 0);
     }
 
     #[test]
     fn snapshot_of_the_real_clocks_is_plausible() {
         let snapshot = ClockSnapshot::now().unwrap();
-        let boot_now = read_clock(libc::CLOCK_BOOTTIME).unwrap();
+        let monotonic_now = read_clock(libc::CLOCK_MONOTONIC).unwrap();
         let unix_now = read_clock(libc::CLOCK_REALTIME).unwrap();
-        let converted = snapshot.unix_ns(boot_now as u64);
+        let converted = snapshot.unix_ns(monotonic_now as u64);
         assert!(
             (converted - unix_now).abs() < SECOND,
             "{converted} vs {unix_now}"

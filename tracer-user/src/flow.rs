@@ -106,9 +106,9 @@ pub struct FlowRecord {
     pub client_to_server: FlagCounts,
     pub server_to_client: FlagCounts,
     pub state: State,
-    /// CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`) of the first counted packet.
+    /// Kernel clock (CLOCK_MONOTONIC_COARSE) nanoseconds of the first counted packet.
     pub first_seen_ns: u64,
-    /// CLOCK_BOOTTIME nanoseconds of the latest counted packet.
+    /// Kernel clock nanoseconds of the latest counted packet.
     pub last_seen_ns: u64,
     /// Time of the first SYN without ACK; 0 when none was seen.
     pub syn_ns: u64,

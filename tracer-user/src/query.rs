@@ -56,7 +56,7 @@ pub fn resets(
     privileges::require("resets", &[CAP_BPF])?;
     let mut reports = reports(root, netns, None, oui_db)?;
     let clock = ClockSnapshot::now().context("reading the clocks")?;
-    let cutoff = args.since.map_or(0, |since| clock.boottime_before(since));
+    let cutoff = args.since.map_or(0, |since| clock.monotonic_before(since));
     reports.retain(|report| {
         report.verdict.is_some() && report.flow.first_rst_ns().is_some_and(|at| at >= cutoff)
     });

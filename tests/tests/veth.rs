@@ -19,7 +19,7 @@ use std::{
 use flagtrace_tests::{
     lab::{
         echo_exchange, flagtrace, flagtrace_bin, flows_json, hooks_on, rfc3339_utc_seconds, run,
-        run_ok, spawn_echo_server, Family, Loader, VethLab,
+        run_ok, spawn_echo_server, Family, Loader, Netns, VethLab,
     },
     tracer::PinDir,
     unique_name,
@@ -135,6 +135,20 @@ fn assert_flow(
     assert!(
         since - CLOCK_SLACK_SECONDS <= first && first <= last && last <= now + CLOCK_SLACK_SECONDS,
         "timestamps outside the test's lifetime [{since}, {now}]: {flow}"
+    );
+}
+
+/// SIGTERMs the loader, which must exit 0 and leave no XDP or TC hook on the interface.
+fn terminate_and_check_detached(loader: Loader, netns: &Netns, iface: &str) {
+    let status = loader.terminate();
+    assert!(
+        status.success(),
+        "flagtrace attach exited with {status} on SIGTERM"
+    );
+    let hooks = hooks_on(netns, iface);
+    assert!(
+        hooks.xdp.is_empty() && hooks.tc.is_empty(),
+        "left behind: {hooks:?}"
     );
 }
 
@@ -325,16 +339,7 @@ fn hooks_go_away_on_sigterm_and_counts_survive_a_restart() {
     let first = refused(&lab, Family::V4);
     let before = flows_json(pins.path());
     assert_refused_flow(&before, &lab, first, since);
-    let status = loader.terminate();
-    assert!(
-        status.success(),
-        "flagtrace attach exited with {status} on SIGTERM"
-    );
-    let hooks = hooks_on(netns, iface);
-    assert!(
-        hooks.xdp.is_empty() && hooks.tc.is_empty(),
-        "left behind: {hooks:?}"
-    );
+    terminate_and_check_detached(loader, netns, iface);
     assert_same_flows(
         &flows_json(pins.path()),
         &before,
@@ -354,16 +359,7 @@ fn hooks_go_away_on_sigterm_and_counts_survive_a_restart() {
     assert_eq!(flows.len(), 2, "{flows:#?}");
     assert_refused_flow(&flows, &lab, first, since);
     assert_refused_flow(&flows, &lab, second, since);
-    let status = loader.terminate();
-    assert!(
-        status.success(),
-        "flagtrace attach exited with {status} on SIGTERM"
-    );
-    let hooks = hooks_on(netns, iface);
-    assert!(
-        hooks.xdp.is_empty() && hooks.tc.is_empty(),
-        "left behind: {hooks:?}"
-    );
+    terminate_and_check_detached(loader, netns, iface);
 }
 
 /// A copy of the binary that an unprivileged user may run, removed on drop.

@@ -642,14 +642,7 @@ impl Programs {
             }
             Program::Flagtrace => self.ifindex,
         };
-        let (key, _) = FlowKey::from_packet(
-            segment.family,
-            ifindex,
-            segment.src,
-            segment.src_port,
-            segment.dst,
-            segment.dst_port,
-        );
+        let (key, _) = segment.flow_key(ifindex);
         Some(key)
     }
 
@@ -1000,14 +993,7 @@ fn create_lru_per_cpu_hash(max_entries: u32) -> anyhow::Result<OwnedFd> {
 
 /// CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID), kernel time included.
 fn thread_cpu_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into `now`, which outlives the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    crate::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 fn median(values: &[f64]) -> f64 {

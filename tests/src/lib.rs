@@ -37,13 +37,18 @@ pub fn unique_name(prefix: &str) -> String {
 /// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`, so kernel
 /// timestamps can be checked against windows measured here, exactly.
 pub fn kernel_clock_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+}
+
+/// A clock's reading in nanoseconds.
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec into `now`, which outlives the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC_COARSE) failed");
+    let rc = unsafe { libc::clock_gettime(clock, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime({clock}) failed");
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 

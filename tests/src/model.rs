@@ -162,7 +162,6 @@ impl FlowModel {
     /// counts in the reset evidence of its sender only.
     pub fn apply(&mut self, hook: Hook, ifindex: u32, verdict: &Verdict, window: Window) {
         let counters = &mut self.counters[hook as usize];
-        counters.packets += 1;
         let segment = match verdict {
             Verdict::ParseError => {
                 counters.parse_errors += 1;
@@ -190,14 +189,7 @@ impl FlowModel {
         if !flagged && !after_reset {
             return;
         }
-        let (key, sender) = FlowKey::from_packet(
-            segment.family,
-            ifindex,
-            segment.src,
-            segment.src_port,
-            segment.dst,
-            segment.dst_port,
-        );
+        let (key, sender) = segment.flow_key(ifindex);
         let seen = Seen {
             segment,
             hook,

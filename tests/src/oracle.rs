@@ -31,7 +31,7 @@ use etherparse::{
     ip_number, EtherType, Ethernet2HeaderSlice, Ipv4HeaderSlice, Ipv6FragmentHeaderSlice,
     Ipv6HeaderSlice, Ipv6RawExtHeaderSlice, SingleVlanHeaderSlice, TcpHeaderSlice,
 };
-use tracer_common::{FAMILY_IPV4, FAMILY_IPV6};
+use tracer_common::{FlowKey, FAMILY_IPV4, FAMILY_IPV6};
 
 /// VLAN tags the kernel follows (802.1ad outer + 802.1Q inner is as deep as QinQ goes).
 pub const MAX_VLAN_TAGS: usize = 2;
@@ -62,6 +62,20 @@ pub struct Segment {
     /// TCP payload length by the IP length fields: IPv4 total length, or IPv6 payload length
     /// less the extension headers, less the IP and TCP headers; 0 when they do not add up.
     pub payload_len: u32,
+}
+
+impl Segment {
+    /// The kernel's key for this segment's flow on `ifindex`, and the index of its sender.
+    pub fn flow_key(&self, ifindex: u32) -> (FlowKey, usize) {
+        FlowKey::from_packet(
+            self.family,
+            ifindex,
+            self.src,
+            self.src_port,
+            self.dst,
+            self.dst_port,
+        )
+    }
 }
 
 /// What the IP layer hands to the TCP header: addresses and the fields the evidence keeps.

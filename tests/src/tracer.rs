@@ -203,15 +203,7 @@ impl LoadedTracer {
         let per_cpu = counters
             .get(&(hook as u32), 0)
             .with_context(|| format!("reading {COUNTERS_MAP}[{hook:?}]"))?;
-        Ok(per_cpu
-            .iter()
-            .fold(GlobalCounters::default(), |sum, cpu| GlobalCounters {
-                packets: sum.packets + cpu.packets,
-                tcp: sum.tcp + cpu.tcp,
-                non_tcp: sum.non_tcp + cpu.non_tcp,
-                parse_errors: sum.parse_errors + cpu.parse_errors,
-                flows_created: sum.flows_created + cpu.flows_created,
-            }))
+        Ok(per_cpu.iter().copied().sum())
     }
 
     fn map(&self, name: &str) -> anyhow::Result<&aya::maps::Map> {

@@ -552,7 +552,10 @@ fn kernel_agrees_with_etherparse_on_random_and_mutated_frames() {
     }
     for hook in [Hook::Ingress, Hook::Egress] {
         // The kernel's own count, which the comparisons above have checked.
-        let ran = tracer.counters(hook).expect("reading the counters").packets;
+        let ran = tracer
+            .counters(hook)
+            .expect("reading the counters")
+            .packets();
         assert!(
             ran >= 100_000,
             "the {hook:?} program ran on only {ran} frames"

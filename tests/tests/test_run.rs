@@ -297,15 +297,7 @@ impl Seg {
     /// The index of this segment's sender in its flow's key.
     fn sender(&self) -> usize {
         let segment = self.spec().segment().expect("a plain TCP segment");
-        FlowKey::from_packet(
-            segment.family,
-            0,
-            segment.src,
-            segment.src_port,
-            segment.dst,
-            segment.dst_port,
-        )
-        .1
+        segment.flow_key(0).1
     }
 
     fn gate_slot(&self) -> u32 {
@@ -449,7 +441,7 @@ fn handshake_data_and_close_are_counted_per_sender() {
         assert!(h.tracer.resets().expect("resets").is_empty());
         let counters = h.tracer.counters(h.hook).expect("counters");
         assert_eq!(
-            (counters.packets, counters.tcp, counters.flows_created),
+            (counters.packets(), counters.tcp, counters.flows_created),
             (7, 7, 1)
         );
     });
@@ -591,7 +583,7 @@ fn both_hooks_share_one_flow_entry() {
     assert_eq!(value.baseline[server].seen_on, SEEN_INGRESS);
     for hook in [Hook::Ingress, Hook::Egress] {
         let counters = h.tracer.counters(hook).expect("counters");
-        assert_eq!((counters.packets, counters.tcp), (1, 1), "{hook:?}");
+        assert_eq!((counters.packets(), counters.tcp), (1, 1), "{hook:?}");
     }
 }
 

@@ -26,6 +26,7 @@ use flagtrace_tests::{
 };
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use serde_json::{json, Value};
+use tracer_common::{FlowKey, FlowValue, ResetEvidence, COUNTERS_MAP, FLOWS_MAP, RESETS_MAP};
 
 const MESSAGE: &[u8] = b"who reset this connection?";
 const CLOSED_PORT: u16 = 9;
@@ -427,6 +428,53 @@ fn expected_failures_exit_with_documented_codes() {
 
     let output = flagtrace(&["--pin-root", root, "flows", "--json"]);
     assert_fails(output, 6, "flows with an empty pin root");
+
+    // Pins left by an older build: FLOWS as it still is, COUNTERS as it was before `packets`
+    // became derived (a 40-byte value). Reusing them would misread every counter; flagtrace
+    // must refuse them.
+    let pin_dir = pins.path().join(netns).join(lab.client.iface);
+    std::fs::create_dir_all(&pin_dir).expect("creating the pin dir");
+    let key = size_of::<FlowKey>().to_string();
+    let flow = size_of::<FlowValue>().to_string();
+    let reset = size_of::<ResetEvidence>().to_string();
+    for (name, map_type, key, value, entries) in [
+        (FLOWS_MAP, "lru_hash", key.as_str(), flow.as_str(), "16"),
+        (RESETS_MAP, "lru_hash", key.as_str(), reset.as_str(), "16"),
+        (COUNTERS_MAP, "percpu_array", "4", "40", "2"),
+    ] {
+        let path = pin_dir.join(name);
+        run_ok(Command::new("bpftool").args([
+            "map",
+            "create",
+            path.to_str().expect("UTF-8 pin path"),
+            "type",
+            map_type,
+            "key",
+            key,
+            "value",
+            value,
+            "entries",
+            entries,
+            "name",
+            name,
+        ]));
+    }
+    let output = flagtrace(&[
+        "--netns",
+        netns,
+        "--pin-root",
+        root,
+        "attach",
+        lab.client.iface,
+    ]);
+    assert_fails(output, 7, "attach over a pin of an older format");
+    let output = flagtrace(&["--pin-root", root, "stats", "--json"]);
+    let stderr = assert_fails(output, 7, "stats over a pin of an older format");
+    assert!(
+        stderr.contains(COUNTERS_MAP),
+        "should name the old map: {stderr}"
+    );
+    std::fs::remove_dir_all(pins.path().join(netns)).expect("removing the old pin");
 
     let public = PublicCopy::new();
     let nobody = 65534;

@@ -274,11 +274,11 @@ pub struct ResetEvidence {
 }
 
 /// Global counters for one hook, one copy per CPU (no atomics needed); user space sums them.
+/// Every packet lands in exactly one of `tcp`, `non_tcp` and `parse_errors`, so the packet
+/// count is their sum ([`GlobalCounters::packets`]) rather than a fourth per-packet increment.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GlobalCounters {
-    /// Every packet the program ran on.
-    pub packets: u64,
     /// Packets whose TCP header was read.
     pub tcp: u64,
     /// Well-formed packets that carry no TCP header to read: other protocols, other EtherTypes,
@@ -288,6 +288,33 @@ pub struct GlobalCounters {
     pub parse_errors: u64,
     /// Flow-table entries this hook created.
     pub flows_created: u64,
+}
+
+impl GlobalCounters {
+    /// Every packet the program ran on.
+    pub fn packets(&self) -> u64 {
+        self.tcp + self.non_tcp + self.parse_errors
+    }
+}
+
+impl core::ops::Add for GlobalCounters {
+    type Output = GlobalCounters;
+
+    /// Field by field: sums CPUs, or hooks.
+    fn add(self, other: GlobalCounters) -> GlobalCounters {
+        GlobalCounters {
+            tcp: self.tcp + other.tcp,
+            non_tcp: self.non_tcp + other.non_tcp,
+            parse_errors: self.parse_errors + other.parse_errors,
+            flows_created: self.flows_created + other.flows_created,
+        }
+    }
+}
+
+impl core::iter::Sum for GlobalCounters {
+    fn sum<I: Iterator<Item = GlobalCounters>>(counters: I) -> GlobalCounters {
+        counters.fold(GlobalCounters::default(), core::ops::Add::add)
+    }
 }
 
 #[cfg(feature = "user")]
@@ -307,7 +334,7 @@ const _: () = assert!(core::mem::size_of::<Baseline>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 104);
 const _: () = assert!(core::mem::size_of::<RstEvidence>() == 56);
 const _: () = assert!(core::mem::size_of::<ResetEvidence>() == 112);
-const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 40);
+const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 32);
 // The kernel adds to (syn, syn_ack) and (fin, rst) as 64-bit words, so each pair must be 8-aligned.
 const _: () = assert!(core::mem::align_of::<FlowValue>() == 8);
 const _: () = assert!(core::mem::offset_of!(FlowValue, sent_by).is_multiple_of(8));

@@ -363,7 +363,6 @@ fn account(packet: Packet<'_>, ifindex: u32, hook: Hook) {
     };
     // Per-CPU counters: plain increments are safe.
     let counters = unsafe { &mut *counters };
-    counters.packets += 1;
     let segment = match parse(packet) {
         Ok(segment) => segment,
         Err(NoSegment::NotTcp) => {

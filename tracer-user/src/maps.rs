@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{anyhow, Context as _};
+use anyhow::Context as _;
 use aya::{
     maps::{HashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray},
     sys::SyscallError,
@@ -155,20 +155,8 @@ pub struct Counters {
 
 impl Counters {
     pub fn total(&self) -> GlobalCounters {
-        sum([&self.ingress, &self.egress])
+        self.ingress + self.egress
     }
-}
-
-fn sum<'a>(counters: impl IntoIterator<Item = &'a GlobalCounters>) -> GlobalCounters {
-    counters
-        .into_iter()
-        .fold(GlobalCounters::default(), |acc, c| GlobalCounters {
-            packets: acc.packets + c.packets,
-            tcp: acc.tcp + c.tcp,
-            non_tcp: acc.non_tcp + c.non_tcp,
-            parse_errors: acc.parse_errors + c.parse_errors,
-            flows_created: acc.flows_created + c.flows_created,
-        })
 }
 
 /// The flow table, reset evidence and counters pinned for one attachment.
@@ -185,9 +173,15 @@ impl PinnedMaps {
     /// Opens and checks the pins in `dir`. `fix` is the command that removes incompatible pins.
     pub fn open(dir: &Path, fix: &str) -> anyhow::Result<PinnedMaps> {
         let open = |spec: &MapSpec| -> anyhow::Result<(Map, u32)> {
-            let (data, info) = spec
-                .open_checked(dir, fix)?
-                .ok_or_else(|| anyhow!("no pinned {} map in {}", spec.name, dir.display()))?;
+            // Every build pins the whole set, so a missing map means pins of another version.
+            let (data, info) =
+                spec.open_checked(dir, fix)?
+                    .ok_or_else(|| Failure::IncompatiblePin {
+                        path: dir.join(spec.name),
+                        reason: "missing: the other maps there were pinned by another version"
+                            .to_owned(),
+                        fix: fix.to_owned(),
+                    })?;
             let map = Map::from_map_data(data)
                 .with_context(|| format!("opening {}", dir.join(spec.name).display()))?;
             Ok((map, info.max_entries()))
@@ -234,7 +228,7 @@ impl PinnedMaps {
                     self.dir.join(COUNTERS_MAP).display()
                 )
             })?;
-            Ok(sum(per_cpu.iter()))
+            Ok(per_cpu.iter().copied().sum())
         };
         Ok(Counters {
             ingress: read(Hook::Ingress)?,
@@ -266,7 +260,6 @@ mod tests {
 
     fn counters(base: u64) -> GlobalCounters {
         GlobalCounters {
-            packets: base,
             tcp: base + 1,
             non_tcp: base + 2,
             parse_errors: base + 3,
@@ -283,7 +276,6 @@ mod tests {
         assert_eq!(
             both.total(),
             GlobalCounters {
-                packets: 110,
                 tcp: 112,
                 non_tcp: 114,
                 parse_errors: 116,

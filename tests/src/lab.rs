@@ -491,15 +491,25 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits for the process to exit.
-    pub fn terminate(self) -> ExitStatus {
+    pub fn terminate(mut self) -> ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal` (SIGINT as Ctrl-C would, SIGKILL) and waits for the process to exit; its
+    /// log stays readable.
+    pub fn stop_with(&mut self, signal: libc::c_int) -> ExitStatus {
         // SAFETY: plain kill(2) on our own child's pid, which has not been reaped yet.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
         assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-        self.wait()
+        self.wait_for_exit()
     }
 
     /// Waits for the process to exit by itself (a bounded tool that finished its work).
     pub fn wait(mut self) -> ExitStatus {
+        self.wait_for_exit()
+    }
+
+    fn wait_for_exit(&mut self) -> ExitStatus {
         wait_until(&mut self.child, TIMEOUT).unwrap_or_else(|| {
             panic!(
                 "{} still running after {TIMEOUT:?}:\n{}",
@@ -860,6 +870,75 @@ fn json_lines(pin_root: &Path, args: &[&str]) -> Vec<Value> {
         .filter(|line| !line.trim().is_empty())
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
         .collect()
+}
+
+/// Checks `flagtrace --pin-root ROOT ARGS --csv` against `json`, the objects that `ARGS --json`
+/// printed: a header, then one row per object with the same information, flattened the way the
+/// README says (nested keys joined with `_`, `null` empty, lists as JSON text). Parsed back
+/// with a CSV reader, so quoting is checked too.
+pub fn assert_csv_matches_json(pin_root: &Path, args: &[&str], json: &[Value]) {
+    let root = pin_root.to_str().expect("UTF-8 pin root");
+    let mut command = Command::new(flagtrace_bin());
+    command.args(["--pin-root", root]).args(args).arg("--csv");
+    let text = run_ok(&mut command);
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap_or_else(|e| panic!("{args:?} --csv header: {e}\n{text}"))
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let mut rows: Vec<Vec<(String, String)>> = reader
+        .records()
+        .map(|record| {
+            let record = record.unwrap_or_else(|e| panic!("{args:?} --csv: {e}\n{text}"));
+            header
+                .iter()
+                .cloned()
+                .zip(record.iter().map(str::to_owned))
+                .collect()
+        })
+        .collect();
+    let mut expected: Vec<Vec<(String, String)>> = json.iter().map(csv_cells).collect();
+    if let Some(first) = expected.first() {
+        let columns: Vec<&String> = first.iter().map(|(column, _)| column).collect();
+        assert_eq!(
+            header.iter().collect::<Vec<_>>(),
+            columns,
+            "{args:?}: the CSV columns are the JSON keys, in order"
+        );
+    }
+    // Two runs of the command: compare the rows as sets, not by position.
+    rows.sort();
+    expected.sort();
+    assert_eq!(
+        rows, expected,
+        "{args:?} --csv differs from --json:\n{text}"
+    );
+}
+
+/// The CSV cells of a JSON object, as (column, cell), in key order.
+fn csv_cells(object: &Value) -> Vec<(String, String)> {
+    fn flatten(column: String, value: &Value, cells: &mut Vec<(String, String)>) {
+        match value {
+            Value::Object(object) => {
+                for (key, value) in object {
+                    let nested = if column.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{column}_{key}")
+                    };
+                    flatten(nested, value, cells);
+                }
+            }
+            Value::Null => cells.push((column, String::new())),
+            Value::String(text) => cells.push((column, text.clone())),
+            other => cells.push((column, other.to_string())),
+        }
+    }
+    let mut cells = Vec::new();
+    flatten(String::new(), object, &mut cells);
+    cells
 }
 
 /// Seconds since the Unix epoch of an RFC 3339 UTC timestamp (`YYYY-MM-DDTHH:MM:SS[.frac]Z`),

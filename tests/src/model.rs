@@ -6,16 +6,16 @@
 use std::collections::HashMap;
 
 use tracer_common::{
-    gate_slot, FlowKey, FlowValue, GlobalCounters, Hook, ResetEvidence, RstEvidence,
-    BACK_TO_BACK_NS, FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, HOOK_COUNT, RESET_GATE_BUDGET,
-    RESET_GATE_SLOTS, SEEN_EGRESS, SEEN_INGRESS, SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST,
-    TCP_SYN,
+    flow_hash, gate_slot, reset_set, reset_set_mask, FlowKey, FlowValue, GlobalCounters, Hook,
+    ResetEvidence, RstEvidence, BACK_TO_BACK_NS, FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE,
+    HOOK_COUNT, RESET_GATE_BUDGET, RESET_GATE_SLOTS, RESET_WAYS, SEEN_EGRESS, SEEN_INGRESS,
+    SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{
     kernel_clock_ns,
     oracle::{Segment, Verdict},
-    tracer::LoadedTracer,
+    tracer::{LoadedTracer, RESET_CAPACITY},
 };
 
 /// A kernel-clock (CLOCK_MONOTONIC_COARSE) interval around one program run: a timestamp the run took lies inside.
@@ -84,6 +84,8 @@ pub struct ExpectedRst {
 pub struct FlowModel {
     flows: HashMap<FlowKey, ExpectedFlow>,
     resets: HashMap<FlowKey, [Option<ExpectedRst>; 2]>,
+    /// The flows holding each set of the reset table (of the loaded tracer's capacity).
+    reset_sets: HashMap<u32, Vec<FlowKey>>,
     /// Budget left in every slot of the reset gate.
     gate: Vec<u32>,
     counters: [GlobalCounters; HOOK_COUNT as usize],
@@ -94,6 +96,7 @@ impl Default for FlowModel {
         Self {
             flows: HashMap::new(),
             resets: HashMap::new(),
+            reset_sets: HashMap::new(),
             gate: vec![0; RESET_GATE_SLOTS as usize],
             counters: Default::default(),
         }
@@ -156,10 +159,11 @@ impl FlowModel {
     }
 
     /// Accounts one packet the `hook` program ran on during `window`, as the contract says:
-    /// every packet counts once in `packets` and once in its class; segments with SYN, FIN or
-    /// RST update the flow table (a RST its reset evidence instead of the baseline, and opens
-    /// the reset gate); any other segment spends the gate's budget when it is open, and then
-    /// counts in the reset evidence of its sender only.
+    /// every packet counts once in `packets` and once in its class, and a flag packet in its
+    /// flag counter; segments with SYN, FIN or RST update the flow table (a RST its reset
+    /// evidence instead of the baseline, and opens the reset gate), and a SYN or FIN of a flow
+    /// that had a RST counts in the reset evidence of its sender; any other segment spends the
+    /// gate's budget when it is open, and then counts in the reset evidence of its sender only.
     pub fn apply(&mut self, hook: Hook, ifindex: u32, verdict: &Verdict, window: Window) {
         let counters = &mut self.counters[hook as usize];
         let segment = match verdict {
@@ -174,21 +178,20 @@ impl FlowModel {
             Verdict::Tcp(segment) => segment,
         };
         counters.tcp += 1;
+        let syn = segment.flags & TCP_SYN != 0;
+        let ack = segment.flags & TCP_ACK != 0;
         let rst = segment.flags & TCP_RST != 0;
-        let slot = gate_slot(
+        counters.syn += (syn && !ack) as u64;
+        counters.syn_ack += (syn && ack) as u64;
+        counters.fin += (segment.flags & TCP_FIN != 0) as u64;
+        counters.rst += rst as u64;
+        let hash = flow_hash(
             &segment.src,
             segment.src_port,
             &segment.dst,
             segment.dst_port,
-        ) as usize;
-        let after_reset = !rst && self.gate[slot] > 0;
-        if after_reset {
-            self.gate[slot] -= 1;
-        }
-        let flagged = segment.flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
-        if !flagged && !after_reset {
-            return;
-        }
+        );
+        let slot = gate_slot(hash) as usize;
         let (key, sender) = segment.flow_key(ifindex);
         let seen = Seen {
             segment,
@@ -197,18 +200,28 @@ impl FlowModel {
             key,
             sender,
         };
-        if flagged {
-            self.record_flags(&seen);
+        let flagged = segment.flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
+        if !flagged {
+            // A plain segment is looked at only while the gate is open, and spends its budget.
+            if self.gate[slot] > 0 {
+                self.gate[slot] -= 1;
+                self.note_after_reset(&seen);
+            }
+            return;
         }
+        let reset_before = self
+            .flows
+            .get(&key)
+            .is_some_and(|flow| flow.value.sent_by.iter().any(|counts| counts.rst > 0));
+        self.record_flags(&seen, hash);
         if rst {
             self.gate[slot] = RESET_GATE_BUDGET;
-        }
-        if after_reset {
+        } else if reset_before {
             self.note_after_reset(&seen);
         }
     }
 
-    fn record_flags(&mut self, seen: &Seen) {
+    fn record_flags(&mut self, seen: &Seen, hash: u32) {
         let counters = &mut self.counters[seen.hook as usize];
         let flow = self.flows.entry(seen.key).or_insert_with(|| {
             counters.flows_created += 1;
@@ -242,7 +255,7 @@ impl FlowModel {
         let baseline = &mut value.baseline[seen.sender];
         if seen.has(TCP_RST) {
             let max_seq_before = baseline.max_seq_end;
-            self.record_reset(seen, max_seq_before);
+            self.record_reset(seen, hash, max_seq_before);
             return;
         }
         let seq_end = seen.seq_end();
@@ -255,7 +268,17 @@ impl FlowModel {
         baseline.seen_on = seen.seen_on();
     }
 
-    fn record_reset(&mut self, seen: &Seen, max_seq_before: u32) {
+    fn record_reset(&mut self, seen: &Seen, hash: u32, max_seq_before: u32) {
+        if !self.resets.contains_key(&seen.key) {
+            // Runs take far less than RESET_ENTRY_IDLE_NS, so a full set never gives way here.
+            let set = reset_set(hash, reset_set_mask(RESET_CAPACITY));
+            let occupants = self.reset_sets.entry(set).or_default();
+            if occupants.len() == RESET_WAYS as usize {
+                self.counters[seen.hook as usize].resets_unrecorded += 1;
+                return;
+            }
+            occupants.push(seen.key);
+        }
         let seq = seen.segment.seq;
         let rst = &mut self.resets.entry(seen.key).or_default()[seen.sender];
         let Some(rst) = rst else {
@@ -305,8 +328,9 @@ impl FlowModel {
         rst.last = seen.window;
     }
 
-    /// A segment other than a RST that found the gate open: counts for its sender, if that
-    /// sender sent a RST on this flow.
+    /// A segment other than a RST after its flow's RST (a plain one through the open gate, or a
+    /// SYN or FIN of a flow that has had a RST): counts for its sender, if that sender sent a
+    /// RST on this flow.
     fn note_after_reset(&mut self, seen: &Seen) {
         let Some(Some(rst)) = self
             .resets
@@ -328,6 +352,7 @@ impl FlowModel {
     pub fn clear_flows(&mut self) {
         self.flows.clear();
         self.resets.clear();
+        self.reset_sets.clear();
         self.gate.fill(0);
     }
 

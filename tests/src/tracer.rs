@@ -10,13 +10,14 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader, Pod,
 };
 use tracer_common::{
-    FlowKey, FlowValue, GlobalCounters, Hook, ResetEvidence, COUNTERS_MAP, FLOWS_MAP, RESETS_MAP,
-    RESET_GATE_MAP, TC_PROGRAM, XDP_PROGRAM,
+    reset_set_mask, FlowKey, FlowValue, GlobalCounters, Hook, PacketEvent, ResetEntry,
+    ResetEvidence, WatchConfig, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, RESETS_MAP, RESET_GATE_MAP,
+    RESET_SET_MASK_GLOBAL, TC_PROGRAM, WATCH_MAP, XDP_PROGRAM,
 };
 
 use crate::unique_name;
@@ -111,6 +112,10 @@ pub struct Run {
     pub data_out: Vec<u8>,
 }
 
+/// Capacity of the reset table in the loaded tracer: small, so that reading it after every packet
+/// stays cheap and the differential test fills some of its sets.
+pub const RESET_CAPACITY: u32 = 256;
+
 /// Both programs loaded (not attached) with fresh maps pinned in a private directory.
 pub struct LoadedTracer {
     ebpf: Ebpf,
@@ -122,6 +127,8 @@ impl LoadedTracer {
         let pins = PinDir::create()?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(FLOWS_MAP, max_flows)
+            .map_max_entries(RESETS_MAP, RESET_CAPACITY)
+            .override_global(RESET_SET_MASK_GLOBAL, &reset_set_mask(RESET_CAPACITY), true)
             .default_map_pin_directory(pins.path())
             .load(tracer_user::EBPF_OBJECT)
             .context("loading tracer_user::EBPF_OBJECT")?;
@@ -164,9 +171,28 @@ impl LoadedTracer {
         self.entries(FLOWS_MAP)
     }
 
-    /// Every entry of the reset evidence table.
+    /// Every flow of the reset evidence table, with its evidence.
     pub fn resets(&self) -> anyhow::Result<HashMap<FlowKey, ResetEvidence>> {
-        self.entries(RESETS_MAP)
+        Ok(self
+            .reset_entries()?
+            .into_iter()
+            .map(|(_, entry)| (entry.key, entry.evidence))
+            .collect())
+    }
+
+    /// The reset table's entries in use, with their indexes.
+    fn reset_entries(&self) -> anyhow::Result<Vec<(u32, ResetEntry)>> {
+        let table: Array<&MapData, ResetEntry> = self.map(RESETS_MAP)?.try_into()?;
+        let mut used = Vec::new();
+        for index in 0..table.len() {
+            let entry = table
+                .get(&index, 0)
+                .with_context(|| format!("reading {RESETS_MAP}[{index}]"))?;
+            if !entry.is_empty() {
+                used.push((index, entry));
+            }
+        }
+        Ok(used)
     }
 
     /// Every slot of the reset gate, in slot order.
@@ -184,7 +210,17 @@ impl LoadedTracer {
     /// (the global counters keep counting).
     pub fn clear_flows(&mut self) -> anyhow::Result<()> {
         self.clear_entries::<FlowValue>(FLOWS_MAP)?;
-        self.clear_entries::<ResetEvidence>(RESETS_MAP)?;
+        let used: Vec<u32> = self
+            .reset_entries()?
+            .into_iter()
+            .map(|(index, _)| index)
+            .collect();
+        let mut resets: Array<&mut MapData, ResetEntry> = self.map_mut(RESETS_MAP)?.try_into()?;
+        for index in used {
+            resets
+                .set(index, ResetEntry::default(), 0)
+                .with_context(|| format!("clearing {RESETS_MAP}[{index}]"))?;
+        }
         let open: Vec<u32> = (0u32..)
             .zip(self.reset_gate()?)
             .filter_map(|(slot, budget)| (budget != 0).then_some(slot))
@@ -195,6 +231,31 @@ impl LoadedTracer {
                 .with_context(|| format!("closing {RESET_GATE_MAP}[{slot}]"))?;
         }
         Ok(())
+    }
+
+    /// Sets what `flagtrace watch` asks of the programs.
+    pub fn set_watch(&mut self, config: WatchConfig) -> anyhow::Result<()> {
+        let mut watch: Array<&mut MapData, WatchConfig> = self.map_mut(WATCH_MAP)?.try_into()?;
+        watch
+            .set(0, config, 0)
+            .with_context(|| format!("writing {WATCH_MAP}"))
+    }
+
+    /// The events waiting in the ring buffer, oldest first.
+    pub fn take_events(&mut self) -> anyhow::Result<Vec<PacketEvent>> {
+        let mut ring: RingBuf<&mut MapData> = self.map_mut(EVENTS_MAP)?.try_into()?;
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            ensure!(
+                item.len() == size_of::<PacketEvent>(),
+                "an event of {} bytes",
+                item.len()
+            );
+            // SAFETY: PacketEvent is plain old data of exactly this size; read_unaligned
+            // makes no alignment assumption.
+            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const PacketEvent) });
+        }
+        Ok(events)
     }
 
     /// The hook's global counters, summed over CPUs.

@@ -25,8 +25,9 @@ use std::{
 
 use flagtrace_tests::{
     lab::{
-        echo_between, expect_refusal, flows_json, resets_json, run, start_ft_lab, Endpoint, Family,
-        Loader, Port, RoutedLab, RoutedLabSpec, SegmentLab, VethLab, TIMEOUT,
+        assert_csv_matches_json, echo_between, expect_refusal, flows_json, resets_json, run,
+        start_ft_lab, Endpoint, Family, Loader, Port, RoutedLab, RoutedLabSpec, SegmentLab,
+        VethLab, TIMEOUT,
     },
     seed_story::{
         SeedStory, CONNECTIONS, GATEWAY_MAC, HELD_PORT, OPEN_PORT, RESET_DELAY, SERVER_INITIAL_TTL,
@@ -133,6 +134,8 @@ impl Verdicts {
             reset_flows.iter().map(essentials).collect::<Vec<_>>(),
             "resets --json must list the flows with a RST, as flows --json does"
         );
+        // The vendors ("F5 Networks, Inc.") and the evidence make CSV quote.
+        assert_csv_matches_json(pin_root, &["resets"], &resets);
         Self { flows }
     }
 

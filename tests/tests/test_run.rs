@@ -19,15 +19,16 @@ use etherparse::{
 };
 use flagtrace_tests::{
     frame::{Ext, FrameSpec, IpSpec, L4Spec, CLIENT_MAC, SERVER_MAC},
-    hex,
+    hex, kernel_clock_ns,
     model::{FlowModel, Window},
     oracle::{self, Verdict},
-    tracer::{pass_verdict, test_run_accepts, test_run_ifindex, LoadedTracer},
+    tracer::{pass_verdict, test_run_accepts, test_run_ifindex, LoadedTracer, RESET_CAPACITY},
 };
 use tracer_common::{
-    gate_slot, Baseline, FlagCounts, FlowKey, FlowValue, Hook, ResetEvidence, RstEvidence,
-    BACK_TO_BACK_NS, FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, RESET_GATE_BUDGET, SEEN_EGRESS,
-    SEEN_INGRESS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    flow_hash, gate_slot, reset_set, reset_set_mask, Baseline, FlagCounts, FlowKey, FlowValue,
+    Hook, ResetEvidence, RstEvidence, WatchConfig, BACK_TO_BACK_NS, EVENT_SNAP_LEN, FIRST_SYN_HI,
+    FIRST_SYN_LO, FIRST_SYN_NONE, RESET_GATE_BUDGET, RESET_WAYS, SEEN_EGRESS, SEEN_INGRESS,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 const CLIENT_V4: [u8; 4] = [10, 0, 0, 1];
@@ -302,12 +303,12 @@ impl Seg {
 
     fn gate_slot(&self) -> u32 {
         let segment = self.spec().segment().expect("a plain TCP segment");
-        gate_slot(
+        gate_slot(flow_hash(
             &segment.src,
             segment.src_port,
             &segment.dst,
             segment.dst_port,
-        )
+        ))
     }
 }
 
@@ -1322,7 +1323,8 @@ fn data_after_a_rst_counts_packets_and_the_bytes_at_or_beyond_its_seq() {
             rst_window,
             rst_window,
         );
-        assert_eq!(h.gate(&rst), RESET_GATE_BUDGET - 7);
+        // A flag packet finds the flow's RST in the flow entry: it spends no gate budget.
+        assert_eq!(h.gate(&rst), RESET_GATE_BUDGET - 6);
     });
 }
 
@@ -1614,4 +1616,160 @@ fn the_baseline_keeps_the_highest_sequence_end_and_the_latest_packets_fields() {
             window,
         );
     });
+}
+
+#[test]
+fn a_full_set_of_the_reset_table_counts_the_next_reset_flow_without_evidence() {
+    let mask = reset_set_mask(RESET_CAPACITY);
+    let set_of = |client_port: u16| {
+        let segment = Seg {
+            client_port,
+            ..forged_rst(false, 7001)
+        }
+        .spec()
+        .segment()
+        .expect("a plain TCP segment");
+        reset_set(
+            flow_hash(
+                &segment.src,
+                segment.src_port,
+                &segment.dst,
+                segment.dst_port,
+            ),
+            mask,
+        )
+    };
+    // Three flows of one set: two fit, the third finds it full.
+    let target = set_of(CLIENT_PORT);
+    let ports: Vec<u16> = (CLIENT_PORT..)
+        .filter(|port| set_of(*port) == target)
+        .take(RESET_WAYS as usize + 1)
+        .collect();
+    on_both_hooks(|h| {
+        for (index, &client_port) in ports.iter().enumerate() {
+            let rst = Seg {
+                client_port,
+                ..forged_rst(false, 7001)
+            };
+            h.send_seg(&format!("RST of flow {index}"), &rst);
+        }
+        let resets = h.tracer.resets().expect("reading resets");
+        assert_eq!(resets.len(), RESET_WAYS as usize, "{resets:?}");
+        let counters = h.tracer.counters(h.hook).expect("reading counters");
+        assert_eq!((counters.rst, counters.resets_unrecorded), (3, 1));
+        // The third flow still counts its RST in the flow table.
+        let flows = h.tracer.flows().expect("reading flows");
+        assert_eq!(flows.len(), ports.len());
+        assert!(flows
+            .values()
+            .all(|flow| flow.sent_by[0].rst + flow.sent_by[1].rst == 1));
+    });
+}
+
+/// Keeps the calling thread on one CPU: the event budget is per CPU.
+fn stay_on_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t with one bit set, passed by pointer for the call only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[test]
+fn watched_syn_syn_ack_and_rst_become_events_within_the_budget() {
+    stay_on_one_cpu();
+    for hook in [Hook::Ingress, Hook::Egress] {
+        let mut tracer = LoadedTracer::load(1024).expect("loading the tracer");
+        let syn = Seg::client(TCP_SYN);
+        let wanted = [
+            syn,
+            server_syn_ack(false),
+            forged_rst(false, 7001),
+            Seg {
+                payload: &[0x5a; 200],
+                ..forged_rst(false, 7002)
+            },
+        ];
+        let unwanted = [
+            Seg {
+                seq: 1001,
+                ..Seg::client(TCP_ACK)
+            },
+            Seg {
+                seq: 1001,
+                ..Seg::client(TCP_FIN | TCP_ACK)
+            },
+        ];
+        // Not watched: nothing is sent, nothing is dropped.
+        for seg in wanted.iter().chain(&unwanted) {
+            tracer.run(hook, &seg.frame()).expect("test run");
+        }
+        assert!(tracer.take_events().expect("events").is_empty());
+        let counters = tracer.counters(hook).expect("counters");
+        assert_eq!((counters.events, counters.events_dropped), (0, 0));
+
+        // Watched, one event a second with bursts of four: the wanted packets, in order.
+        let start = kernel_clock_ns();
+        tracer
+            .set_watch(WatchConfig {
+                lease_until_ns: start + 60_000_000_000,
+                rate_per_sec: 1,
+                burst: 4,
+            })
+            .expect("watching");
+        let mut windows = Vec::new();
+        for seg in wanted.iter().chain(&unwanted) {
+            let (run, window) = Window::around(|| tracer.run(hook, &seg.frame()));
+            run.expect("test run");
+            windows.push(window);
+        }
+        let events = tracer.take_events().expect("events");
+        assert_eq!(events.len(), wanted.len());
+        for ((event, seg), window) in events.iter().zip(&wanted).zip(&windows) {
+            let frame = seg.frame();
+            let captured = frame.len().min(EVENT_SNAP_LEN);
+            assert_eq!(event.packet_len as usize, frame.len());
+            assert_eq!(event.captured_len as usize, captured);
+            assert_eq!(&event.data[..captured], &frame[..captured]);
+            assert!(
+                window.contains(event.time_ns),
+                "{event:?} outside {window:?}"
+            );
+            assert_eq!(event.ifindex, test_run_ifindex().expect("ifindex"));
+            let seen_on = match hook {
+                Hook::Ingress => SEEN_INGRESS,
+                Hook::Egress => SEEN_EGRESS,
+            };
+            assert_eq!(event.seen_on, seen_on);
+        }
+        // The bucket is empty now: more RSTs within the same second are dropped and counted.
+        for seq in 0..3 {
+            tracer
+                .run(hook, &forged_rst(false, 8000 + seq).frame())
+                .expect("test run");
+        }
+        let refilled = (kernel_clock_ns() - start) / 1_000_000_000;
+        let events = tracer.take_events().expect("events").len() as u64;
+        assert!(events <= refilled, "{events} events after an empty bucket");
+        let counters = tracer.counters(hook).expect("counters");
+        assert_eq!(counters.events, wanted.len() as u64 + events);
+        assert_eq!(counters.events_dropped, 3 - events);
+
+        // An expired lease stops the events.
+        tracer
+            .set_watch(WatchConfig {
+                lease_until_ns: kernel_clock_ns().saturating_sub(1),
+                rate_per_sec: 1000,
+                burst: 1000,
+            })
+            .expect("expiring the lease");
+        tracer.run(hook, &syn.frame()).expect("test run");
+        assert!(tracer.take_events().expect("events").is_empty());
+    }
 }

@@ -18,15 +18,15 @@ use std::{
 
 use flagtrace_tests::{
     lab::{
-        echo_exchange, flagtrace, flagtrace_bin, flows_json, hooks_on, rfc3339_utc_seconds, run,
-        run_ok, spawn_echo_server, Family, Loader, Netns, VethLab,
+        assert_csv_matches_json, echo_exchange, flagtrace, flagtrace_bin, flows_json, hooks_on,
+        rfc3339_utc_seconds, run, run_ok, spawn_echo_server, Family, Loader, Netns, VethLab,
     },
     tracer::PinDir,
     unique_name,
 };
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use serde_json::{json, Value};
-use tracer_common::{FlowKey, FlowValue, ResetEvidence, COUNTERS_MAP, FLOWS_MAP, RESETS_MAP};
+use tracer_common::{FlowKey, FlowValue, ResetEntry, COUNTERS_MAP, FLOWS_MAP, RESETS_MAP};
 
 const MESSAGE: &[u8] = b"who reset this connection?";
 const CLOSED_PORT: u16 = 9;
@@ -263,6 +263,42 @@ fn family_of(addr: SocketAddr) -> Family {
     }
 }
 
+/// A pipe is not a terminal: `flows` prints every column in full there, whatever `$COLUMNS`
+/// says.
+fn assert_full_table_when_piped(pins: &Path) {
+    let root = pins.to_str().expect("UTF-8 pin root");
+    let table = run_ok(Command::new(flagtrace_bin()).env("COLUMNS", "40").args([
+        "--pin-root",
+        root,
+        "flows",
+    ]));
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "IFACE",
+            "NETNS",
+            "CLIENT",
+            "SERVER",
+            "STATE",
+            "RESET_BY",
+            "SYN",
+            "SYN_ACK",
+            "FIN",
+            "RST(C>S/S>C)",
+            "FIRST_SEEN",
+            "LAST_SEEN"
+        ],
+        "{table}"
+    );
+    assert!(!table.contains('…'), "nothing cut: {table}");
+}
+
 /// `flagtrace stats --json` for the lab's client interface.
 fn stats(pins: &Path, lab: &VethLab) -> Value {
     let root = pins.to_str().expect("UTF-8 pin root");
@@ -297,10 +333,13 @@ fn tcp_over_ipv4_and_ipv6_is_counted_exactly() {
     assert_closed_flow(&flows, &lab, closed_v6, since);
     assert_refused_flow(&flows, &lab, refused_v4, since);
     assert_refused_flow(&flows, &lab, refused_v6, since);
+    assert_csv_matches_json(pins.path(), &["flows"], &flows);
+    assert_full_table_when_piped(pins.path());
 
     // The client's SYNs leave through TC, so egress creates every flow; real traffic has no
     // malformed frames.
     let stats = stats(pins.path(), &lab);
+    assert_csv_matches_json(pins.path(), &["stats"], std::slice::from_ref(&stats));
     assert_eq!(stats["flows"], 4);
     assert_eq!(stats["egress"]["flows_created"], 4);
     assert_eq!(stats["ingress"]["flows_created"], 0);
@@ -429,17 +468,17 @@ fn expected_failures_exit_with_documented_codes() {
     let output = flagtrace(&["--pin-root", root, "flows", "--json"]);
     assert_fails(output, 6, "flows with an empty pin root");
 
-    // Pins left by an older build: FLOWS as it still is, COUNTERS as it was before `packets`
-    // became derived (a 40-byte value). Reusing them would misread every counter; flagtrace
+    // Pins left by an older build: FLOWS and RESETS as they still are, COUNTERS as it was
+    // before `packets` became derived (a 40-byte value). Reusing them would misread every counter; flagtrace
     // must refuse them.
     let pin_dir = pins.path().join(netns).join(lab.client.iface);
     std::fs::create_dir_all(&pin_dir).expect("creating the pin dir");
     let key = size_of::<FlowKey>().to_string();
     let flow = size_of::<FlowValue>().to_string();
-    let reset = size_of::<ResetEvidence>().to_string();
+    let reset = size_of::<ResetEntry>().to_string();
     for (name, map_type, key, value, entries) in [
         (FLOWS_MAP, "lru_hash", key.as_str(), flow.as_str(), "16"),
-        (RESETS_MAP, "lru_hash", key.as_str(), reset.as_str(), "16"),
+        (RESETS_MAP, "array", "4", reset.as_str(), "16"),
         (COUNTERS_MAP, "percpu_array", "4", "40", "2"),
     ] {
         let path = pin_dir.join(name);

@@ -8,13 +8,22 @@
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Name of the per-CPU global counters (array of [`GlobalCounters`], indexed by [`Hook`]).
 pub const COUNTERS_MAP: &str = "COUNTERS";
-/// Name of the reset evidence table (LRU hash, [`FlowKey`] -> [`ResetEvidence`]): an entry for
-/// each flow that has carried a RST.
+/// Name of the reset evidence table: an array of [`ResetEntry`], set-associative on
+/// [`reset_set`], with an entry for each flow that has carried a RST (while it has room).
 pub const RESETS_MAP: &str = "RESETS";
+/// Entries of the reset table a flow may occupy: a set of two adjacent entries (see
+/// [`RESET_ENTRY_IDLE_NS`] for what happens when both are taken).
+pub const RESET_WAYS: u32 = 2;
+/// A full set of the reset table gives its older entry to a new reset flow only once that entry
+/// has seen no RST for this long: a burst of resets cannot wipe the evidence of the ones before.
+pub const RESET_ENTRY_IDLE_NS: u64 = 60_000_000_000;
+/// Name of the global (read-only data, set at load time) that holds [`reset_set_mask`] for the
+/// reset table's capacity.
+pub const RESET_SET_MASK_GLOBAL: &str = "RESET_SET_MASK";
 /// Name of the reset gate (array of u32, [`RESET_GATE_SLOTS`] entries, indexed by
-/// [`gate_slot`]): how many more packets of flows hashing there to examine after a RST.
+/// [`gate_slot`]): how many more plain packets of flows hashing there to examine after a RST.
 pub const RESET_GATE_MAP: &str = "RESET_GATE";
-/// Capacity of the reset evidence table when the operator does not choose one.
+/// Capacity of the reset evidence table when the operator does not choose one (a power of two).
 pub const DEFAULT_MAX_RESETS: u32 = 65_536;
 /// Slots in the reset gate; a power of two.
 pub const RESET_GATE_SLOTS: u32 = 4096;
@@ -24,6 +33,23 @@ pub const RESET_GATE_SLOTS: u32 = 4096;
 pub const RESET_GATE_BUDGET: u32 = 64;
 /// Two RSTs from one sender count as back to back when they are this close in time.
 pub const BACK_TO_BACK_NS: u64 = 2_000_000_000;
+/// Name of the ring buffer that carries [`PacketEvent`]s to `flagtrace watch`.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Size of the [`EVENTS_MAP`] ring buffer in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+/// Name of the `flagtrace watch` switch (array of one [`WatchConfig`]).
+pub const WATCH_MAP: &str = "WATCH";
+/// Bytes of each watched packet copied into its event: Ethernet, IP and TCP headers with options.
+pub const EVENT_SNAP_LEN: usize = 128;
+/// The maps each attachment pins, by name: all of them, or its pins are from another version.
+pub const PINNED_MAPS: [&str; 6] = [
+    FLOWS_MAP,
+    RESETS_MAP,
+    RESET_GATE_MAP,
+    COUNTERS_MAP,
+    WATCH_MAP,
+    EVENTS_MAP,
+];
 /// Name of the XDP program attached on ingress.
 pub const XDP_PROGRAM: &str = "flagtrace_ingress";
 /// Name of the TC (clsact egress) program.
@@ -137,15 +163,43 @@ impl FlowKey {
     }
 }
 
-/// Slot of a packet's flow in the reset gate. Symmetric by construction (xor and sum do not care
-/// which endpoint is which), so a packet needs no canonical key to find its slot: a plain data
-/// packet pays only for this hash and one array read. Collisions only cost an extra lookup.
+/// Hash of a packet's flow. Symmetric by construction (xor and sum do not care which endpoint is
+/// which), so a packet needs no canonical key to find its flow's slots: a plain data packet pays
+/// only for this hash and one array read. Multiplicative, so the high bits are the good ones.
 #[inline(always)]
-pub fn gate_slot(src: &[u32; 4], src_port: u16, dst: &[u32; 4], dst_port: u16) -> u32 {
+pub fn flow_hash(src: &[u32; 4], src_port: u16, dst: &[u32; 4], dst_port: u16) -> u32 {
     let addrs = src[0] ^ src[1] ^ src[2] ^ src[3] ^ dst[0] ^ dst[1] ^ dst[2] ^ dst[3];
     let (a, b) = (src_port as u32, dst_port as u32);
     let ports = (a ^ b) | (a + b) << 16;
-    ((addrs ^ ports).wrapping_mul(0x9e37_79b1) >> 20) & (RESET_GATE_SLOTS - 1)
+    (addrs ^ ports).wrapping_mul(0x9e37_79b1)
+}
+
+/// Slot of a flow in the reset gate, from [`flow_hash`]. Collisions only cost an extra look at
+/// the reset table.
+#[inline(always)]
+pub fn gate_slot(hash: u32) -> u32 {
+    (hash >> 20) & (RESET_GATE_SLOTS - 1)
+}
+
+/// First of the [`RESET_WAYS`] adjacent entries of the reset table a flow may occupy, from
+/// [`flow_hash`]; `set_mask` is the table's capacity minus [`RESET_WAYS`].
+#[inline(always)]
+pub fn reset_set(hash: u32, set_mask: u32) -> u32 {
+    hash.rotate_right(16) & set_mask
+}
+
+/// The reset table's capacity for a requested one: a power of two, at least [`RESET_WAYS`], so
+/// that [`reset_set`] can mask instead of divide.
+pub fn reset_capacity(requested: u32) -> u32 {
+    requested
+        .max(RESET_WAYS)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31)
+}
+
+/// The mask [`reset_set`] takes for a table of `capacity` entries (a [`reset_capacity`]).
+pub const fn reset_set_mask(capacity: u32) -> u32 {
+    (capacity - 1) & !(RESET_WAYS - 1)
 }
 
 /// `(a, a_port) <= (b, b_port)` in the key's canonical order. Written out word by word because
@@ -273,6 +327,76 @@ pub struct ResetEvidence {
     pub by_sender: [RstEvidence; 2],
 }
 
+/// An entry of the reset table: the flow and the evidence of its RSTs. Empty while `key` is all
+/// zero (no flow has a zero family).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetEntry {
+    pub key: FlowKey,
+    pub _pad: u32,
+    pub evidence: ResetEvidence,
+}
+
+impl ResetEntry {
+    pub fn is_empty(&self) -> bool {
+        self.key.family == 0
+    }
+
+    /// Time of the latest RST in this entry, by either sender: the older entry of a full set
+    /// gives way to a new reset flow.
+    #[inline(always)]
+    pub fn last_rst_ns(&self) -> u64 {
+        let [lo, hi] = &self.evidence.by_sender;
+        if lo.last_rst_ns > hi.last_rst_ns {
+            lo.last_rst_ns
+        } else {
+            hi.last_rst_ns
+        }
+    }
+}
+
+/// What `flagtrace watch` asks of the kernel. Events flow only while the watcher keeps renewing
+/// its lease, so a killed watcher stops them by itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// Kernel clock time (as in [`FlowValue`]) until which events are sent; 0: not watched.
+    pub lease_until_ns: u64,
+    /// Events each CPU may send per second, on average.
+    pub rate_per_sec: u32,
+    /// Events each CPU may send at once after a quiet spell.
+    pub burst: u32,
+}
+
+/// A packet `flagtrace watch` asked for (SYN, SYN/ACK and RST), with its first bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketEvent {
+    /// Kernel clock time of the packet.
+    pub time_ns: u64,
+    pub ifindex: u32,
+    /// Length of the packet on the wire.
+    pub packet_len: u32,
+    /// Bytes of it in `data`: at most [`EVENT_SNAP_LEN`].
+    pub captured_len: u32,
+    /// [`SEEN_INGRESS`] or [`SEEN_EGRESS`].
+    pub seen_on: u8,
+    // Scalars, not an array: see [`FlowKey`]'s padding.
+    pub _pad0: u8,
+    pub _pad1: u16,
+    pub data: [u8; EVENT_SNAP_LEN],
+}
+
+/// Where each CPU keeps the events it may still send (its token bucket).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    /// Credit in nanosecond-events: one event costs a second's worth (10^9).
+    pub credit: u64,
+    /// When the credit was last topped up.
+    pub updated_ns: u64,
+}
+
 /// Global counters for one hook, one copy per CPU (no atomics needed); user space sums them.
 /// Every packet lands in exactly one of `tcp`, `non_tcp` and `parse_errors`, so the packet
 /// count is their sum ([`GlobalCounters::packets`]) rather than a fourth per-packet increment.
@@ -288,6 +412,19 @@ pub struct GlobalCounters {
     pub parse_errors: u64,
     /// Flow-table entries this hook created.
     pub flows_created: u64,
+    /// Flag packets by kind, as in [`FlagCounts`]: monotonic, unlike the flow table's counts,
+    /// which leave with an evicted flow.
+    pub syn: u64,
+    pub syn_ack: u64,
+    pub fin: u64,
+    pub rst: u64,
+    /// RSTs of flows that found their set of the reset table full: counted, without evidence.
+    pub resets_unrecorded: u64,
+    /// Packets sent to `flagtrace watch` through the event ring buffer.
+    pub events: u64,
+    /// Packets for `flagtrace watch` that were not sent: over the rate limit, or the ring
+    /// buffer was full.
+    pub events_dropped: u64,
 }
 
 impl GlobalCounters {
@@ -307,6 +444,13 @@ impl core::ops::Add for GlobalCounters {
             non_tcp: self.non_tcp + other.non_tcp,
             parse_errors: self.parse_errors + other.parse_errors,
             flows_created: self.flows_created + other.flows_created,
+            syn: self.syn + other.syn,
+            syn_ack: self.syn_ack + other.syn_ack,
+            fin: self.fin + other.fin,
+            rst: self.rst + other.rst,
+            resets_unrecorded: self.resets_unrecorded + other.resets_unrecorded,
+            events: self.events + other.events,
+            events_dropped: self.events_dropped + other.events_dropped,
         }
     }
 }
@@ -325,6 +469,9 @@ mod pod {
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::GlobalCounters {}
     unsafe impl aya::Pod for super::ResetEvidence {}
+    unsafe impl aya::Pod for super::ResetEntry {}
+    unsafe impl aya::Pod for super::WatchConfig {}
+    unsafe impl aya::Pod for super::PacketEvent {}
 }
 
 // Layout is part of the pinned-map format: a change here must be a deliberate one, because pins
@@ -334,7 +481,10 @@ const _: () = assert!(core::mem::size_of::<Baseline>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 104);
 const _: () = assert!(core::mem::size_of::<RstEvidence>() == 56);
 const _: () = assert!(core::mem::size_of::<ResetEvidence>() == 112);
-const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<ResetEntry>() == 160);
+const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 88);
+const _: () = assert!(core::mem::size_of::<WatchConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<PacketEvent>() == 24 + EVENT_SNAP_LEN);
 // The kernel adds to (syn, syn_ack) and (fin, rst) as 64-bit words, so each pair must be 8-aligned.
 const _: () = assert!(core::mem::align_of::<FlowValue>() == 8);
 const _: () = assert!(core::mem::offset_of!(FlowValue, sent_by).is_multiple_of(8));
@@ -380,15 +530,32 @@ mod tests {
 
     #[test]
     fn gate_slot_is_in_range_and_direction_free() {
-        assert_eq!(gate_slot(&A, 40000, &B, 443), gate_slot(&B, 443, &A, 40000));
+        assert_eq!(flow_hash(&A, 40000, &B, 443), flow_hash(&B, 443, &A, 40000));
         let v6 = [1, 2, 3, 4];
-        assert_eq!(gate_slot(&v6, 1, &A, 2), gate_slot(&A, 2, &v6, 1));
+        assert_eq!(flow_hash(&v6, 1, &A, 2), flow_hash(&A, 2, &v6, 1));
         let slots: std::collections::HashSet<u32> = (0..1000u16)
-            .map(|port| gate_slot(&A, 40000 + port, &B, 443))
+            .map(|port| gate_slot(flow_hash(&A, 40000 + port, &B, 443)))
             .collect();
         assert!(slots.iter().all(|slot| *slot < RESET_GATE_SLOTS));
         // Neighbouring client ports must spread over the gate, or one reset opens it for many.
         assert!(slots.len() > 700, "only {} distinct slots", slots.len());
+    }
+
+    #[test]
+    fn reset_sets_cover_the_table_and_spread() {
+        for requested in [1, 2, 3, 1000, 65_536] {
+            let capacity = reset_capacity(requested);
+            assert!(capacity.is_power_of_two() && capacity >= requested.max(RESET_WAYS));
+            let mask = reset_set_mask(capacity);
+            assert_eq!(mask + RESET_WAYS, capacity);
+            assert_eq!(mask % RESET_WAYS, 0);
+        }
+        let mask = reset_set_mask(65_536);
+        let sets: std::collections::HashSet<u32> = (0..1000u16)
+            .map(|port| reset_set(flow_hash(&A, 40000 + port, &B, 443), mask))
+            .collect();
+        assert!(sets.iter().all(|&set| set % RESET_WAYS == 0 && set <= mask));
+        assert!(sets.len() > 980, "only {} distinct sets", sets.len());
     }
 
     #[test]

@@ -1,11 +1,16 @@
-//! Packet parsing shared by flagtrace's kernel programs (src/main.rs) and the benchmark's
-//! reference programs. Plain `core` code over a `[start, end)` byte range, so it also runs, and is
-//! unit-tested, on the host.
+//! Packet parsing and accounting shared by flagtrace's kernel programs (src/main.rs), the
+//! benchmark's reference programs, and `flagtrace pcap` on the host. Plain `core` code over a
+//! `[start, end)` byte range, so it also runs, and is unit-tested, on the host.
 #![cfg_attr(not(test), no_std)]
+// bpfel-unknown-none has no atomic read-modify-write in core::sync::atomic (see account.rs).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+
+pub mod account;
 
 use core::{marker::PhantomData, mem};
 
-use tracer_common::{gate_slot, FlowKey, FAMILY_IPV4, FAMILY_IPV6};
+use tracer_common::{FlowKey, FAMILY_IPV4, FAMILY_IPV6};
 
 /// For the BPF programs built on this library.
 #[cfg(target_arch = "bpf")]
@@ -51,12 +56,6 @@ pub struct TcpSegment<'a> {
 }
 
 impl TcpSegment<'_> {
-    /// This packet's slot in the reset gate.
-    #[inline(always)]
-    pub fn gate_slot(&self) -> u32 {
-        gate_slot(&self.src, self.src_port, &self.dst, self.dst_port)
-    }
-
     /// The canonical key of this packet's flow on `ifindex`, and which endpoint sent it.
     #[inline(always)]
     pub fn flow_key(&self, ifindex: u32) -> (FlowKey, usize) {

@@ -4,6 +4,7 @@
 use std::{
     io::{self, Write as _},
     mem::MaybeUninit,
+    path::Path,
     ptr,
 };
 
@@ -19,24 +20,34 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    COUNTERS_MAP, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, FLOWS_MAP, RESETS_MAP, RESET_GATE_MAP,
-    TC_PROGRAM, XDP_PROGRAM,
+    reset_capacity, reset_set_mask, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, FLOWS_MAP, PINNED_MAPS,
+    RESETS_MAP, RESET_SET_MASK_GLOBAL, TC_PROGRAM, XDP_PROGRAM,
 };
 
 use crate::{
     cli::{AttachArgs, XdpModeArg},
-    maps,
+    maps::{self, PinnedMaps},
+    metrics,
     netns::Netns,
+    oui::Vendors,
     pins::{Attachment, PinRoot},
     privileges::{self, CAP_BPF, CAP_NET_ADMIN},
     EBPF_OBJECT,
 };
 
-pub fn run(root: &PinRoot, netns: &Netns, args: &AttachArgs) -> anyhow::Result<()> {
+pub fn run(
+    root: &PinRoot,
+    netns: &Netns,
+    oui_db: Option<&Path>,
+    args: &AttachArgs,
+) -> anyhow::Result<()> {
     privileges::require("attach", &[CAP_BPF, CAP_NET_ADMIN])?;
     // Blocked before anything is attached, so a signal that arrives during setup waits for
     // `wait` and still ends in a clean detach.
     let signals = TerminationSignals::block().context("blocking SIGINT and SIGTERM")?;
+    // Bound before entering the namespace: the socket stays in the namespace flagtrace was
+    // started from, so one Prometheus reaches attachments in any namespace.
+    let metrics = args.metrics.map(metrics::Endpoint::bind).transpose()?;
     netns.enter()?;
     netns.ifindex(&args.iface)?;
     let attachment = Attachment {
@@ -60,16 +71,19 @@ pub fn run(root: &PinRoot, netns: &Netns, args: &AttachArgs) -> anyhow::Result<(
         &fix,
         "--max-resets",
         pinned.resets,
-        args.max_resets,
+        // The reset table is set-associative over a power-of-two capacity.
+        args.max_resets.map(reset_capacity),
         DEFAULT_MAX_RESETS,
     );
     let mut loader = EbpfLoader::new();
-    for map in [FLOWS_MAP, RESETS_MAP, RESET_GATE_MAP, COUNTERS_MAP] {
+    for map in PINNED_MAPS {
         loader.map_pin_path(map, dir.join(map));
     }
+    let reset_set_mask = reset_set_mask(max_resets);
     let mut ebpf = loader
         .map_max_entries(FLOWS_MAP, max_flows)
         .map_max_entries(RESETS_MAP, max_resets)
+        .override_global(RESET_SET_MASK_GLOBAL, &reset_set_mask, true)
         .load(EBPF_OBJECT)
         .with_context(|| format!("loading the eBPF object for {attachment}"))?;
 
@@ -82,9 +96,19 @@ pub fn run(root: &PinRoot, netns: &Netns, args: &AttachArgs) -> anyhow::Result<(
         xdp_mode_name(xdp_mode),
         dir.display()
     );
-    // Flushed at once: whoever started us waits for this line before sending traffic.
+    let metrics_line = match metrics {
+        Some(endpoint) => {
+            let addr = endpoint.addr();
+            let maps = PinnedMaps::open(&dir, &fix)?;
+            let source = metrics::Source::new(attachment.clone(), maps, Vendors::new(oui_db));
+            endpoint.serve(source)?;
+            format!("flagtrace: metrics of {attachment} at http://{addr}/metrics\n")
+        }
+        None => String::new(),
+    };
+    // Flushed at once: whoever started us waits for the ready line before sending traffic.
     let mut stdout = io::stdout().lock();
-    writeln!(stdout, "{ready}")
+    writeln!(stdout, "{metrics_line}{ready}")
         .and_then(|()| stdout.flush())
         .context("writing to stdout")?;
     drop(stdout);

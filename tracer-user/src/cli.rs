@@ -1,8 +1,12 @@
 //! The `flagtrace` command line.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use crate::pins::DEFAULT_PIN_ROOT;
+use crate::{
+    mac::MacAddr,
+    output::{OutputFormat, RecordFormat},
+    pins::DEFAULT_PIN_ROOT,
+};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Count SYN, SYN/ACK, FIN and RST per TCP flow in the kernel, to answer "who reset this
@@ -44,7 +48,9 @@ Exit codes:
   4  no such interface
   5  no such network namespace
   6  nothing attached (no pins, or nothing to detach)
-  7  pin from an incompatible version (run `flagtrace detach IFACE --purge`)";
+  7  pin from an incompatible version (run `flagtrace detach IFACE --purge`)
+  8  capture truncated or corrupt (pcap: the flows before the damage are printed)
+  9  not a capture (pcap: no such file, unreadable, not pcap/pcapng, unsupported link type)";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -61,8 +67,32 @@ pub enum Command {
     Resets(ResetsArgs),
     /// Print the global counters of each attachment
     Stats(StatsArgs),
+    /// Print every RST as it happens, then its verdict, until SIGINT or SIGTERM
+    ///
+    /// Reads the attachments' event ring buffers (all under the pin root, or --iface's): each
+    /// RST as it arrives, then about a second later the verdict and evidence that `resets`
+    /// prints for its flow. The kernel sends events only while a watcher renews its lease (every
+    /// second, for a few seconds ahead), so a killed watcher stops them by itself. One watcher
+    /// per attachment: a ring buffer has one reader, and a second watcher is refused.
+    Watch(WatchArgs),
     /// Remove hooks that a killed `attach` left on IFACE; with --purge also its pins
     Detach(DetachArgs),
+    /// Analyse a capture file: the resets (or --flows, --stats) as if flagtrace had been attached
+    ///
+    /// Reads a pcap or pcapng file (Ethernet, Linux cooked SLL and SLL2, raw IP) as a stream and
+    /// runs every packet through the kernel programs' own accounting, then prints what `resets`,
+    /// `flows` or `stats` would print for an attachment that saw those packets, with the same
+    /// JSON keys and CSV columns. Times are the capture's.
+    ///
+    /// Direction decides which MAC is the neighbour and which hook counts a packet. pcapng
+    /// packets with epb_flags and Linux cooked captures (tcpdump -i any) say it; otherwise the
+    /// capturing host's MAC is the unicast MAC found in the most frames (--local-mac sets it),
+    /// the frames it sent are egress, and all others ingress. The gateway's IP address comes
+    /// from the ARP and neighbour discovery packets in the capture, when there are any.
+    ///
+    /// A truncated or corrupt file: the flows before the damage are printed, then the error,
+    /// naming the byte offset, and the exit code is 8.
+    Pcap(PcapArgs),
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +114,14 @@ pub struct AttachArgs {
     /// XDP attach mode: auto tries native (driver) mode and falls back to skb (generic) mode.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, read from the maps at each scrape
+    /// [default: off]. The endpoint has no authentication: bind it to loopback, e.g.
+    /// 127.0.0.1:9464, unless a firewall guards the port. With --netns it listens in the
+    /// namespace flagtrace was started from, not in NAME. Port 0 picks a free port, which
+    /// attach prints.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -99,9 +137,8 @@ pub struct FlowsArgs {
     #[arg(long, value_parser = parse_name)]
     pub iface: Option<String>,
 
-    /// One JSON object per line instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 
     /// Print at most N flows (after sorting).
     #[arg(long, value_name = "N")]
@@ -121,9 +158,9 @@ pub enum SortKey {
 
 #[derive(Debug, Args)]
 pub struct ResetsArgs {
-    /// One JSON object per line, the same objects as `flows --json`.
-    #[arg(long)]
-    pub json: bool,
+    // The same JSON objects and CSV rows as `flows`.
+    #[command(flatten)]
+    pub output: OutputArgs,
 
     /// Only flows whose first RST came within DURATION of now: a number and a unit, s, m, h
     /// or d (30s, 5m, 2h, 1d).
@@ -133,9 +170,87 @@ pub struct ResetsArgs {
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// One JSON object per line instead of a table.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PcapArgs {
+    /// The capture file (pcap or pcapng).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Print every flow, as `flows` does, instead of the resets.
+    #[arg(long, conflicts_with = "stats")]
+    pub flows: bool,
+
+    /// Print the counters of each interface, as `stats` does, instead of the resets.
+    #[arg(long)]
+    pub stats: bool,
+
+    /// MAC address of the host the capture was taken on, for packets whose direction the file
+    /// does not record [default: the unicast MAC found in the most frames].
+    #[arg(long, value_name = "MAC")]
+    pub local_mac: Option<MacAddr>,
+
+    /// Interface name to show [default: the pcapng if_name, else the file's name].
+    #[arg(long, value_name = "NAME")]
+    pub iface: Option<String>,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only the attachment on this interface.
+    #[arg(long, value_parser = parse_name)]
+    pub iface: Option<String>,
+
+    /// One JSON object per line (JSON lines): "rst", "verdict", "dropped" and "end" events.
     #[arg(long)]
     pub json: bool,
+
+    /// Also write each RST and the SYN and SYN/ACK packets of its flow (headers: the first 128
+    /// bytes) to OUT, a pcap file for Wireshark or tcpdump.
+    #[arg(long, value_name = "OUT")]
+    pub pcap: Option<PathBuf>,
+
+    /// Events (SYN, SYN/ACK, RST) each CPU may send per second on average; the kernel counts
+    /// the rest as dropped.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+
+    /// Events each CPU may send at once after a quiet spell.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub burst: u32,
+}
+
+/// `--json` or `--csv` instead of the table for people; shared by the commands that print items.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct OutputArgs {
+    /// One JSON object per line (JSON lines) instead of a table.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+
+    /// CSV instead of a table: a header row, then one row per item, with the fields of --json
+    /// (nested keys joined with `_`).
+    #[arg(long)]
+    pub csv: bool,
+}
+
+impl OutputArgs {
+    pub fn format(self) -> OutputFormat {
+        if self.json {
+            OutputFormat::Records(RecordFormat::Json)
+        } else if self.csv {
+            OutputFormat::Records(RecordFormat::Csv)
+        } else {
+            OutputFormat::Table
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -215,7 +330,29 @@ mod tests {
         assert_eq!(args.iface, "veth0");
         assert_eq!(args.max_flows, None);
         assert_eq!(args.xdp_mode, XdpModeArg::Auto);
+        assert_eq!(args.metrics, None);
         assert_eq!(cli.netns, None);
+    }
+
+    #[test]
+    fn attach_metrics_takes_an_address_and_port() {
+        for addr in ["127.0.0.1:9464", "[::1]:9464", "0.0.0.0:0"] {
+            let cli = parse(&["attach", "veth0", "--metrics", addr]).unwrap();
+            let Command::Attach(args) = cli.command else {
+                panic!("{cli:?}")
+            };
+            assert_eq!(args.metrics, Some(addr.parse().unwrap()));
+        }
+        for bad in ["9464", "127.0.0.1", "localhost:9464"] {
+            let error = parse(&["attach", "veth0", "--metrics", bad]).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{bad}");
+        }
+        let help = Cli::command()
+            .find_subcommand_mut("attach")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("127.0.0.1:9464"), "{help}");
     }
 
     #[test]
@@ -253,7 +390,76 @@ mod tests {
         assert_eq!(args.iface.as_deref(), Some("veth1"));
         assert_eq!(args.limit, Some(5));
         assert_eq!(args.sort, SortKey::Rst);
+        assert_eq!(args.output.format(), OutputFormat::Table);
+    }
+
+    #[test]
+    fn json_or_csv() {
+        for command in ["flows", "resets", "stats"] {
+            let format = |args: &[&str]| {
+                let cli = parse(&[&[command], args].concat()).unwrap();
+                match cli.command {
+                    Command::Flows(FlowsArgs { output, .. })
+                    | Command::Resets(ResetsArgs { output, .. })
+                    | Command::Stats(StatsArgs { output }) => output.format(),
+                    other => panic!("{other:?}"),
+                }
+            };
+            assert_eq!(format(&[]), OutputFormat::Table, "{command}");
+            assert_eq!(
+                format(&["--json"]),
+                OutputFormat::Records(RecordFormat::Json),
+                "{command}"
+            );
+            assert_eq!(
+                format(&["--csv"]),
+                OutputFormat::Records(RecordFormat::Csv),
+                "{command}"
+            );
+            let error = parse(&[command, "--json", "--csv"]).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ArgumentConflict, "{command}");
+            assert_eq!(error.exit_code(), 2, "{command}");
+        }
+    }
+
+    #[test]
+    fn watch_options() {
+        let cli = parse(&["watch"]).unwrap();
+        let Command::Watch(args) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(args.iface, None);
         assert!(!args.json);
+        assert_eq!(args.pcap, None);
+        assert_eq!((args.rate, args.burst), (100, 100));
+        let cli = parse(&[
+            "watch",
+            "--iface",
+            "eth0",
+            "--json",
+            "--pcap",
+            "/tmp/resets.pcap",
+            "--rate",
+            "5",
+            "--burst",
+            "10",
+        ])
+        .unwrap();
+        let Command::Watch(args) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(args.iface.as_deref(), Some("eth0"));
+        assert!(args.json);
+        assert_eq!(args.pcap, Some(PathBuf::from("/tmp/resets.pcap")));
+        assert_eq!((args.rate, args.burst), (5, 10));
+        for bad in [
+            &["watch", "--rate", "0"][..],
+            &["watch", "--burst", "0"],
+            &["watch", "--csv"],
+            &["watch", "--iface", "../x"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]
@@ -299,16 +505,17 @@ mod tests {
         let Command::Resets(args) = cli.command else {
             panic!("{cli:?}")
         };
-        assert!(args.json);
+        assert_eq!(
+            args.output.format(),
+            OutputFormat::Records(RecordFormat::Json)
+        );
         assert_eq!(args.since, Some(Duration::from_secs(300)));
         let cli = parse(&["resets"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Resets(ResetsArgs {
-                json: false,
-                since: None
-            })
-        ));
+        let Command::Resets(args) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(args.output.format(), OutputFormat::Table);
+        assert_eq!(args.since, None);
     }
 
     #[test]

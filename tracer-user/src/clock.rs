@@ -24,6 +24,15 @@ impl ClockSnapshot {
         })
     }
 
+    /// The snapshot for times already on the Unix clock, such as a capture file's
+    /// (`flagtrace pcap`): it converts every time to itself.
+    pub fn unix() -> ClockSnapshot {
+        ClockSnapshot {
+            realtime_ns: 0,
+            monotonic_ns: 0,
+        }
+    }
+
     /// A snapshot with chosen readings, for tests.
     #[cfg(test)]
     pub fn new(realtime_ns: i128, monotonic_ns: i128) -> ClockSnapshot {

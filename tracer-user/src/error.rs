@@ -30,6 +30,12 @@ pub enum Failure {
         reason: String,
         fix: String,
     },
+    /// `flagtrace pcap` on a file that is no capture it can read: missing, unreadable, neither
+    /// pcap nor pcapng, or of a link type it does not read. The message names the file.
+    NotACapture(String),
+    /// `flagtrace pcap` on a truncated or corrupt capture, after printing what it could read.
+    /// The message names the file and the byte offset of the damage.
+    CaptureDamaged(String),
 }
 
 impl Failure {
@@ -40,6 +46,8 @@ impl Failure {
             Failure::NoSuchNamespace(_) => 5,
             Failure::NothingAttached(_) => 6,
             Failure::IncompatiblePin { .. } => 7,
+            Failure::CaptureDamaged(_) => 8,
+            Failure::NotACapture(_) => 9,
         }
     }
 }
@@ -64,6 +72,11 @@ impl fmt::Display for Failure {
                 f,
                 "pin {} is from an incompatible version ({reason}), run `{fix}`",
                 path.display()
+            ),
+            Failure::NotACapture(message) => write!(f, "cannot read the capture: {message}"),
+            Failure::CaptureDamaged(message) => write!(
+                f,
+                "the capture is damaged, the flows above are those before the damage: {message}"
             ),
         }
     }

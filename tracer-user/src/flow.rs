@@ -226,7 +226,7 @@ fn only_one(lo_did: bool, hi_did: bool) -> Option<usize> {
 
 /// Decodes a key address: words of network-byte-order data loaded as native integers, so each
 /// word's native bytes are the address octets in wire order.
-fn ip_addr(family: u8, words: &[u32; 4]) -> anyhow::Result<IpAddr> {
+pub(crate) fn ip_addr(family: u8, words: &[u32; 4]) -> anyhow::Result<IpAddr> {
     match family {
         FAMILY_IPV4 => Ok(Ipv4Addr::from(words[0].to_ne_bytes()).into()),
         FAMILY_IPV6 => {

@@ -2,6 +2,7 @@
 //! The `flagtrace` binary is a thin wrapper around [`run`].
 
 mod attach;
+pub mod capture;
 pub mod cli;
 pub mod clock;
 mod detach;
@@ -9,15 +10,19 @@ pub mod error;
 pub mod flow;
 pub mod mac;
 mod maps;
+mod metrics;
 pub mod neighbour;
 pub mod netns;
+mod offline;
 pub mod oui;
 mod output;
+mod pcap;
 mod pins;
 mod privileges;
 mod query;
 pub mod report;
 pub mod verdict;
+mod watch;
 
 use cli::{Cli, Command};
 use netns::Netns;
@@ -41,10 +46,12 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let netns_filter = cli.netns.is_some().then_some(&netns);
     let oui_db = cli.oui_db.as_deref();
     match &cli.command {
-        Command::Attach(args) => attach::run(&root, &netns, args),
+        Command::Attach(args) => attach::run(&root, &netns, oui_db, args),
         Command::Detach(args) => detach::run(&root, &netns, args),
         Command::Flows(args) => query::flows(&root, netns_filter, oui_db, args),
         Command::Resets(args) => query::resets(&root, netns_filter, oui_db, args),
         Command::Stats(args) => query::stats(&root, netns_filter, args),
+        Command::Watch(args) => watch::run(&root, netns_filter, oui_db, args),
+        Command::Pcap(args) => pcap::run(oui_db, args),
     }
 }

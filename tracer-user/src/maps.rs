@@ -9,16 +9,16 @@ use std::{
 
 use anyhow::Context as _;
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray, RingBuf},
     sys::SyscallError,
-    Pod,
 };
 use tracer_common::{
-    FlowKey, FlowValue, GlobalCounters, Hook, ResetEvidence, COUNTERS_MAP, FLOWS_MAP, HOOK_COUNT,
-    RESETS_MAP, RESET_GATE_MAP, RESET_GATE_SLOTS,
+    FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, ResetEvidence, WatchConfig, COUNTERS_MAP,
+    EVENTS_MAP, EVENTS_RING_BYTES, FLOWS_MAP, HOOK_COUNT, RESETS_MAP, RESET_GATE_MAP,
+    RESET_GATE_SLOTS, WATCH_MAP,
 };
 
-use crate::error::Failure;
+use crate::{error::Failure, flow::FlowRecord};
 
 /// What a pinned map must look like for this build to use it.
 struct MapSpec {
@@ -40,10 +40,26 @@ const FLOWS: MapSpec = MapSpec {
 
 const RESETS: MapSpec = MapSpec {
     name: RESETS_MAP,
-    map_type: MapType::LruHash,
-    key_size: size_of::<FlowKey>(),
-    value_size: size_of::<ResetEvidence>(),
+    map_type: MapType::Array,
+    key_size: size_of::<u32>(),
+    value_size: size_of::<ResetEntry>(),
     max_entries: None,
+};
+
+const WATCH: MapSpec = MapSpec {
+    name: WATCH_MAP,
+    map_type: MapType::Array,
+    key_size: size_of::<u32>(),
+    value_size: size_of::<WatchConfig>(),
+    max_entries: Some(1),
+};
+
+const EVENTS: MapSpec = MapSpec {
+    name: EVENTS_MAP,
+    map_type: MapType::RingBuf,
+    key_size: 0,
+    value_size: 0,
+    max_entries: Some(EVENTS_RING_BYTES),
 };
 
 const RESET_GATE: MapSpec = MapSpec {
@@ -92,6 +108,23 @@ impl MapSpec {
         Ok(Some((data, info)))
     }
 
+    /// Opens the pin of this map in `dir`, which must be there: every build pins the whole set,
+    /// so a missing map means pins of another version. Returns it with its capacity.
+    fn open_required(&self, dir: &Path, fix: &str) -> anyhow::Result<(Map, u32)> {
+        let path = dir.join(self.name);
+        let (data, info) =
+            self.open_checked(dir, fix)?
+                .ok_or_else(|| Failure::IncompatiblePin {
+                    path: path.clone(),
+                    reason: "missing: the other maps there were pinned by another version"
+                        .to_owned(),
+                    fix: fix.to_owned(),
+                })?;
+        let map =
+            Map::from_map_data(data).with_context(|| format!("opening {}", path.display()))?;
+        Ok((map, info.max_entries()))
+    }
+
     /// How the map in `info` differs from this spec, if it does.
     fn mismatch(&self, info: &MapInfo) -> Option<String> {
         let map_type = info.map_type().ok();
@@ -138,8 +171,9 @@ pub fn pinned_capacities(dir: &Path, fix: &str) -> anyhow::Result<PinnedCapaciti
     };
     // The flow table first: a pin from before the reset evidence fails there, with the fix.
     let flows = capacity(&FLOWS)?;
-    capacity(&COUNTERS)?;
-    capacity(&RESET_GATE)?;
+    for spec in [&COUNTERS, &RESET_GATE, &WATCH, &EVENTS] {
+        capacity(spec)?;
+    }
     Ok(PinnedCapacities {
         flows,
         resets: capacity(&RESETS)?,
@@ -163,7 +197,7 @@ impl Counters {
 pub struct PinnedMaps {
     dir: PathBuf,
     flows: HashMap<MapData, FlowKey, FlowValue>,
-    resets: HashMap<MapData, FlowKey, ResetEvidence>,
+    resets: Array<MapData, ResetEntry>,
     counters: PerCpuArray<MapData, GlobalCounters>,
     capacity: u32,
     resets_capacity: u32,
@@ -172,20 +206,7 @@ pub struct PinnedMaps {
 impl PinnedMaps {
     /// Opens and checks the pins in `dir`. `fix` is the command that removes incompatible pins.
     pub fn open(dir: &Path, fix: &str) -> anyhow::Result<PinnedMaps> {
-        let open = |spec: &MapSpec| -> anyhow::Result<(Map, u32)> {
-            // Every build pins the whole set, so a missing map means pins of another version.
-            let (data, info) =
-                spec.open_checked(dir, fix)?
-                    .ok_or_else(|| Failure::IncompatiblePin {
-                        path: dir.join(spec.name),
-                        reason: "missing: the other maps there were pinned by another version"
-                            .to_owned(),
-                        fix: fix.to_owned(),
-                    })?;
-            let map = Map::from_map_data(data)
-                .with_context(|| format!("opening {}", dir.join(spec.name).display()))?;
-            Ok((map, info.max_entries()))
-        };
+        let open = |spec: &MapSpec| spec.open_required(dir, fix);
         let context = |spec: &MapSpec| format!("opening {}", dir.join(spec.name).display());
         let (flows, capacity) = open(&FLOWS)?;
         let (resets, resets_capacity) = open(&RESETS)?;
@@ -193,7 +214,7 @@ impl PinnedMaps {
         Ok(PinnedMaps {
             dir: dir.to_owned(),
             flows: HashMap::try_from(flows).with_context(|| context(&FLOWS))?,
-            resets: HashMap::try_from(resets).with_context(|| context(&RESETS))?,
+            resets: Array::try_from(resets).with_context(|| context(&RESETS))?,
             counters: PerCpuArray::try_from(counters).with_context(|| context(&COUNTERS))?,
             capacity,
             resets_capacity,
@@ -210,13 +231,28 @@ impl PinnedMaps {
         walk(&self.flows, self.capacity, &self.dir.join(FLOWS_MAP))
     }
 
-    /// Every entry of the reset evidence table.
+    /// Every flow in the reset evidence table, with its evidence.
     pub fn resets(&self) -> anyhow::Result<StdHashMap<FlowKey, ResetEvidence>> {
-        walk(
-            &self.resets,
-            self.resets_capacity,
-            &self.dir.join(RESETS_MAP),
-        )
+        let mut resets = StdHashMap::new();
+        for index in 0..self.resets_capacity {
+            let entry = self.resets.get(&index, 0).with_context(|| {
+                format!("reading {}[{index}]", self.dir.join(RESETS_MAP).display())
+            })?;
+            if !entry.is_empty() {
+                resets.insert(entry.key, entry.evidence);
+            }
+        }
+        Ok(resets)
+    }
+
+    /// Every flow of the flow table as a record, with its reset evidence when it has some.
+    pub fn flow_records(&self) -> anyhow::Result<Vec<FlowRecord>> {
+        let resets = self.resets()?;
+        self.flows()?
+            .iter()
+            .map(|(key, value)| FlowRecord::new(key, value, resets.get(key)))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("reading {}", self.dir.join(FLOWS_MAP).display()))
     }
 
     /// The global counters per hook, summed over CPUs.
@@ -237,14 +273,34 @@ impl PinnedMaps {
     }
 }
 
-/// Every entry of an LRU hash keyed by flow. The kernel keeps updating and evicting while we
+/// What `flagtrace watch` uses of one attachment: the switch it leases, and the ring buffer the
+/// events come through.
+pub struct WatchMaps {
+    pub switch: Array<MapData, WatchConfig>,
+    pub events: RingBuf<MapData>,
+}
+
+impl WatchMaps {
+    /// Opens and checks the pins in `dir`. `fix` is the command that removes incompatible pins.
+    pub fn open(dir: &Path, fix: &str) -> anyhow::Result<WatchMaps> {
+        let context = |spec: &MapSpec| format!("opening {}", dir.join(spec.name).display());
+        let (switch, _) = WATCH.open_required(dir, fix)?;
+        let (events, _) = EVENTS.open_required(dir, fix)?;
+        Ok(WatchMaps {
+            switch: Array::try_from(switch).with_context(|| context(&WATCH))?,
+            events: RingBuf::try_from(events).with_context(|| context(&EVENTS))?,
+        })
+    }
+}
+
+/// Every entry of the flow table (an LRU hash). The kernel keeps updating and evicting while we
 /// walk the table, and the walk restarts from the first key when its current key is evicted:
 /// dedupe by key, and bound the walk so that a table under heavy churn cannot keep us here.
-fn walk<V: Pod>(
-    table: &HashMap<MapData, FlowKey, V>,
+fn walk(
+    table: &HashMap<MapData, FlowKey, FlowValue>,
     capacity: u32,
     path: &Path,
-) -> anyhow::Result<StdHashMap<FlowKey, V>> {
+) -> anyhow::Result<StdHashMap<FlowKey, FlowValue>> {
     let max_steps = 2 * capacity as usize;
     let mut entries = StdHashMap::new();
     for entry in table.iter().take(max_steps) {
@@ -264,6 +320,13 @@ mod tests {
             non_tcp: base + 2,
             parse_errors: base + 3,
             flows_created: base + 4,
+            syn: base + 5,
+            syn_ack: base + 6,
+            fin: base + 7,
+            rst: base + 8,
+            resets_unrecorded: base + 9,
+            events: base + 10,
+            events_dropped: base + 11,
         }
     }
 
@@ -280,6 +343,13 @@ mod tests {
                 non_tcp: 114,
                 parse_errors: 116,
                 flows_created: 118,
+                syn: 120,
+                syn_ack: 122,
+                fin: 124,
+                rst: 126,
+                resets_unrecorded: 128,
+                events: 130,
+                events_dropped: 132,
             }
         );
     }

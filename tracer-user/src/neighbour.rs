@@ -68,6 +68,15 @@ impl Neighbours {
             .with_context(|| format!("parsing `ip -j neigh`/`ip -j route` for {iface} in {netns}"))
     }
 
+    /// A table of known (address, MAC) pairs without routes, as a capture file shows them
+    /// (`flagtrace pcap`): no address is a default gateway.
+    pub fn from_entries(entries: impl IntoIterator<Item = (IpAddr, MacAddr)>) -> Neighbours {
+        Neighbours {
+            entries: entries.into_iter().collect(),
+            default_gateways: Vec::new(),
+        }
+    }
+
     /// From `ip -j neigh show dev IFACE` and `ip -j route show default` outputs.
     fn parse(neighbours: &[u8], routes: &[&[u8]], iface: &str) -> anyhow::Result<Neighbours> {
         let neighbours: Vec<IpNeighbour> = parse_json_list(neighbours)?;

@@ -1,11 +1,7 @@
 //! `flagtrace flows`, `resets` and `stats`: read the pinned maps of every attachment (or the
 //! ones asked for) and print them. Only map reads: nothing here touches packets or hooks.
 
-use std::{
-    cmp::Reverse,
-    io::{self, Write as _},
-    path::Path,
-};
+use std::{cmp::Reverse, io::Write as _, path::Path};
 
 use anyhow::Context as _;
 
@@ -18,7 +14,7 @@ use crate::{
     neighbour::Neighbours,
     netns::Netns,
     oui::Vendors,
-    output::{self, AttachmentStats},
+    output::{AttachmentStats, OutputFormat, Printer},
     pins::{Attachment, PinRoot},
     privileges::{self, CAP_BPF},
     report::{self, FlowReport},
@@ -35,15 +31,7 @@ pub fn flows(
     let clock = ClockSnapshot::now().context("reading the clocks")?;
     sort_flows(&mut reports, args.sort);
     reports.truncate(args.limit.unwrap_or(usize::MAX));
-
-    let mut out = io::stdout().lock();
-    if args.json {
-        for report in &reports {
-            writeln!(out, "{}", output::flow_json(report, &clock))?;
-        }
-    } else {
-        write!(out, "{}", output::flows_table(&reports, &clock))?;
-    }
+    Printer::stdout(args.output.format()).flows(&reports, &clock)?;
     Ok(())
 }
 
@@ -57,30 +45,35 @@ pub fn resets(
     let mut reports = reports(root, netns, None, oui_db)?;
     let clock = ClockSnapshot::now().context("reading the clocks")?;
     let cutoff = args.since.map_or(0, |since| clock.monotonic_before(since));
-    reports.retain(|report| {
-        report.verdict.is_some() && report.flow.first_rst_ns().is_some_and(|at| at >= cutoff)
-    });
-    reports.sort_by_key(|report| report.flow.first_rst_ns());
-
-    let mut out = io::stdout().lock();
-    if reports.is_empty() {
-        let mut none = String::from("no resets");
-        if let Some(since) = args.since {
-            none += &format!(" in the last {}", format_duration(since));
-        }
-        // JSON lines stay JSON: the note goes to stderr there.
-        if args.json {
-            eprintln!("flagtrace: {none}");
-        } else {
-            writeln!(out, "{none}")?;
-        }
-    } else if args.json {
-        for report in &reports {
-            writeln!(out, "{}", output::flow_json(report, &clock))?;
-        }
-    } else {
-        write!(out, "{}", output::resets_text(&reports, &clock))?;
+    reports.retain(|report| report.flow.first_rst_ns().is_some_and(|at| at >= cutoff));
+    let mut none = String::from("no resets");
+    if let Some(since) = args.since {
+        none += &format!(" in the last {}", format_duration(since));
     }
+    print_resets(reports, args.output.format(), &clock, &none)
+}
+
+/// Prints the flows of `reports` that have a verdict, in the order of their first RST (`resets`
+/// and `pcap`); `none` is the note for when there are none.
+pub(crate) fn print_resets(
+    mut reports: Vec<FlowReport>,
+    format: OutputFormat,
+    clock: &ClockSnapshot,
+    none: &str,
+) -> anyhow::Result<()> {
+    reports.retain(|report| report.verdict.is_some());
+    reports.sort_by_key(|report| report.flow.first_rst_ns());
+    let mut printer = Printer::stdout(format);
+    if reports.is_empty() {
+        if format == OutputFormat::Table {
+            writeln!(printer.out(), "{none}")?;
+            return Ok(());
+        }
+        // JSON lines and CSV stay parseable: the note goes to stderr, and CSV still gets its
+        // header below.
+        eprintln!("flagtrace: {none}");
+    }
+    printer.resets(&reports, clock)?;
     Ok(())
 }
 
@@ -95,48 +88,50 @@ fn reports(
     let vendors = Vendors::new(oui_db);
     let mut reports = Vec::new();
     for (attachment, maps) in open_attachments(root, netns, iface)? {
-        let resets = maps.resets()?;
-        let flows = maps
-            .flows()?
-            .iter()
-            .map(|(key, value)| FlowRecord::new(key, value, resets.get(key)))
-            .collect::<anyhow::Result<Vec<_>>>()
-            .with_context(|| format!("reading the flow table of {attachment}"))?;
-        let neighbours = || match Neighbours::read(&attachment.netns, &attachment.iface) {
-            Ok(table) => Some(table),
-            Err(error) => {
-                eprintln!("flagtrace: {error:#}; gateway IP addresses left out");
-                None
-            }
-        };
-        reports.extend(report::analyse(&attachment, flows, &vendors, neighbours)?);
+        reports.extend(attachment_reports(&attachment, &maps, &vendors)?);
     }
     Ok(reports)
 }
 
+/// Reports on every flow of one attachment, judged together (`resets`, `flows`, and `watch`
+/// once a RST's evidence is in).
+pub(crate) fn attachment_reports(
+    attachment: &Attachment,
+    maps: &PinnedMaps,
+    vendors: &Vendors,
+) -> anyhow::Result<Vec<FlowReport>> {
+    let flows = maps
+        .flow_records()
+        .with_context(|| format!("reading the flow table of {attachment}"))?;
+    let neighbours = || match Neighbours::read(&attachment.netns, &attachment.iface) {
+        Ok(table) => Some(table),
+        Err(error) => {
+            eprintln!("flagtrace: {error:#}; gateway IP addresses left out");
+            None
+        }
+    };
+    report::analyse(attachment, flows, vendors, neighbours)
+}
+
 pub fn stats(root: &PinRoot, netns: Option<&Netns>, args: &StatsArgs) -> anyhow::Result<()> {
     privileges::require("stats", &[CAP_BPF])?;
-    let mut blocks = Vec::new();
-    for (attachment, maps) in open_attachments(root, netns, None)? {
-        let stats = AttachmentStats {
-            counters: maps.counters()?,
-            flows: maps.flows()?.len(),
-            max_flows: maps.capacity(),
-            attachment,
-        };
-        blocks.push(if args.json {
-            output::stats_json(&stats) + "\n"
-        } else {
-            output::stats_text(&stats)
-        });
-    }
-    let separator = if args.json { "" } else { "\n" };
-    write!(io::stdout().lock(), "{}", blocks.join(separator))?;
+    let stats = open_attachments(root, netns, None)?
+        .into_iter()
+        .map(|(attachment, maps)| {
+            Ok(AttachmentStats {
+                counters: maps.counters()?,
+                flows: maps.flows()?.len(),
+                max_flows: Some(maps.capacity()),
+                attachment,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Printer::stdout(args.output.format()).stats(&stats)?;
     Ok(())
 }
 
 /// The pinned maps of the attachments that match the filters; none is a [`Failure`].
-fn open_attachments(
+pub(crate) fn open_attachments(
     root: &PinRoot,
     netns: Option<&Netns>,
     iface: Option<&str>,
@@ -164,7 +159,7 @@ fn open_attachments(
 }
 
 /// Most recent first; by RST or SYN total, the largest first and then the most recent.
-fn sort_flows(reports: &mut [FlowReport], key: SortKey) {
+pub(crate) fn sort_flows(reports: &mut [FlowReport], key: SortKey) {
     let last_seen = |flow: &FlowRecord| Reverse(flow.last_seen_ns);
     match key {
         SortKey::Last => reports.sort_by_key(|report| last_seen(&report.flow)),

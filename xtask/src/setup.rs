@@ -27,8 +27,23 @@ const BPF_LINKER_BUILD_PACKAGES: &[&str] = &[
 
 /// What flagtrace and the tests run: `ip` (iproute2) makes namespaces and veth pairs, and
 /// `flagtrace detach` uses it; bpftool lists hooks; ieee-data, nftables and tcpdump serve the
-/// middlebox and capture tests of the issues that follow.
-const TEST_PACKAGES: &[&str] = &["iproute2", "bpftool", "ieee-data", "nftables", "tcpdump"];
+/// middlebox and capture tests of the issues that follow; prometheus brings the Prometheus
+/// server and promtool for the metrics test, which starts a server of its own; tshark reads
+/// back the pcap file of `flagtrace watch --pcap`.
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "ieee-data",
+    "nftables",
+    "tcpdump",
+    "prometheus",
+    "tshark",
+];
+
+/// Debian's switch for the service starts in maintainer scripts (invoke-rc.d and
+/// deb-systemd-invoke ask it): while it exits 101, installed packages start no service. The
+/// prometheus package would otherwise start a server listening on port 9090.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 struct Requirement {
     /// What is needed, as named in the `missing:` and `installing:` lines.
@@ -126,6 +141,13 @@ pub fn setup(root: &Path) -> Result<()> {
         bail!("setup incomplete, missing: {}", names.join(", "));
     }
 
+    let installs_packages = missing
+        .iter()
+        .flat_map(|(_, fix)| fix)
+        .any(|step| matches!(step, Step::Apt(_)));
+    let _no_service_starts = installs_packages
+        .then(ServiceStartsDenied::new)
+        .transpose()?;
     for (requirement, fix) in missing {
         for cmd in fix.iter().flat_map(|step| apt.commands(step)) {
             eprintln!("installing: {} ({cmd})", requirement.what);
@@ -143,6 +165,47 @@ pub fn setup(root: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Keeps the packages setup installs from starting services, through [`POLICY_RC_D`], until
+/// dropped. A policy the machine already has is left as it is.
+struct ServiceStartsDenied {
+    created: bool,
+}
+
+impl ServiceStartsDenied {
+    fn new() -> Result<ServiceStartsDenied> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let created = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(POLICY_RC_D)
+        {
+            Ok(mut file) => {
+                use std::io::Write as _;
+                file.write_all(b"#!/bin/sh\n# cargo xtask setup: no service starts while it installs packages\nexit 101\n")
+                    .with_context(|| format!("writing {POLICY_RC_D}"))?;
+                eprintln!(
+                    "setup: {POLICY_RC_D} keeps the packages it installs from starting services"
+                );
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e).with_context(|| format!("creating {POLICY_RC_D}")),
+        };
+        Ok(ServiceStartsDenied { created })
+    }
+}
+
+impl Drop for ServiceStartsDenied {
+    fn drop(&mut self) {
+        if self.created {
+            if let Err(e) = std::fs::remove_file(POLICY_RC_D) {
+                eprintln!("warning: removing {POLICY_RC_D}: {e}");
+            }
+        }
+    }
 }
 
 struct Abilities {
@@ -183,7 +246,10 @@ impl AptState {
                     commands.push(apt_get(&["update"]));
                     self.updated = true;
                 }
-                commands.push(apt_get(&["install", "-y"]).args(packages));
+                // Recommends are not needed, and some are servers (prometheus recommends
+                // prometheus-node-exporter).
+                commands
+                    .push(apt_get(&["install", "-y", "--no-install-recommends"]).args(packages));
                 commands
             }
             Step::Run(cmd) | Step::Manual(cmd) => vec![cmd.clone()],
@@ -450,12 +516,13 @@ mod tests {
                       tcpdump install ok installed\n";
         assert_eq!(
             not_installed(output, TEST_PACKAGES),
-            ["ieee-data", "nftables"]
+            ["ieee-data", "nftables", "prometheus", "tshark"]
         );
         assert_eq!(not_installed("", &["iproute2"]), ["iproute2"]);
         let all = "iproute2 install ok installed\nbpftool install ok installed\n\
                    ieee-data install ok installed\nnftables install ok installed\n\
-                   tcpdump install ok installed\n";
+                   tcpdump install ok installed\nprometheus install ok installed\n\
+                   tshark install ok installed\n";
         assert!(not_installed(all, TEST_PACKAGES).is_empty());
     }
 
@@ -476,9 +543,10 @@ mod tests {
             commands,
             [
                 "DEBIAN_FRONTEND=noninteractive apt-get update",
-                "DEBIAN_FRONTEND=noninteractive apt-get install -y llvm-22-dev zlib1g-dev",
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+                 llvm-22-dev zlib1g-dev",
                 &bpf_linker_install().to_string(),
-                "DEBIAN_FRONTEND=noninteractive apt-get install -y tcpdump",
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends tcpdump",
             ]
         );
     }

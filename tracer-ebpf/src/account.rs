@@ -1,0 +1,543 @@
+//! What flagtrace records of one packet. The kernel programs (src/main.rs) run this over BPF
+//! maps; `flagtrace pcap` runs it on the host over plain memory. One implementation, so that a
+//! capture and a live attachment count the same traffic alike.
+
+use core::mem;
+
+use tracer_common::{
+    flow_hash, gate_slot, reset_set, Baseline, EventBudget, FlagCounts, FlowKey, FlowValue,
+    GlobalCounters, Hook, ResetEntry, RstEvidence, WatchConfig, BACK_TO_BACK_NS, FIRST_SYN_HI,
+    FIRST_SYN_LO, FIRST_SYN_NONE, RESET_ENTRY_IDLE_NS, RESET_GATE_BUDGET, SEEN_EGRESS,
+    SEEN_INGRESS, SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
+
+use crate::{parse, EthHdr, NoSegment, Packet, TcpSegment};
+
+/// The tables the accounting works on. Entries come as raw pointers, the way BPF map lookups
+/// give them: in the kernel other CPUs write the same entries at the same time.
+pub trait Tables {
+    /// This CPU's global counters for `hook`.
+    fn counters(&self, hook: Hook) -> Option<*mut GlobalCounters>;
+    /// The reset gate's budget at `slot`.
+    fn gate(&self, slot: u32) -> Option<*mut u32>;
+    fn flow(&self, key: &FlowKey) -> Option<*mut FlowValue>;
+    /// Adds `value` under `key` unless the key is present; whether it did.
+    fn insert_flow(&self, key: &FlowKey, value: &FlowValue) -> bool;
+    /// Entry `index` of the reset table.
+    fn reset_entry(&self, index: u32) -> Option<*mut ResetEntry>;
+    /// [`tracer_common::reset_set_mask`] of the reset table's capacity.
+    fn reset_set_mask(&self) -> u32;
+    /// Room, private to this CPU, where a new flow entry is built: it is too large for the
+    /// 512-byte BPF stack next to everything else.
+    fn scratch(&self) -> Option<*mut FlowValue>;
+    /// The time the maps record, on the clock of [`FlowValue::first_seen_ns`].
+    fn now(&self) -> u64;
+    /// What `flagtrace watch` asks for; `None` where nobody can watch.
+    fn watch(&self) -> Option<*const WatchConfig>;
+    /// This CPU's event budget.
+    fn event_budget(&self) -> Option<*mut EventBudget>;
+    /// Sends the packet being accounted to the watcher; false when the ring buffer is full.
+    fn send_event(&self, hook: Hook, now: u64) -> bool;
+}
+
+const TCP_FLAGS_OF_INTEREST: u8 = TCP_SYN | TCP_FIN | TCP_RST;
+
+/// Parses and accounts one packet. Never fails: whatever happens, the caller passes the packet.
+#[inline(always)]
+pub fn account<T: Tables>(tables: &T, packet: Packet<'_>, ifindex: u32, hook: Hook) {
+    let Some(counters) = tables.counters(hook) else {
+        return;
+    };
+    // Per-CPU counters: plain increments are safe.
+    let counters = unsafe { &mut *counters };
+    let segment = match parse(packet) {
+        Ok(segment) => segment,
+        Err(NoSegment::NotTcp) => {
+            counters.non_tcp += 1;
+            return;
+        }
+        Err(NoSegment::Malformed) => {
+            counters.parse_errors += 1;
+            return;
+        }
+    };
+    counters.tcp += 1;
+    let hash = segment.flow_hash();
+    if segment.flags & TCP_FLAGS_OF_INTEREST == 0 {
+        // Most packets: parsing and one array read, no table lookup, no clock.
+        if take_gate_budget(tables, gate_slot(hash)) {
+            let obs = Observation::new(tables, &segment, ifindex, hook);
+            note_after_reset(tables, &obs, hash);
+        }
+        return;
+    }
+    count_flags(counters, segment.flags);
+    let obs = Observation::new(tables, &segment, ifindex, hook);
+    let recorded = record_flags(tables, &obs);
+    if recorded.created {
+        counters.flows_created += 1;
+    }
+    if obs.is_rst() {
+        if !record_reset(tables, &obs, hash, recorded.max_seq_before) {
+            counters.resets_unrecorded += 1;
+        }
+    } else if recorded.reset_before {
+        note_after_reset(tables, &obs, hash);
+    }
+    if obs.flags & (TCP_SYN | TCP_RST) != 0 {
+        offer_event(tables, counters, &obs);
+    }
+}
+
+/// One packet, with where and when it was seen: what the tables need of it.
+struct Observation<'a> {
+    key: FlowKey,
+    sender: usize,
+    eth: &'a EthHdr,
+    hook: Hook,
+    now: u64,
+    seq: u32,
+    ack: u32,
+    payload_len: u32,
+    ip_id: u16,
+    flags: u8,
+    ttl: u8,
+}
+
+impl<'a> Observation<'a> {
+    #[inline(always)]
+    fn new<T: Tables>(tables: &T, segment: &TcpSegment<'a>, ifindex: u32, hook: Hook) -> Self {
+        let (key, sender) = segment.flow_key(ifindex);
+        Observation {
+            key,
+            sender,
+            eth: segment.eth,
+            hook,
+            now: tables.now(),
+            seq: segment.seq,
+            ack: segment.ack,
+            payload_len: segment.payload_len,
+            ip_id: segment.ip_id,
+            flags: segment.flags,
+            ttl: segment.ttl,
+        }
+    }
+
+    /// The L2 neighbour on this flow's path: the source of what arrives, the destination of what
+    /// leaves.
+    #[inline(always)]
+    fn neighbour_mac(&self) -> &[u8; 6] {
+        match self.hook {
+            Hook::Ingress => &self.eth.src,
+            Hook::Egress => &self.eth.dst,
+        }
+    }
+
+    #[inline(always)]
+    fn seen_on(&self) -> u8 {
+        match self.hook {
+            Hook::Ingress => SEEN_INGRESS,
+            Hook::Egress => SEEN_EGRESS,
+        }
+    }
+
+    /// Sequence number just past this segment (SYN and FIN take one each).
+    #[inline(always)]
+    fn seq_end(&self) -> u32 {
+        let control = (self.flags & TCP_SYN != 0) as u32 + (self.flags & TCP_FIN != 0) as u32;
+        self.seq
+            .wrapping_add(self.payload_len)
+            .wrapping_add(control)
+    }
+
+    #[inline(always)]
+    fn is_rst(&self) -> bool {
+        self.flags & TCP_RST != 0
+    }
+}
+
+/// The per-hook flag counters; per CPU, so plain adds.
+#[inline(always)]
+fn count_flags(counters: &mut GlobalCounters, flags: u8) {
+    let syn = flags & TCP_SYN != 0;
+    let ack = flags & TCP_ACK != 0;
+    counters.syn += (syn && !ack) as u64;
+    counters.syn_ack += (syn && ack) as u64;
+    counters.fin += (flags & TCP_FIN != 0) as u64;
+    counters.rst += (flags & TCP_RST != 0) as u64;
+}
+
+/// A relaxed atomic add. The BPF target has no atomic read-modify-write in core::sync::atomic;
+/// the intrinsic lowers to the BPF atomic add instruction.
+#[inline(always)]
+unsafe fn atomic_add(word: *mut u64, value: u64) {
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            word, value,
+        );
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe {
+        core::sync::atomic::AtomicU64::from_ptr(word)
+            .fetch_add(value, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Adds one packet's flags to the counts of its sender, atomically: the table is shared by all
+/// CPUs. The BPF target has 64-bit atomics only, so each add covers two adjacent u32 counters,
+/// `(syn, syn_ack)` and `(fin, rst)`; on little-endian BPF the second counter is the high half.
+/// A low counter would need 2^32 packets on one flow to carry into its neighbour.
+#[inline(always)]
+fn add_flags(counts: *mut FlagCounts, flags: u8) {
+    let one = |set: bool, high: bool| (set as u64) << if high { 32 } else { 0 };
+    let syn = flags & TCP_SYN != 0;
+    let ack = flags & TCP_ACK != 0;
+    let handshake = one(syn && !ack, false) | one(syn && ack, true);
+    let teardown = one(flags & TCP_FIN != 0, false) | one(flags & TCP_RST != 0, true);
+    let words = counts as *mut u64;
+    unsafe {
+        if handshake != 0 {
+            atomic_add(words, handshake);
+        }
+        if teardown != 0 {
+            atomic_add(words.add(1), teardown);
+        }
+    }
+}
+
+/// Element `sender` of a two-element array behind `pair`, written as a branch: an indexed access
+/// would carry a bounds check (and a panic path) that the verifier refuses.
+#[inline(always)]
+fn by_sender<T>(pair: *mut [T; 2], sender: usize) -> *mut T {
+    unsafe {
+        if sender == SENDER_LO {
+            &raw mut (*pair)[0]
+        } else {
+            &raw mut (*pair)[1]
+        }
+    }
+}
+
+/// Zeroes a table entry in place with 8-byte stores. `write_bytes` would compile to a call to
+/// compiler_builtins' memset, a byte-at-a-time loop (this toolchain's BPF backend does not inline
+/// memset): 104 iterations cost a new flow about 35 ns (see BENCHMARKS.md).
+#[inline(always)]
+unsafe fn zero<T>(value: *mut T) {
+    const {
+        assert!(mem::size_of::<T>() % 8 == 0 && mem::align_of::<T>() >= 8);
+    }
+    let words = value as *mut u64;
+    for i in 0..mem::size_of::<T>() / 8 {
+        // Volatile, so that LLVM cannot fold the stores back into a memset.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+}
+
+/// The flow key as 32-bit words, for comparing and copying without memcmp or memcpy calls.
+const KEY_WORDS: usize = mem::size_of::<FlowKey>() / 4;
+const _: () = assert!(mem::size_of::<FlowKey>() % 4 == 0 && mem::align_of::<FlowKey>() >= 4);
+
+/// Whether the key behind `stored` is `key`. Accumulates the difference of every word rather
+/// than stopping at the first: a chain of early exits is what LLVM turns back into memcmp.
+#[inline(always)]
+fn same_key(stored: *const FlowKey, key: &FlowKey) -> bool {
+    let stored = stored as *const u32;
+    let key = key as *const FlowKey as *const u32;
+    let mut difference = 0;
+    for i in 0..KEY_WORDS {
+        difference |= unsafe { stored.add(i).read_volatile() ^ key.add(i).read() };
+    }
+    difference == 0
+}
+
+#[inline(always)]
+fn copy_key(stored: *mut FlowKey, key: &FlowKey) {
+    let stored = stored as *mut u32;
+    let key = key as *const FlowKey as *const u32;
+    for i in 0..KEY_WORDS {
+        unsafe { stored.add(i).write_volatile(key.add(i).read()) };
+    }
+}
+
+/// Copies a MAC address out of the packet. A plain `[u8; 6]` assignment from packet memory
+/// compiles to a call to memmove's byte loop; a non-overlapping copy is inlined.
+#[inline(always)]
+fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
+    unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), 6) }
+}
+
+/// `a` is at or after `b` in sequence space.
+#[inline(always)]
+fn seq_at_or_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) >= 0
+}
+
+/// What [`record_flags`] found.
+struct Recorded {
+    /// The flow entry was created by this packet.
+    created: bool,
+    /// The sender's highest sequence end before this packet.
+    max_seq_before: u32,
+    /// The flow had carried a RST, from either side, before this packet.
+    reset_before: bool,
+}
+
+/// Records a segment that carries SYN, FIN or RST in its flow's entry.
+#[inline(always)]
+fn record_flags<T: Tables>(tables: &T, obs: &Observation) -> Recorded {
+    if let Some(value) = tables.flow(&obs.key) {
+        return update_flow(value, obs, false);
+    }
+    let Some(value) = tables.scratch() else {
+        return Recorded {
+            created: false,
+            max_seq_before: 0,
+            reset_before: false,
+        };
+    };
+    unsafe {
+        zero(value);
+        (*value).first_seen_ns = obs.now;
+    }
+    let recorded = update_flow(value, obs, true);
+    if tables.insert_flow(&obs.key, unsafe { &*value }) {
+        return recorded;
+    }
+    // Another CPU created the entry first: the packet updates theirs.
+    match tables.flow(&obs.key) {
+        Some(theirs) => update_flow(theirs, obs, false),
+        None => Recorded {
+            created: false,
+            ..recorded
+        },
+    }
+}
+
+/// Adds one packet to a flow entry: counts, times, and the sender's baseline unless it is a RST.
+#[inline(always)]
+fn update_flow(value: *mut FlowValue, obs: &Observation, created: bool) -> Recorded {
+    let flags = obs.flags;
+    let reset_before = unsafe { ((*value).sent_by[0].rst | (*value).sent_by[1].rst) != 0 };
+    add_flags(
+        by_sender(unsafe { &raw mut (*value).sent_by }, obs.sender),
+        flags,
+    );
+    let baseline = by_sender(unsafe { &raw mut (*value).baseline }, obs.sender);
+    let value = unsafe { &mut *value };
+    value.last_seen_ns = obs.now;
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        if value.syn_ns == 0 {
+            value.syn_ns = obs.now;
+        }
+        // Benign race: only a simultaneous open has two first SYNs, and either answer is right.
+        if value.first_syn_from == FIRST_SYN_NONE {
+            value.first_syn_from = if obs.sender == SENDER_LO {
+                FIRST_SYN_LO
+            } else {
+                FIRST_SYN_HI
+            };
+        }
+    }
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK && value.syn_ack_ns == 0 {
+        value.syn_ack_ns = obs.now;
+    }
+    let baseline = unsafe { &mut *baseline };
+    let max_seq_before = baseline.max_seq_end;
+    if !obs.is_rst() {
+        record_baseline(baseline, obs);
+    }
+    Recorded {
+        created,
+        max_seq_before,
+        reset_before,
+    }
+}
+
+#[inline(always)]
+fn record_baseline(baseline: &mut Baseline, obs: &Observation) {
+    let seq_end = obs.seq_end();
+    if baseline.seen_on == SEEN_NONE || seq_at_or_after(seq_end, baseline.max_seq_end) {
+        baseline.max_seq_end = seq_end;
+    }
+    copy_mac(&mut baseline.mac, obs.neighbour_mac());
+    baseline.ip_id = obs.ip_id;
+    baseline.ttl = obs.ttl;
+    baseline.seen_on = obs.seen_on();
+}
+
+/// The reset-table entry of `key`, among the [`tracer_common::RESET_WAYS`] of its set. With
+/// `claim`, a flow without one takes an empty entry of the set, or the older one once it has
+/// been idle for [`RESET_ENTRY_IDLE_NS`], cleared for it.
+#[inline(always)]
+fn reset_entry<T: Tables>(
+    tables: &T,
+    key: &FlowKey,
+    hash: u32,
+    claim: Option<u64>,
+) -> Option<*mut ResetEntry> {
+    let set = reset_set(hash, tables.reset_set_mask());
+    let first = tables.reset_entry(set)?;
+    if same_key(unsafe { &raw const (*first).key }, key) {
+        return Some(first);
+    }
+    let second = tables.reset_entry(set + 1)?;
+    if same_key(unsafe { &raw const (*second).key }, key) {
+        return Some(second);
+    }
+    let now = claim?;
+    let (first_ref, second_ref) = unsafe { (&*first, &*second) };
+    let victim = if first_ref.is_empty() {
+        first
+    } else if second_ref.is_empty() {
+        second
+    } else {
+        let (older, older_ns) = if first_ref.last_rst_ns() <= second_ref.last_rst_ns() {
+            (first, first_ref.last_rst_ns())
+        } else {
+            (second, second_ref.last_rst_ns())
+        };
+        if now.wrapping_sub(older_ns) < RESET_ENTRY_IDLE_NS {
+            return None;
+        }
+        older
+    };
+    // Racy on purpose: two CPUs claiming one entry at the same instant mix their evidence.
+    unsafe {
+        zero(&raw mut (*victim).evidence);
+        copy_key(&raw mut (*victim).key, key);
+    }
+    Some(victim)
+}
+
+/// Keeps what a RST says about who sent it, and opens the gate so that the plain packets after
+/// it are examined too. Returns false when the reset table had no room for the flow.
+#[inline(always)]
+fn record_reset<T: Tables>(tables: &T, obs: &Observation, hash: u32, max_seq_before: u32) -> bool {
+    if let Some(budget) = tables.gate(gate_slot(hash)) {
+        unsafe { *budget = RESET_GATE_BUDGET };
+    }
+    let Some(entry) = reset_entry(tables, &obs.key, hash, Some(obs.now)) else {
+        return false;
+    };
+    update_reset(
+        by_sender(unsafe { &raw mut (*entry).evidence.by_sender }, obs.sender),
+        obs,
+        max_seq_before,
+    );
+    true
+}
+
+#[inline(always)]
+fn update_reset(rst: *mut RstEvidence, obs: &Observation, max_seq_before: u32) {
+    let rst = unsafe { &mut *rst };
+    let seq = obs.seq;
+    if rst.first_rst_ns == 0 {
+        rst.first_rst_ns = obs.now;
+        copy_mac(&mut rst.mac, obs.neighbour_mac());
+        rst.ip_id = obs.ip_id;
+        rst.ttl = obs.ttl;
+        rst.seen_on = obs.seen_on();
+        rst.seq = seq;
+        rst.ack = if obs.flags & TCP_ACK != 0 { obs.ack } else { 0 };
+        rst.max_seq_before = max_seq_before;
+    } else {
+        if seq == rst.seq {
+            rst.same_seq_rsts = rst.same_seq_rsts.saturating_add(1);
+        }
+        if obs.now.wrapping_sub(rst.last_rst_ns) < BACK_TO_BACK_NS {
+            let jump = seq
+                .wrapping_sub(rst.last_seq)
+                .min(rst.last_seq.wrapping_sub(seq));
+            if jump > rst.max_seq_jump {
+                rst.max_seq_jump = jump;
+            }
+        }
+    }
+    rst.last_rst_ns = obs.now;
+    rst.last_seq = seq;
+}
+
+/// Spends one packet of the reset gate's budget at `slot`; false when the gate is closed, which
+/// is the answer for nearly every packet.
+#[inline(always)]
+fn take_gate_budget<T: Tables>(tables: &T, slot: u32) -> bool {
+    let Some(budget) = tables.gate(slot) else {
+        return false;
+    };
+    let budget = unsafe { &mut *budget };
+    if *budget == 0 {
+        return false;
+    }
+    // Racy on purpose: a lost decrement only examines one packet more.
+    *budget -= 1;
+    true
+}
+
+/// For a packet other than a RST whose flow recently carried one: counts what the RST's sender
+/// went on sending.
+#[inline(always)]
+fn note_after_reset<T: Tables>(tables: &T, obs: &Observation, hash: u32) {
+    let Some(entry) = reset_entry(tables, &obs.key, hash, None) else {
+        return;
+    };
+    let rst = by_sender(unsafe { &raw mut (*entry).evidence.by_sender }, obs.sender);
+    if unsafe { (*rst).first_rst_ns } == 0 {
+        return;
+    }
+    let beyond = obs.payload_len > 0 && seq_at_or_after(obs.seq, unsafe { (*rst).seq });
+    let bytes = if beyond { obs.payload_len as u64 } else { 0 };
+    // packets_after and bytes_beyond are adjacent u32s on an 8-byte boundary: one 64-bit add.
+    unsafe { atomic_add(&raw mut (*rst).packets_after as *mut u64, 1 | bytes << 32) };
+}
+
+/// Sends a SYN, SYN/ACK or RST to `flagtrace watch` while it holds its lease and this CPU's
+/// budget allows: a flood of them must not turn into a flood of events.
+#[inline(always)]
+fn offer_event<T: Tables>(tables: &T, counters: &mut GlobalCounters, obs: &Observation) {
+    let Some(watch) = tables.watch() else {
+        return;
+    };
+    let watch = unsafe { &*watch };
+    if obs.now >= watch.lease_until_ns {
+        return;
+    }
+    if take_event_credit(tables, watch, obs.now) && tables.send_event(obs.hook, obs.now) {
+        counters.events += 1;
+    } else {
+        counters.events_dropped += 1;
+    }
+}
+
+/// One second's worth of credit: the price of one event.
+const EVENT_PRICE: u64 = 1_000_000_000;
+
+/// The token bucket: `rate_per_sec` events a second, at most `burst` at once.
+#[inline(always)]
+fn take_event_credit<T: Tables>(tables: &T, watch: &WatchConfig, now: u64) -> bool {
+    let Some(budget) = tables.event_budget() else {
+        return false;
+    };
+    let budget = unsafe { &mut *budget };
+    // Bounded so that the product below cannot overflow: a 4-second gap refills any bucket.
+    let elapsed = now.saturating_sub(budget.updated_ns).min(1 << 32);
+    let full = watch.burst as u64 * EVENT_PRICE;
+    let credit = budget
+        .credit
+        .saturating_add(elapsed * watch.rate_per_sec as u64);
+    budget.updated_ns = now;
+    if credit < EVENT_PRICE {
+        budget.credit = credit;
+        return false;
+    }
+    budget.credit = credit.min(full).saturating_sub(EVENT_PRICE);
+    true
+}
+
+impl TcpSegment<'_> {
+    /// This packet's [`flow_hash`].
+    #[inline(always)]
+    pub fn flow_hash(&self) -> u32 {
+        flow_hash(&self.src, self.src_port, &self.dst, self.dst_port)
+    }
+}

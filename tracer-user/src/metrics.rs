@@ -1,0 +1,672 @@
+//! `flagtrace attach --metrics ADDR:PORT`: the Prometheus text format at `/metrics`. Each scrape
+//! reads the pinned maps anew, with the code behind `flagtrace stats` and `resets`, so the
+//! numbers are the ones those commands print.
+//!
+//! Counters come from the per-CPU counters of each hook, which only grow (until the pins are
+//! purged), never from the flow table, whose entries leave it. Label sets are bounded: no series
+//! is ever per flow, and the per-gateway series keep the [`TOP_GATEWAYS`] gateways with the most
+//! resets and sum the rest under `gateway_mac="other"`.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, TcpListener},
+    thread,
+};
+
+use anyhow::{anyhow, Context as _};
+use prometheus::{Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use tiny_http::{Header, Method, Request, Response, Server};
+use tracer_common::GlobalCounters;
+
+use crate::{
+    mac::MacAddr,
+    maps::{Counters, PinnedMaps},
+    oui::{Vendor, Vendors},
+    pins::Attachment,
+    report,
+    verdict::ResetBy,
+};
+
+/// Gateways that get series of their own in `flagtrace_reset_flows_by_gateway`.
+pub const TOP_GATEWAYS: usize = 10;
+/// `gateway_mac` of the resets through the gateways beyond the top [`TOP_GATEWAYS`].
+const OTHER_GATEWAYS: &str = "other";
+/// `gateway_mac` of the resets of flows with no gateway MAC seen.
+const NO_GATEWAY: &str = "none";
+/// Every verdict, so that each has a series from the first scrape on (0 until it happens).
+const VERDICTS: [ResetBy; 3] = [ResetBy::Endpoint, ResetBy::Middlebox, ResetBy::Unknown];
+
+/// The listening socket of the metrics endpoint.
+pub struct Endpoint {
+    server: Server,
+    addr: SocketAddr,
+}
+
+impl Endpoint {
+    /// Listens on `addr`. A socket stays in the network namespace it was created in: `attach`
+    /// binds before it enters the attachment's namespace, so that the endpoint lives in the
+    /// namespace flagtrace was started from.
+    pub fn bind(addr: SocketAddr) -> anyhow::Result<Endpoint> {
+        let listener = TcpListener::bind(addr)
+            .with_context(|| format!("binding the metrics endpoint to {addr}"))?;
+        let addr = listener
+            .local_addr()
+            .with_context(|| format!("reading the address of the metrics endpoint {addr}"))?;
+        let server = Server::from_listener(listener, None)
+            .map_err(|error| anyhow!("serving metrics on {addr}: {error}"))?;
+        Ok(Endpoint { server, addr })
+    }
+
+    /// The address it listens on (the port chosen, for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Answers requests on a thread of its own until the process exits.
+    pub fn serve(self, source: Source) -> anyhow::Result<()> {
+        thread::Builder::new()
+            .name("metrics".to_owned())
+            .spawn(move || {
+                for request in self.server.incoming_requests() {
+                    respond(request, &source);
+                }
+            })
+            .with_context(|| format!("starting the metrics endpoint on {}", self.addr))?;
+        Ok(())
+    }
+}
+
+fn respond(request: Request, source: &Source) {
+    let path = request.url().split('?').next().unwrap_or_default();
+    let response = match (request.method(), path) {
+        (Method::Get | Method::Head, "/metrics") => match source.scrape() {
+            Ok(text) => text_response(200, text, &format!("{}; charset=utf-8", source.format)),
+            Err(error) => {
+                eprintln!("flagtrace: metrics for {}: {error:#}", source.attachment);
+                text_response(500, format!("{error:#}\n"), PLAIN_TEXT)
+            }
+        },
+        (_, "/metrics") => text_response(405, "only GET and HEAD\n".to_owned(), PLAIN_TEXT)
+            .with_header(header("Allow", "GET, HEAD")),
+        _ => text_response(
+            404,
+            "flagtrace serves /metrics only\n".to_owned(),
+            PLAIN_TEXT,
+        ),
+    };
+    // An error here means the client went away; the next scrape starts afresh.
+    let _ = request.respond(response);
+}
+
+const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
+
+fn text_response(
+    status: u16,
+    body: String,
+    content_type: &str,
+) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_string(body)
+        .with_status_code(status)
+        .with_header(header("Content-Type", content_type))
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name, value).expect("header names and values are ASCII")
+}
+
+/// Where the metrics of one attachment come from.
+pub struct Source {
+    attachment: Attachment,
+    maps: PinnedMaps,
+    vendors: Vendors,
+    format: String,
+}
+
+impl Source {
+    pub fn new(attachment: Attachment, maps: PinnedMaps, vendors: Vendors) -> Source {
+        Source {
+            attachment,
+            maps,
+            vendors,
+            format: TextEncoder::new().format_type().to_owned(),
+        }
+    }
+
+    fn scrape(&self) -> anyhow::Result<String> {
+        render(&self.attachment, &self.snapshot()?)
+    }
+
+    /// Reads the maps and judges the resets, as `flagtrace stats` and `resets` do. Gateway IP
+    /// addresses are not exposed, so the neighbour table is not read.
+    fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let counters = self.maps.counters()?;
+        let flows = self.maps.flow_records()?;
+        let flow_count = flows.len();
+        let reports = report::analyse(&self.attachment, flows, &self.vendors, || None)?;
+        Ok(Snapshot {
+            counters,
+            flows: flow_count,
+            flow_capacity: self.maps.capacity(),
+            resets: reports
+                .into_iter()
+                .filter_map(|report| {
+                    Some(ResetFlow {
+                        reset_by: report.verdict?.reset_by,
+                        gateway: report.gateway.map(|gateway| (gateway.mac, gateway.vendor)),
+                    })
+                })
+                .collect(),
+        })
+    }
+}
+
+/// What one scrape reads.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub counters: Counters,
+    /// Entries in the flow table.
+    pub flows: usize,
+    pub flow_capacity: u32,
+    /// Every flow that carried a RST.
+    pub resets: Vec<ResetFlow>,
+}
+
+/// A flow that carried a RST: who sent it, and through which gateway.
+#[derive(Clone, Debug)]
+pub struct ResetFlow {
+    pub reset_by: ResetBy,
+    pub gateway: Option<(MacAddr, Vendor)>,
+}
+
+/// The text format of one attachment's metrics. Every series carries `iface`, and `netns` when
+/// the attachment is in a named namespace.
+pub fn render(attachment: &Attachment, snapshot: &Snapshot) -> anyhow::Result<String> {
+    let mut attachment_labels = HashMap::from([("iface".to_owned(), attachment.iface.clone())]);
+    if let Some(netns) = attachment.netns.name() {
+        attachment_labels.insert("netns".to_owned(), netns.to_owned());
+    }
+    let families = Families {
+        registry: Registry::new(),
+        attachment_labels,
+    };
+    let hooks = [
+        ("ingress", snapshot.counters.ingress),
+        ("egress", snapshot.counters.egress),
+    ];
+    let per_hook = |count: fn(&GlobalCounters) -> u64| {
+        hooks.map(|(direction, counters)| (vec![direction.to_owned()], count(&counters)))
+    };
+    let direction = &["direction"];
+    families.counters(
+        "flagtrace_packets_total",
+        "Packets seen by the hook: TCP, other, and those that failed to parse.",
+        direction,
+        per_hook(GlobalCounters::packets),
+    )?;
+    families.counters(
+        "flagtrace_tcp_packets_total",
+        "TCP packets seen by the hook.",
+        direction,
+        per_hook(|c| c.tcp),
+    )?;
+    families.counters(
+        "flagtrace_tcp_flags_total",
+        "TCP packets by flag: SYN without ACK, SYN with ACK, any with FIN, any with RST.",
+        &["direction", "flag"],
+        hooks.iter().flat_map(|(direction, c)| {
+            [
+                ("syn", c.syn),
+                ("syn_ack", c.syn_ack),
+                ("fin", c.fin),
+                ("rst", c.rst),
+            ]
+            .map(|(flag, count)| (vec![direction.to_string(), flag.to_owned()], count))
+        }),
+    )?;
+    families.counters(
+        "flagtrace_resets_unrecorded_total",
+        "RSTs of flows that found no room in the reset evidence table: counted, never judged.",
+        direction,
+        per_hook(|c| c.resets_unrecorded),
+    )?;
+    families.counters(
+        "flagtrace_parse_errors_total",
+        "Packets whose headers were cut short or malformed.",
+        direction,
+        per_hook(|c| c.parse_errors),
+    )?;
+    families.counters(
+        "flagtrace_flows_created_total",
+        "Flow-table entries created by the hook.",
+        direction,
+        per_hook(|c| c.flows_created),
+    )?;
+    families.counters(
+        "flagtrace_watch_events_total",
+        "Packets sent to `flagtrace watch`.",
+        direction,
+        per_hook(|c| c.events),
+    )?;
+    families.counters(
+        "flagtrace_watch_events_dropped_total",
+        "Packets for `flagtrace watch` not sent: over the rate limit, or the ring buffer full.",
+        direction,
+        per_hook(|c| c.events_dropped),
+    )?;
+    families.gauges(
+        "flagtrace_flows",
+        "Entries in the flow table.",
+        &[],
+        [(vec![], snapshot.flows as u64)],
+    )?;
+    families.gauges(
+        "flagtrace_flow_table_capacity",
+        "Capacity of the flow table; when full, the least recently used flow makes room.",
+        &[],
+        [(vec![], u64::from(snapshot.flow_capacity))],
+    )?;
+    families.gauges(
+        "flagtrace_reset_flows",
+        "Flows in the flow table that carried a RST, by who sent it, as `flagtrace resets` judges.",
+        &["verdict"],
+        VERDICTS.map(|verdict| {
+            let count = snapshot
+                .resets
+                .iter()
+                .filter(|reset| reset.reset_by == verdict)
+                .count();
+            (vec![verdict.as_str().to_owned()], count as u64)
+        }),
+    )?;
+    families.gauges(
+        "flagtrace_reset_flows_by_gateway",
+        "flagtrace_reset_flows by gateway MAC and vendor: the gateways with the most, the rest \
+         as gateway_mac=\"other\", flows without a MAC as gateway_mac=\"none\".",
+        &["gateway_mac", "vendor", "verdict"],
+        gateway_samples(&snapshot.resets),
+    )?;
+    let mut text = String::new();
+    TextEncoder::new()
+        .encode_utf8(&families.registry.gather(), &mut text)
+        .context("encoding the metrics")?;
+    Ok(text)
+}
+
+/// A registry of metric families that all carry the attachment's labels.
+struct Families {
+    registry: Registry,
+    attachment_labels: HashMap<String, String>,
+}
+
+/// Values of the variable labels of one series, and its value.
+type Sample = (Vec<String>, u64);
+
+impl Families {
+    fn opts(&self, name: &str, help: &str) -> Opts {
+        Opts::new(name, help).const_labels(self.attachment_labels.clone())
+    }
+
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        samples: impl IntoIterator<Item = Sample>,
+    ) -> anyhow::Result<()> {
+        let family = IntCounterVec::new(self.opts(name, help), labels)?;
+        for (values, count) in samples {
+            family.with_label_values(&values).inc_by(count);
+        }
+        Ok(self.registry.register(Box::new(family))?)
+    }
+
+    fn gauges(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        samples: impl IntoIterator<Item = Sample>,
+    ) -> anyhow::Result<()> {
+        let family = IntGaugeVec::new(self.opts(name, help), labels)?;
+        for (values, count) in samples {
+            family
+                .with_label_values(&values)
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        Ok(self.registry.register(Box::new(family))?)
+    }
+}
+
+/// Flows with a RST by gateway and verdict, as `[gateway_mac, vendor, verdict]` samples: the
+/// [`TOP_GATEWAYS`] gateways with the most such flows (ties by MAC), the others summed under
+/// [`OTHER_GATEWAYS`], and the flows without a gateway MAC under [`NO_GATEWAY`]. The vendor is
+/// the registry's organization, empty when there is none.
+fn gateway_samples(resets: &[ResetFlow]) -> Vec<Sample> {
+    #[derive(Default)]
+    struct Tally {
+        vendor: String,
+        total: u64,
+        by_verdict: [u64; VERDICTS.len()],
+    }
+    impl Tally {
+        fn add(&mut self, reset_by: ResetBy, count: u64) {
+            let index = VERDICTS.iter().position(|v| *v == reset_by);
+            self.by_verdict[index.expect("VERDICTS has every verdict")] += count;
+            self.total += count;
+        }
+    }
+
+    let mut gateways: HashMap<MacAddr, Tally> = HashMap::new();
+    let mut no_gateway = Tally::default();
+    for reset in resets {
+        match &reset.gateway {
+            Some((mac, vendor)) => gateways
+                .entry(*mac)
+                .or_insert_with(|| Tally {
+                    vendor: vendor.organization().unwrap_or_default().to_owned(),
+                    ..Tally::default()
+                })
+                .add(reset.reset_by, 1),
+            None => no_gateway.add(reset.reset_by, 1),
+        }
+    }
+    let mut ranked: Vec<(MacAddr, Tally)> = gateways.into_iter().collect();
+    ranked.sort_by_key(|(mac, tally)| (std::cmp::Reverse(tally.total), *mac));
+    let mut other = Tally::default();
+    for (_, tally) in ranked.drain(TOP_GATEWAYS.min(ranked.len())..) {
+        for (verdict, count) in VERDICTS.iter().zip(tally.by_verdict) {
+            other.add(*verdict, count);
+        }
+    }
+    let named = ranked
+        .into_iter()
+        .map(|(mac, tally)| (mac.to_string(), tally));
+    let pooled = [(OTHER_GATEWAYS, other), (NO_GATEWAY, no_gateway)]
+        .into_iter()
+        .map(|(name, tally)| (name.to_owned(), tally));
+    named
+        .chain(pooled)
+        .flat_map(|(gateway, tally)| {
+            VERDICTS
+                .iter()
+                .zip(tally.by_verdict)
+                .filter(|(_, count)| *count > 0)
+                .map(move |(verdict, count)| {
+                    let labels = vec![
+                        gateway.clone(),
+                        tally.vendor.clone(),
+                        verdict.as_str().to_owned(),
+                    ];
+                    (labels, count)
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::netns::Netns;
+
+    fn lab() -> Attachment {
+        Attachment {
+            netns: Netns::Named("lab".into()),
+            iface: "veth0".into(),
+        }
+    }
+
+    fn mac(last: u8) -> MacAddr {
+        MacAddr([0x00, 0x01, 0xd7, 0, 0, last])
+    }
+
+    fn f5() -> Vendor {
+        Vendor::Organization("F5 Networks, Inc.".into())
+    }
+
+    fn resets(
+        gateway: Option<(MacAddr, Vendor)>,
+        reset_by: ResetBy,
+        count: usize,
+    ) -> Vec<ResetFlow> {
+        vec![ResetFlow { reset_by, gateway }; count]
+    }
+
+    /// The samples of the text format: `name{labels} value` lines.
+    fn samples(text: &str) -> Vec<&str> {
+        text.lines().filter(|line| !line.starts_with('#')).collect()
+    }
+
+    fn value_of<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        samples(text)
+            .into_iter()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    #[test]
+    fn counters_by_direction_and_flag_with_the_attachment_labels() {
+        let snapshot = Snapshot {
+            counters: Counters {
+                ingress: GlobalCounters {
+                    tcp: 10,
+                    non_tcp: 2,
+                    parse_errors: 1,
+                    syn_ack: 3,
+                    rst: 4,
+                    ..GlobalCounters::default()
+                },
+                egress: GlobalCounters {
+                    tcp: 7,
+                    syn: 5,
+                    fin: 1,
+                    flows_created: 5,
+                    events: 6,
+                    events_dropped: 2,
+                    resets_unrecorded: 3,
+                    ..GlobalCounters::default()
+                },
+            },
+            flows: 5,
+            flow_capacity: 262_144,
+            resets: Vec::new(),
+        };
+        let text = render(&lab(), &snapshot).unwrap();
+        let expected = [
+            (
+                r#"flagtrace_packets_total{direction="ingress",iface="veth0",netns="lab"}"#,
+                "13",
+            ),
+            (
+                r#"flagtrace_packets_total{direction="egress",iface="veth0",netns="lab"}"#,
+                "7",
+            ),
+            (
+                r#"flagtrace_tcp_packets_total{direction="ingress",iface="veth0",netns="lab"}"#,
+                "10",
+            ),
+            (
+                r#"flagtrace_tcp_flags_total{direction="egress",flag="syn",iface="veth0",netns="lab"}"#,
+                "5",
+            ),
+            (
+                r#"flagtrace_tcp_flags_total{direction="ingress",flag="syn_ack",iface="veth0",netns="lab"}"#,
+                "3",
+            ),
+            (
+                r#"flagtrace_tcp_flags_total{direction="ingress",flag="rst",iface="veth0",netns="lab"}"#,
+                "4",
+            ),
+            (
+                r#"flagtrace_tcp_flags_total{direction="egress",flag="fin",iface="veth0",netns="lab"}"#,
+                "1",
+            ),
+            (
+                r#"flagtrace_tcp_flags_total{direction="ingress",flag="syn",iface="veth0",netns="lab"}"#,
+                "0",
+            ),
+            (
+                r#"flagtrace_parse_errors_total{direction="ingress",iface="veth0",netns="lab"}"#,
+                "1",
+            ),
+            (
+                r#"flagtrace_flows_created_total{direction="egress",iface="veth0",netns="lab"}"#,
+                "5",
+            ),
+            (
+                r#"flagtrace_watch_events_total{direction="egress",iface="veth0",netns="lab"}"#,
+                "6",
+            ),
+            (
+                r#"flagtrace_watch_events_dropped_total{direction="egress",iface="veth0",netns="lab"}"#,
+                "2",
+            ),
+            (
+                r#"flagtrace_resets_unrecorded_total{direction="egress",iface="veth0",netns="lab"}"#,
+                "3",
+            ),
+            (r#"flagtrace_flows{iface="veth0",netns="lab"}"#, "5"),
+            (
+                r#"flagtrace_flow_table_capacity{iface="veth0",netns="lab"}"#,
+                "262144",
+            ),
+            (
+                r#"flagtrace_reset_flows{iface="veth0",netns="lab",verdict="middlebox"}"#,
+                "0",
+            ),
+        ];
+        for (series, value) in expected {
+            assert_eq!(value_of(&text, series), Some(value), "{series} in\n{text}");
+        }
+        // Two directions times four flags, and no gateway series without resets.
+        let flag_series = samples(&text)
+            .into_iter()
+            .filter(|line| line.starts_with("flagtrace_tcp_flags_total{"))
+            .count();
+        assert_eq!(flag_series, 8, "{text}");
+        assert!(
+            !text.contains("flagtrace_reset_flows_by_gateway{"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_family_is_flagtrace_typed_and_documented() {
+        let snapshot = Snapshot {
+            resets: resets(None, ResetBy::Unknown, 1),
+            ..Snapshot::default()
+        };
+        let text = render(&lab(), &snapshot).unwrap();
+        let names: BTreeSet<&str> = samples(&text)
+            .into_iter()
+            .map(|line| line.split(['{', ' ']).next().unwrap())
+            .collect();
+        assert_eq!(names.len(), 12, "{names:?}");
+        for name in names {
+            assert!(name.starts_with("flagtrace_"), "{name}");
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name}");
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_host_namespace_has_no_netns_label() {
+        let host = Attachment {
+            netns: Netns::Host,
+            iface: "eth0".into(),
+        };
+        let text = render(&host, &Snapshot::default()).unwrap();
+        assert_eq!(
+            value_of(&text, r#"flagtrace_flows{iface="eth0"}"#),
+            Some("0")
+        );
+        assert!(!text.contains("netns="), "{text}");
+    }
+
+    #[test]
+    fn resets_by_verdict_and_by_gateway() {
+        let snapshot = Snapshot {
+            resets: [
+                resets(Some((mac(1), f5())), ResetBy::Middlebox, 3),
+                resets(Some((mac(1), f5())), ResetBy::Endpoint, 1),
+                resets(
+                    Some((mac(2), Vendor::LocallyAdministered)),
+                    ResetBy::Unknown,
+                    1,
+                ),
+                resets(None, ResetBy::Endpoint, 2),
+            ]
+            .concat(),
+            ..Snapshot::default()
+        };
+        let text = render(&lab(), &snapshot).unwrap();
+        let by_gateway = |mac: &str, vendor: &str, verdict: &str| {
+            let series = format!(
+                "flagtrace_reset_flows_by_gateway{{gateway_mac=\"{mac}\",iface=\"veth0\",netns=\"lab\",vendor=\"{vendor}\",verdict=\"{verdict}\"}}"
+            );
+            value_of(&text, &series).map(str::to_owned)
+        };
+        let some = |value: &str| Some(value.to_owned());
+        assert_eq!(
+            by_gateway("00:01:d7:00:00:01", "F5 Networks, Inc.", "middlebox"),
+            some("3")
+        );
+        assert_eq!(
+            by_gateway("00:01:d7:00:00:01", "F5 Networks, Inc.", "endpoint"),
+            some("1")
+        );
+        assert_eq!(by_gateway("00:01:d7:00:00:02", "", "unknown"), some("1"));
+        assert_eq!(by_gateway("none", "", "endpoint"), some("2"));
+        // Zero counts have no per-gateway series, and nothing went to "other".
+        assert_eq!(
+            by_gateway("00:01:d7:00:00:01", "F5 Networks, Inc.", "unknown"),
+            None
+        );
+        let pooled = samples(&text)
+            .into_iter()
+            .any(|line| line.contains("gateway_mac=\"other\""));
+        assert!(!pooled, "{text}");
+        for (verdict, count) in [("endpoint", "3"), ("middlebox", "3"), ("unknown", "1")] {
+            let series = format!(
+                "flagtrace_reset_flows{{iface=\"veth0\",netns=\"lab\",verdict=\"{verdict}\"}}"
+            );
+            assert_eq!(value_of(&text, &series), Some(count), "{series}");
+        }
+    }
+
+    #[test]
+    fn only_the_top_gateways_get_series_of_their_own() {
+        // Gateway n has n + 1 middlebox resets, so the top ones are the last TOP_GATEWAYS.
+        let gateways = TOP_GATEWAYS as u8 + 5;
+        let snapshot: Vec<ResetFlow> = (0..gateways)
+            .flat_map(|n| resets(Some((mac(n), f5())), ResetBy::Middlebox, usize::from(n) + 1))
+            .collect();
+        let samples = gateway_samples(&snapshot);
+        assert_eq!(samples.len(), TOP_GATEWAYS + 1, "{samples:?}");
+        let named: Vec<String> = samples[..TOP_GATEWAYS]
+            .iter()
+            .map(|(labels, _)| labels[0].clone())
+            .collect();
+        let expected: Vec<String> = (5..gateways).rev().map(|n| mac(n).to_string()).collect();
+        assert_eq!(named, expected);
+        // The five smallest, with 1 + 2 + 3 + 4 + 5 resets, summed.
+        let other = (
+            vec!["other".to_owned(), String::new(), "middlebox".to_owned()],
+            15,
+        );
+        assert_eq!(samples[TOP_GATEWAYS], other);
+        // Ties are broken by MAC, so the series do not flap between scrapes.
+        let tied: Vec<ResetFlow> = (0..gateways)
+            .rev()
+            .flat_map(|n| resets(Some((mac(n), f5())), ResetBy::Endpoint, 1))
+            .collect();
+        let samples = gateway_samples(&tied);
+        assert_eq!(samples[0].0[0], mac(0).to_string());
+        assert_eq!(samples[TOP_GATEWAYS].1, 5);
+    }
+}

@@ -1,0 +1,337 @@
+//! The kernel programs' tables in plain memory, so that `flagtrace pcap` accounts a capture with
+//! the very code the kernel runs ([`tracer_ebpf::account`]): one implementation, hence the same
+//! counts, states and evidence for the same packets.
+//!
+//! Differences from the kernel's maps, each on purpose:
+//! - the flow table has no capacity: a capture is analysed whole, and the kernel's LRU
+//!   eviction (`attach --max-flows`) would only lose flows;
+//! - the reset table and the reset gate have the kernel's default sizes
+//!   ([`DEFAULT_MAX_RESETS`], [`RESET_GATE_SLOTS`]), so that reset evidence is kept and dropped
+//!   as a default attachment keeps and drops it;
+//! - times are the capture's (Unix nanoseconds), not the kernel's monotonic clock;
+//! - nobody watches a file: no events.
+
+use std::{
+    cell::{Cell, RefCell, UnsafeCell},
+    collections::HashMap,
+};
+
+use tracer_common::{
+    reset_capacity, reset_set_mask, EventBudget, FlowKey, FlowValue, GlobalCounters, Hook,
+    ResetEntry, ResetEvidence, WatchConfig, DEFAULT_MAX_RESETS, RESET_GATE_SLOTS,
+};
+use tracer_ebpf::{
+    account::{account, Tables},
+    Packet,
+};
+
+use crate::{flow::FlowRecord, maps::Counters};
+
+/// The tables [`account`] works on, for one capture. Entries hand out raw pointers, as BPF map
+/// lookups do, so each lives in an [`UnsafeCell`] at an address that does not move: flow
+/// values are boxed, the arrays never grow. Single-threaded (not `Sync`), like one CPU.
+pub struct HostTables {
+    counters: [UnsafeCell<GlobalCounters>; 2],
+    gate: Box<[UnsafeCell<u32>]>,
+    flows: RefCell<HashMap<FlowKey, Box<UnsafeCell<FlowValue>>>>,
+    resets: Box<[UnsafeCell<ResetEntry>]>,
+    reset_set_mask: u32,
+    scratch: UnsafeCell<FlowValue>,
+    /// The time of the packet being accounted.
+    now: Cell<u64>,
+}
+
+impl Default for HostTables {
+    fn default() -> Self {
+        HostTables::new()
+    }
+}
+
+impl HostTables {
+    pub fn new() -> HostTables {
+        let resets = reset_capacity(DEFAULT_MAX_RESETS);
+        HostTables {
+            counters: Default::default(),
+            gate: (0..RESET_GATE_SLOTS).map(|_| UnsafeCell::new(0)).collect(),
+            flows: RefCell::default(),
+            resets: (0..resets)
+                .map(|_| UnsafeCell::new(ResetEntry::default()))
+                .collect(),
+            reset_set_mask: reset_set_mask(resets),
+            scratch: UnsafeCell::default(),
+            now: Cell::new(0),
+        }
+    }
+
+    /// Accounts one Ethernet frame seen by `hook` on `ifindex` at `unix_ns`, as the kernel
+    /// program of that hook would.
+    pub fn account(&self, frame: &[u8], ifindex: u32, hook: Hook, unix_ns: u64) {
+        // 0 means "never" in the tables (`syn_ns`, `first_rst_ns`): a packet without a time
+        // (a pcapng simple packet block) is stamped just after the epoch instead.
+        self.now.set(unix_ns.max(1));
+        let start = frame.as_ptr() as usize;
+        account(self, Packet::new(start, start + frame.len()), ifindex, hook);
+    }
+
+    /// The counters by hook.
+    pub fn counters(&self) -> Counters {
+        // SAFETY: no accounting runs while `&self` is borrowed here (single-threaded).
+        let read = |hook: Hook| unsafe { *self.counters[hook as usize].get() };
+        Counters {
+            ingress: read(Hook::Ingress),
+            egress: read(Hook::Egress),
+        }
+    }
+
+    /// Number of flows.
+    pub fn flow_count(&self) -> usize {
+        self.flows.borrow().len()
+    }
+
+    /// Every flow as a record, with its reset evidence when the reset table has some: what
+    /// `PinnedMaps::flow_records` gives for an attachment.
+    pub fn flow_records(&self) -> anyhow::Result<Vec<FlowRecord>> {
+        // SAFETY: as in `counters`.
+        let resets: HashMap<FlowKey, ResetEvidence> = self
+            .resets
+            .iter()
+            .map(|entry| unsafe { *entry.get() })
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| (entry.key, entry.evidence))
+            .collect();
+        self.flows
+            .borrow()
+            .iter()
+            .map(|(key, value)| FlowRecord::new(key, unsafe { &*value.get() }, resets.get(key)))
+            .collect()
+    }
+}
+
+impl Tables for HostTables {
+    fn counters(&self, hook: Hook) -> Option<*mut GlobalCounters> {
+        self.counters.get(hook as usize).map(UnsafeCell::get)
+    }
+
+    fn gate(&self, slot: u32) -> Option<*mut u32> {
+        self.gate.get(slot as usize).map(UnsafeCell::get)
+    }
+
+    fn flow(&self, key: &FlowKey) -> Option<*mut FlowValue> {
+        self.flows.borrow().get(key).map(|value| value.get())
+    }
+
+    fn insert_flow(&self, key: &FlowKey, value: &FlowValue) -> bool {
+        let mut flows = self.flows.borrow_mut();
+        if flows.contains_key(key) {
+            return false;
+        }
+        flows.insert(*key, Box::new(UnsafeCell::new(*value)));
+        true
+    }
+
+    fn reset_entry(&self, index: u32) -> Option<*mut ResetEntry> {
+        self.resets.get(index as usize).map(UnsafeCell::get)
+    }
+
+    fn reset_set_mask(&self) -> u32 {
+        self.reset_set_mask
+    }
+
+    fn scratch(&self) -> Option<*mut FlowValue> {
+        Some(self.scratch.get())
+    }
+
+    fn now(&self) -> u64 {
+        self.now.get()
+    }
+
+    fn watch(&self) -> Option<*const WatchConfig> {
+        None
+    }
+
+    fn event_budget(&self) -> Option<*mut EventBudget> {
+        None
+    }
+
+    fn send_event(&self, _hook: Hook, _now: u64) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::PacketBuilder;
+    use tracer_common::{
+        FlagCounts, FIRST_SYN_HI, FIRST_SYN_LO, SEEN_EGRESS, SEEN_INGRESS, SENDER_LO,
+    };
+
+    use super::*;
+    use crate::flow::State;
+
+    const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+    const GATEWAY_MAC: [u8; 6] = [0x00, 0x01, 0xd7, 0, 0, 0x02];
+    const CLIENT: [u8; 4] = [10, 0, 0, 1];
+    const SERVER: [u8; 4] = [10, 0, 0, 2];
+
+    /// A TCP frame between the client (port 40000) and the server (port 443), as the client's
+    /// interface sees it: `from_client` leaves, the rest arrives through the gateway.
+    fn frame(
+        from_client: bool,
+        ttl: u8,
+        seq: u32,
+        flags: impl FnOnce(
+            etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+        ) -> etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let builder = if from_client {
+            PacketBuilder::ethernet2(CLIENT_MAC, GATEWAY_MAC)
+                .ipv4(CLIENT, SERVER, ttl)
+                .tcp(40000, 443, seq, 64240)
+        } else {
+            PacketBuilder::ethernet2(GATEWAY_MAC, CLIENT_MAC)
+                .ipv4(SERVER, CLIENT, ttl)
+                .tcp(443, 40000, seq, 64240)
+        };
+        let mut bytes = Vec::new();
+        flags(builder).write(&mut bytes, payload).unwrap();
+        bytes
+    }
+
+    fn key_and_client_side() -> (FlowKey, usize) {
+        let word = |ip: [u8; 4]| [u32::from_ne_bytes(ip), 0, 0, 0];
+        FlowKey::from_packet(
+            tracer_common::FAMILY_IPV4,
+            7,
+            word(CLIENT),
+            40000,
+            word(SERVER),
+            443,
+        )
+    }
+
+    #[test]
+    fn syn_syn_ack_rst_gives_the_kernels_entry() {
+        let tables = HostTables::new();
+        const T: u64 = 1_700_000_000_000_000_000;
+        tables.account(&frame(true, 64, 100, |b| b.syn(), &[]), 7, Hook::Egress, T);
+        tables.account(
+            &frame(false, 57, 900, |b| b.syn().ack(101), &[]),
+            7,
+            Hook::Ingress,
+            T + 1_000,
+        );
+        tables.account(
+            &frame(false, 64, 901, |b| b.rst().ack(101), &[]),
+            7,
+            Hook::Ingress,
+            T + 2_000,
+        );
+        // A plain packet after the RST: the gate is open, so the server's evidence counts it.
+        tables.account(
+            &frame(false, 57, 901, |b| b.ack(101), b"late"),
+            7,
+            Hook::Ingress,
+            T + 3_000,
+        );
+
+        let (key, client) = key_and_client_side();
+        let server = 1 - client;
+        let value = unsafe { *tables.flow(&key).expect("the flow's entry") };
+        let mut sent_by = [FlagCounts::default(); 2];
+        sent_by[client].syn = 1;
+        sent_by[server].syn_ack = 1;
+        sent_by[server].rst = 1;
+        assert_eq!(value.sent_by, sent_by);
+        assert_eq!(
+            (
+                value.first_seen_ns,
+                value.last_seen_ns,
+                value.syn_ns,
+                value.syn_ack_ns
+            ),
+            (T, T + 2_000, T, T + 1_000)
+        );
+        let first_syn = if client == SENDER_LO {
+            FIRST_SYN_LO
+        } else {
+            FIRST_SYN_HI
+        };
+        assert_eq!(value.first_syn_from, first_syn);
+        // Baselines: the client's SYN left towards the gateway; the server's SYN/ACK arrived
+        // from it. The RST does not move the server's baseline.
+        let (client_base, server_base) = (value.baseline[client], value.baseline[server]);
+        assert_eq!(
+            (
+                client_base.mac,
+                client_base.seen_on,
+                client_base.max_seq_end
+            ),
+            (GATEWAY_MAC, SEEN_EGRESS, 101)
+        );
+        assert_eq!(
+            (server_base.mac, server_base.ttl, server_base.seen_on),
+            (GATEWAY_MAC, 57, SEEN_INGRESS)
+        );
+        assert_eq!(server_base.max_seq_end, 901);
+
+        let records = tables.flow_records().unwrap();
+        assert_eq!(records.len(), 1);
+        let record = &records[0];
+        assert_eq!(record.client.to_string(), "10.0.0.1:40000");
+        assert_eq!(record.state, State::Reset);
+        let rst = record
+            .server_evidence
+            .rst
+            .expect("the server's RST evidence");
+        assert_eq!(
+            (rst.ttl, rst.seq, rst.ack, rst.seen_on),
+            (64, 901, 101, SEEN_INGRESS)
+        );
+        assert_eq!((rst.first_rst_ns, rst.max_seq_before), (T + 2_000, 901));
+        assert_eq!((rst.packets_after, rst.bytes_beyond), (1, 4));
+        assert!(record.client_evidence.rst.is_none());
+
+        let counters = tables.counters();
+        assert_eq!(
+            (
+                counters.egress.tcp,
+                counters.egress.syn,
+                counters.egress.flows_created
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(
+            (
+                counters.ingress.tcp,
+                counters.ingress.syn_ack,
+                counters.ingress.rst
+            ),
+            (3, 1, 1)
+        );
+        assert_eq!(tables.flow_count(), 1);
+    }
+
+    #[test]
+    fn other_frames_are_counted_not_tracked() {
+        let tables = HostTables::new();
+        let mut udp = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, GATEWAY_MAC)
+            .ipv4(CLIENT, SERVER, 64)
+            .udp(53, 53)
+            .write(&mut udp, &[])
+            .unwrap();
+        tables.account(&udp, 1, Hook::Egress, 5);
+        tables.account(&udp[..20], 1, Hook::Ingress, 6);
+        tables.account(&frame(true, 64, 1, |b| b.ack(1), b"x"), 1, Hook::Egress, 7);
+        let counters = tables.counters();
+        assert_eq!(
+            (counters.egress.non_tcp, counters.egress.tcp),
+            (1, 1),
+            "{counters:?}"
+        );
+        assert_eq!(counters.ingress.parse_errors, 1);
+        // A plain data packet never creates a flow: the kernel only looks up flag packets.
+        assert_eq!(tables.flow_count(), 0);
+    }
+}

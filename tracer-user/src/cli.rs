@@ -562,6 +562,39 @@ mod tests {
     }
 
     #[test]
+    fn pcap_options() {
+        let cli = parse(&[
+            "pcap",
+            "trace.pcap",
+            "--flows",
+            "--csv",
+            "--local-mac",
+            "02:00:00:00:00:01",
+        ])
+        .unwrap();
+        let Command::Pcap(args) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(args.file, PathBuf::from("trace.pcap"));
+        assert!(args.flows && !args.stats);
+        assert_eq!(
+            args.local_mac.map(|mac| mac.to_string()).as_deref(),
+            Some("02:00:00:00:00:01")
+        );
+        assert_eq!(
+            args.output.format(),
+            OutputFormat::Records(RecordFormat::Csv)
+        );
+        for bad in [
+            &["pcap"][..],
+            &["pcap", "t.pcap", "--local-mac", "02:00"],
+            &["pcap", "t.pcap", "--flows", "--stats"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn detach_purge() {
         let cli = parse(&["detach", "veth0", "--purge"]).unwrap();
         assert!(matches!(

@@ -29,7 +29,8 @@ const BPF_LINKER_BUILD_PACKAGES: &[&str] = &[
 /// `flagtrace detach` uses it; bpftool lists hooks; ieee-data, nftables and tcpdump serve the
 /// middlebox and capture tests of the issues that follow; prometheus brings the Prometheus
 /// server and promtool for the metrics test, which starts a server of its own; tshark reads
-/// back the pcap file of `flagtrace watch --pcap`.
+/// back the pcap file of `flagtrace watch --pcap`; ethtool turns GRO off for the test that
+/// compares a tcpdump capture with the live counts.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -38,6 +39,7 @@ const TEST_PACKAGES: &[&str] = &[
     "tcpdump",
     "prometheus",
     "tshark",
+    "ethtool",
 ];
 
 /// Debian's switch for the service starts in maintainer scripts (invoke-rc.d and
@@ -516,13 +518,13 @@ mod tests {
                       tcpdump install ok installed\n";
         assert_eq!(
             not_installed(output, TEST_PACKAGES),
-            ["ieee-data", "nftables", "prometheus", "tshark"]
+            ["ieee-data", "nftables", "prometheus", "tshark", "ethtool"]
         );
         assert_eq!(not_installed("", &["iproute2"]), ["iproute2"]);
         let all = "iproute2 install ok installed\nbpftool install ok installed\n\
                    ieee-data install ok installed\nnftables install ok installed\n\
                    tcpdump install ok installed\nprometheus install ok installed\n\
-                   tshark install ok installed\n";
+                   tshark install ok installed\nethtool install ok installed\n";
         assert!(not_installed(all, TEST_PACKAGES).is_empty());
     }
 

@@ -3,9 +3,7 @@
 
 use std::{
     io::{self, Write as _},
-    mem::MaybeUninit,
     path::Path,
-    ptr,
 };
 
 use anyhow::{anyhow, Context as _};
@@ -32,6 +30,7 @@ use crate::{
     oui::Vendors,
     pins::{Attachment, PinRoot},
     privileges::{self, CAP_BPF, CAP_NET_ADMIN},
+    signals::TerminationSignals,
     EBPF_OBJECT,
 };
 
@@ -232,41 +231,4 @@ fn attach_tc(
     program
         .attach(&attachment.iface, TcAttachType::Egress)
         .with_context(|| format!("attaching TC egress to {attachment}"))
-}
-
-/// SIGINT and SIGTERM, blocked in this thread so they can be waited for synchronously.
-struct TerminationSignals(libc::sigset_t);
-
-impl TerminationSignals {
-    fn block() -> io::Result<TerminationSignals> {
-        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-        // SAFETY: sigemptyset initialises the set; sigaddset and pthread_sigmask get valid
-        // pointers to it.
-        let set = unsafe {
-            libc::sigemptyset(set.as_mut_ptr());
-            libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
-            libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
-            let errno = libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), ptr::null_mut());
-            if errno != 0 {
-                return Err(io::Error::from_raw_os_error(errno));
-            }
-            set.assume_init()
-        };
-        Ok(TerminationSignals(set))
-    }
-
-    /// Waits for one of the signals and returns its name.
-    fn wait(&self) -> io::Result<&'static str> {
-        let mut signal = 0;
-        // SAFETY: both pointers are valid; the set was initialised in `block`.
-        let errno = unsafe { libc::sigwait(&self.0, &mut signal) };
-        if errno != 0 {
-            return Err(io::Error::from_raw_os_error(errno));
-        }
-        Ok(if signal == libc::SIGINT {
-            "SIGINT"
-        } else {
-            "SIGTERM"
-        })
-    }
 }

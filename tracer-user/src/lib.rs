@@ -21,6 +21,7 @@ mod pins;
 mod privileges;
 mod query;
 pub mod report;
+mod signals;
 pub mod verdict;
 mod watch;
 

@@ -14,7 +14,7 @@ use std::{
     io::{self, Write as _},
     mem::{self, MaybeUninit},
     net::{IpAddr, SocketAddr},
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::Path,
     ptr, slice,
     time::{Duration, Instant},
@@ -28,6 +28,7 @@ use tracer_common::{
 };
 use tracer_ebpf::Packet;
 
+use crate::signals::{self, TerminationSignals};
 use crate::{
     capture::PcapWriter,
     cli::WatchArgs,
@@ -713,23 +714,7 @@ struct Signals(OwnedFd);
 
 impl Signals {
     fn block() -> io::Result<Signals> {
-        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-        // SAFETY: sigemptyset initialises the set; the other calls get valid pointers to it.
-        let fd = unsafe {
-            libc::sigemptyset(set.as_mut_ptr());
-            libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
-            libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
-            let errno = libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), ptr::null_mut());
-            if errno != 0 {
-                return Err(io::Error::from_raw_os_error(errno));
-            }
-            libc::signalfd(-1, set.as_ptr(), libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd that nothing else owns.
-        Ok(Signals(unsafe { OwnedFd::from_raw_fd(fd) }))
+        Ok(Signals(TerminationSignals::block()?.signalfd()?))
     }
 
     /// The name of the signal that arrived.
@@ -743,11 +728,7 @@ impl Signals {
         }
         // SAFETY: the kernel filled the whole struct.
         let info = unsafe { info.assume_init() };
-        Ok(if info.ssi_signo == libc::SIGINT as u32 {
-            "SIGINT"
-        } else {
-            "SIGTERM"
-        })
+        Ok(signals::name(info.ssi_signo))
     }
 }
 

@@ -177,14 +177,8 @@ impl FlowModel {
             }
             Verdict::Tcp(segment) => segment,
         };
-        counters.tcp += 1;
-        let syn = segment.flags & TCP_SYN != 0;
-        let ack = segment.flags & TCP_ACK != 0;
+        counters.count_tcp(segment.flags, 1);
         let rst = segment.flags & TCP_RST != 0;
-        counters.syn += (syn && !ack) as u64;
-        counters.syn_ack += (syn && ack) as u64;
-        counters.fin += (segment.flags & TCP_FIN != 0) as u64;
-        counters.rst += rst as u64;
         let hash = flow_hash(
             &segment.src,
             segment.src_port,

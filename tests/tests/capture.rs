@@ -73,22 +73,24 @@ fn read_capture(path: &PathBuf) -> Result<Vec<Seen>, (Vec<Seen>, String)> {
             );
         };
         let start = packet.frame.as_ptr() as usize;
-        let parsed =
-            tracer_ebpf::parse(tracer_ebpf::Packet::new(start, start + packet.frame.len()))
-                .ok()
-                .unwrap_or_else(|| panic!("the kernel's parser rejects byte {}", packet.offset));
+        let frame = tracer_ebpf::Packet::new(start, start + packet.frame.len());
+        let parsed = tracer_ebpf::parse(frame, |parsed: tracer_ebpf::TcpSegment| {
+            (
+                (parsed.src, parsed.dst, parsed.src_port, parsed.dst_port),
+                parsed.flags,
+                parsed.eth.src,
+            )
+        })
+        .ok()
+        .unwrap_or_else(|| panic!("the kernel's parser rejects byte {}", packet.offset));
         assert_eq!(
-            (parsed.src, parsed.dst, parsed.src_port, parsed.dst_port),
+            parsed.0,
             (segment.src, segment.dst, segment.src_port, segment.dst_port),
             "addresses at byte {}",
             packet.offset
         );
-        assert_eq!(
-            parsed.flags, segment.flags,
-            "flags at byte {}",
-            packet.offset
-        );
-        assert_eq!(parsed.eth.src, segment.eth_src);
+        assert_eq!(parsed.1, segment.flags, "flags at byte {}", packet.offset);
+        assert_eq!(parsed.2, segment.eth_src);
         seen.push(Seen {
             ts_unix_ns: packet.ts_unix_ns,
             offset: packet.offset,

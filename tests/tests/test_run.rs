@@ -442,7 +442,7 @@ fn handshake_data_and_close_are_counted_per_sender() {
         assert!(h.tracer.resets().expect("resets").is_empty());
         let counters = h.tracer.counters(h.hook).expect("counters");
         assert_eq!(
-            (counters.packets(), counters.tcp, counters.flows_created),
+            (counters.packets(), counters.tcp(), counters.flows_created),
             (7, 7, 1)
         );
     });
@@ -584,7 +584,7 @@ fn both_hooks_share_one_flow_entry() {
     assert_eq!(value.baseline[server].seen_on, SEEN_INGRESS);
     for hook in [Hook::Ingress, Hook::Egress] {
         let counters = h.tracer.counters(hook).expect("counters");
-        assert_eq!((counters.packets(), counters.tcp), (1, 1), "{hook:?}");
+        assert_eq!((counters.packets(), counters.tcp()), (1, 1), "{hook:?}");
     }
 }
 
@@ -1656,7 +1656,7 @@ fn a_full_set_of_the_reset_table_counts_the_next_reset_flow_without_evidence() {
         let resets = h.tracer.resets().expect("reading resets");
         assert_eq!(resets.len(), RESET_WAYS as usize, "{resets:?}");
         let counters = h.tracer.counters(h.hook).expect("reading counters");
-        assert_eq!((counters.rst, counters.resets_unrecorded), (3, 1));
+        assert_eq!((counters.rst(), counters.resets_unrecorded), (3, 1));
         // The third flow still counts its RST in the flow table.
         let flows = h.tracer.flows().expect("reading flows");
         assert_eq!(flows.len(), ports.len());

@@ -397,14 +397,27 @@ pub struct EventBudget {
     pub updated_ns: u64,
 }
 
+/// Classes of TCP packets by the flags flagtrace counts: [`flag_class`].
+pub const FLAG_CLASSES: usize = 16;
+
+/// The class of a TCP packet with `flags`, for [`GlobalCounters::tcp_by_flags`]: FIN, SYN and
+/// RST keep their bits (1, 2, 4) and ACK takes bit 3, so one indexed increment counts the packet
+/// and its flags at once.
+#[inline(always)]
+pub fn flag_class(flags: u8) -> usize {
+    ((flags & (TCP_FIN | TCP_SYN | TCP_RST)) | (flags & TCP_ACK) >> 1) as usize & (FLAG_CLASSES - 1)
+}
+
 /// Global counters for one hook, one copy per CPU (no atomics needed); user space sums them.
-/// Every packet lands in exactly one of `tcp`, `non_tcp` and `parse_errors`, so the packet
-/// count is their sum ([`GlobalCounters::packets`]) rather than a fourth per-packet increment.
+/// Every packet lands in exactly one of the TCP classes, `non_tcp` and `parse_errors`, so the
+/// packet count and the per-flag counts are sums ([`GlobalCounters::packets`],
+/// [`GlobalCounters::syn`], ...) rather than more per-packet increments.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GlobalCounters {
-    /// Packets whose TCP header was read.
-    pub tcp: u64,
+    /// Packets whose TCP header was read, by [`flag_class`]. Monotonic, unlike the flow table's
+    /// counts, which leave with an evicted flow.
+    pub tcp_by_flags: [u64; FLAG_CLASSES],
     /// Well-formed packets that carry no TCP header to read: other protocols, other EtherTypes,
     /// and non-first IP fragments.
     pub non_tcp: u64,
@@ -412,12 +425,6 @@ pub struct GlobalCounters {
     pub parse_errors: u64,
     /// Flow-table entries this hook created.
     pub flows_created: u64,
-    /// Flag packets by kind, as in [`FlagCounts`]: monotonic, unlike the flow table's counts,
-    /// which leave with an evicted flow.
-    pub syn: u64,
-    pub syn_ack: u64,
-    pub fin: u64,
-    pub rst: u64,
     /// RSTs of flows that found their set of the reset table full: counted, without evidence.
     pub resets_unrecorded: u64,
     /// Packets sent to `flagtrace watch` through the event ring buffer.
@@ -428,9 +435,52 @@ pub struct GlobalCounters {
 }
 
 impl GlobalCounters {
+    /// Counts `packets` TCP packets with `flags`.
+    #[inline(always)]
+    pub fn count_tcp(&mut self, flags: u8, packets: u64) {
+        self.tcp_by_flags[flag_class(flags)] += packets;
+    }
+
     /// Every packet the program ran on.
     pub fn packets(&self) -> u64 {
-        self.tcp + self.non_tcp + self.parse_errors
+        self.tcp() + self.non_tcp + self.parse_errors
+    }
+
+    /// TCP packets whose flags satisfy `wanted`.
+    fn tcp_where(&self, wanted: impl Fn(u8) -> bool) -> u64 {
+        (0..FLAG_CLASSES)
+            .filter(|&class| {
+                // The flags of a class: its bits, with ACK back in place.
+                let class = class as u8;
+                wanted((class & (TCP_FIN | TCP_SYN | TCP_RST)) | (class & 8) << 1)
+            })
+            .map(|class| self.tcp_by_flags[class])
+            .sum()
+    }
+
+    /// Packets whose TCP header was read.
+    pub fn tcp(&self) -> u64 {
+        self.tcp_where(|_| true)
+    }
+
+    /// Packets with SYN and without ACK, as in [`FlagCounts::syn`].
+    pub fn syn(&self) -> u64 {
+        self.tcp_where(|flags| flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+    }
+
+    /// Packets with SYN and ACK.
+    pub fn syn_ack(&self) -> u64 {
+        self.tcp_where(|flags| flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK)
+    }
+
+    /// Packets with FIN.
+    pub fn fin(&self) -> u64 {
+        self.tcp_where(|flags| flags & TCP_FIN != 0)
+    }
+
+    /// Packets with RST.
+    pub fn rst(&self) -> u64 {
+        self.tcp_where(|flags| flags & TCP_RST != 0)
     }
 }
 
@@ -440,14 +490,12 @@ impl core::ops::Add for GlobalCounters {
     /// Field by field: sums CPUs, or hooks.
     fn add(self, other: GlobalCounters) -> GlobalCounters {
         GlobalCounters {
-            tcp: self.tcp + other.tcp,
+            tcp_by_flags: core::array::from_fn(|class| {
+                self.tcp_by_flags[class] + other.tcp_by_flags[class]
+            }),
             non_tcp: self.non_tcp + other.non_tcp,
             parse_errors: self.parse_errors + other.parse_errors,
             flows_created: self.flows_created + other.flows_created,
-            syn: self.syn + other.syn,
-            syn_ack: self.syn_ack + other.syn_ack,
-            fin: self.fin + other.fin,
-            rst: self.rst + other.rst,
             resets_unrecorded: self.resets_unrecorded + other.resets_unrecorded,
             events: self.events + other.events,
             events_dropped: self.events_dropped + other.events_dropped,
@@ -482,7 +530,7 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 104);
 const _: () = assert!(core::mem::size_of::<RstEvidence>() == 56);
 const _: () = assert!(core::mem::size_of::<ResetEvidence>() == 112);
 const _: () = assert!(core::mem::size_of::<ResetEntry>() == 160);
-const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 88);
+const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 176);
 const _: () = assert!(core::mem::size_of::<WatchConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<PacketEvent>() == 24 + EVENT_SNAP_LEN);
 // The kernel adds to (syn, syn_ack) and (fin, rst) as 64-bit words, so each pair must be 8-aligned.
@@ -556,6 +604,23 @@ mod tests {
             .collect();
         assert!(sets.iter().all(|&set| set % RESET_WAYS == 0 && set <= mask));
         assert!(sets.len() > 980, "only {} distinct sets", sets.len());
+    }
+
+    #[test]
+    fn flag_classes_count_each_flag_once() {
+        let mut counters = GlobalCounters::default();
+        // SYN, SYN/ACK, ACK, FIN+ACK, RST, RST+ACK, and a packet with every flag (and PSH).
+        for flags in [0x02, 0x12, 0x10, 0x11, 0x04, 0x14, 0x1f] {
+            counters.count_tcp(flags, 1);
+        }
+        let classes: std::collections::HashSet<usize> = (0..=u8::MAX).map(flag_class).collect();
+        assert_eq!(classes.len(), FLAG_CLASSES);
+        assert_eq!(counters.tcp(), 7);
+        assert_eq!(counters.syn(), 1);
+        assert_eq!(counters.syn_ack(), 2);
+        assert_eq!(counters.fin(), 2);
+        assert_eq!(counters.rst(), 3);
+        assert_eq!(counters.packets(), 7);
     }
 
     #[test]

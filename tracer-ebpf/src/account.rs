@@ -6,12 +6,12 @@ use core::mem;
 
 use tracer_common::{
     flow_hash, gate_slot, reset_set, Baseline, EventBudget, FlagCounts, FlowKey, FlowValue,
-    GlobalCounters, Hook, ResetEntry, RstEvidence, WatchConfig, BACK_TO_BACK_NS, FIRST_SYN_HI,
-    FIRST_SYN_LO, FIRST_SYN_NONE, RESET_ENTRY_IDLE_NS, RESET_GATE_BUDGET, SEEN_EGRESS,
-    SEEN_INGRESS, SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    GlobalCounters, Hook, ResetEntry, RstEvidence, WatchConfig, BACK_TO_BACK_NS, FAMILY_IPV4,
+    FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, RESET_ENTRY_IDLE_NS, RESET_GATE_BUDGET,
+    SEEN_EGRESS, SEEN_INGRESS, SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
-use crate::{parse, EthHdr, NoSegment, Packet, TcpSegment};
+use crate::{parse, EthHdr, NoSegment, OnSegment, Packet, TcpSegment};
 
 /// The tables the accounting works on. Entries come as raw pointers, the way BPF map lookups
 /// give them: in the kernel other CPUs write the same entries at the same time.
@@ -50,48 +50,71 @@ pub fn account<T: Tables>(tables: &T, packet: Packet<'_>, ifindex: u32, hook: Ho
     };
     // Per-CPU counters: plain increments are safe.
     let counters = unsafe { &mut *counters };
-    let segment = match parse(packet) {
-        Ok(segment) => segment,
-        Err(NoSegment::NotTcp) => {
-            counters.non_tcp += 1;
-            return;
-        }
-        Err(NoSegment::Malformed) => {
-            counters.parse_errors += 1;
-            return;
-        }
+    let accounting = Accounting {
+        tables,
+        counters: &mut *counters,
+        ifindex,
+        hook,
     };
-    counters.tcp += 1;
-    let hash = segment.flow_hash();
-    if segment.flags & TCP_FLAGS_OF_INTEREST == 0 {
-        // Most packets: parsing and one array read, no table lookup, no clock.
-        if take_gate_budget(tables, gate_slot(hash)) {
-            let obs = Observation::new(tables, &segment, ifindex, hook);
+    match parse(packet, accounting) {
+        Ok(()) => {}
+        Err(NoSegment::NotTcp) => counters.non_tcp += 1,
+        Err(NoSegment::Malformed) => counters.parse_errors += 1,
+    }
+}
+
+/// What one TCP segment does to the tables.
+struct Accounting<'t, T> {
+    tables: &'t T,
+    counters: &'t mut GlobalCounters,
+    ifindex: u32,
+    hook: Hook,
+}
+
+impl<'a, T: Tables> OnSegment<'a> for Accounting<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn on_segment(self, segment: TcpSegment<'a>) {
+        let Accounting {
+            tables,
+            counters,
+            ifindex,
+            hook,
+        } = self;
+        counters.count_tcp(segment.flags, 1);
+        let hash = segment.flow_hash();
+        if segment.flags & TCP_FLAGS_OF_INTEREST == 0 {
+            // Most packets: parsing and one array read, no table lookup, no clock.
+            if take_gate_budget(tables, gate_slot(hash)) {
+                let obs = Observation::new(tables, &segment, ifindex, hook);
+                note_after_reset(tables, &obs, hash);
+            }
+            return;
+        }
+        let obs = Observation::new(tables, &segment, ifindex, hook);
+        let recorded = record_flags(tables, &obs);
+        if recorded.created {
+            counters.flows_created += 1;
+        }
+        if obs.is_rst() {
+            if !record_reset(tables, &obs, hash, recorded.max_seq_before) {
+                counters.resets_unrecorded += 1;
+            }
+        } else if recorded.reset_before {
             note_after_reset(tables, &obs, hash);
         }
-        return;
-    }
-    count_flags(counters, segment.flags);
-    let obs = Observation::new(tables, &segment, ifindex, hook);
-    let recorded = record_flags(tables, &obs);
-    if recorded.created {
-        counters.flows_created += 1;
-    }
-    if obs.is_rst() {
-        if !record_reset(tables, &obs, hash, recorded.max_seq_before) {
-            counters.resets_unrecorded += 1;
+        if obs.flags & (TCP_SYN | TCP_RST) != 0 {
+            offer_event(tables, counters, &obs);
         }
-    } else if recorded.reset_before {
-        note_after_reset(tables, &obs, hash);
-    }
-    if obs.flags & (TCP_SYN | TCP_RST) != 0 {
-        offer_event(tables, counters, &obs);
     }
 }
 
 /// One packet, with where and when it was seen: what the tables need of it.
 struct Observation<'a> {
     key: FlowKey,
+    /// The key's family, as a value of its own (see [`same_key`]).
+    family: u8,
     sender: usize,
     eth: &'a EthHdr,
     hook: Hook,
@@ -110,6 +133,7 @@ impl<'a> Observation<'a> {
         let (key, sender) = segment.flow_key(ifindex);
         Observation {
             key,
+            family: segment.family,
             sender,
             eth: segment.eth,
             hook,
@@ -154,17 +178,6 @@ impl<'a> Observation<'a> {
     fn is_rst(&self) -> bool {
         self.flags & TCP_RST != 0
     }
-}
-
-/// The per-hook flag counters; per CPU, so plain adds.
-#[inline(always)]
-fn count_flags(counters: &mut GlobalCounters, flags: u8) {
-    let syn = flags & TCP_SYN != 0;
-    let ack = flags & TCP_ACK != 0;
-    counters.syn += (syn && !ack) as u64;
-    counters.syn_ack += (syn && ack) as u64;
-    counters.fin += (flags & TCP_FIN != 0) as u64;
-    counters.rst += (flags & TCP_RST != 0) as u64;
 }
 
 /// A relaxed atomic add. The BPF target has no atomic read-modify-write in core::sync::atomic;
@@ -238,15 +251,32 @@ unsafe fn zero<T>(value: *mut T) {
 const KEY_WORDS: usize = mem::size_of::<FlowKey>() / 4;
 const _: () = assert!(mem::size_of::<FlowKey>() % 4 == 0 && mem::align_of::<FlowKey>() >= 4);
 
-/// Whether the key behind `stored` is `key`. Accumulates the difference of every word rather
-/// than stopping at the first: a chain of early exits is what LLVM turns back into memcmp.
+/// Whether the key behind `stored` is `obs.key`. ORs the difference of the words rather than
+/// stopping at the first: a chain of early exits is what LLVM turns back into memcmp. An IPv4 key
+/// skips the words that are zero in every IPv4 key (all of each address but its first word): a
+/// stored key that matches its family word is an IPv4 key too, so those words match. The family
+/// comes from the observation, not the key, whose address has escaped to a map lookup: the parser
+/// gives each family its own copy of this code, and there the test costs nothing.
 #[inline(always)]
-fn same_key(stored: *const FlowKey, key: &FlowKey) -> bool {
+fn same_key(stored: *const FlowKey, obs: &Observation) -> bool {
+    const fn word_of(offset: usize) -> usize {
+        offset / 4
+    }
+    const ADDR_LO: usize = word_of(mem::offset_of!(FlowKey, addr_lo));
+    const ADDR_HI: usize = word_of(mem::offset_of!(FlowKey, addr_hi));
+    const PORTS: usize = word_of(mem::offset_of!(FlowKey, port_lo));
+    const IFINDEX: usize = word_of(mem::offset_of!(FlowKey, ifindex));
+    const FAMILY: usize = word_of(mem::offset_of!(FlowKey, family));
+    const _: () = assert!(FAMILY + 1 == KEY_WORDS);
     let stored = stored as *const u32;
-    let key = key as *const FlowKey as *const u32;
-    let mut difference = 0;
-    for i in 0..KEY_WORDS {
-        difference |= unsafe { stored.add(i).read_volatile() ^ key.add(i).read() };
+    let key = &obs.key as *const FlowKey as *const u32;
+    let differs = |i: usize| unsafe { stored.add(i).read_volatile() ^ key.add(i).read() };
+    let mut difference =
+        differs(ADDR_LO) | differs(ADDR_HI) | differs(PORTS) | differs(IFINDEX) | differs(FAMILY);
+    if obs.family != FAMILY_IPV4 {
+        for i in 1..4 {
+            difference |= differs(ADDR_LO + i) | differs(ADDR_HI + i);
+        }
     }
     difference == 0
 }
@@ -372,17 +402,17 @@ fn record_baseline(baseline: &mut Baseline, obs: &Observation) {
 #[inline(always)]
 fn reset_entry<T: Tables>(
     tables: &T,
-    key: &FlowKey,
+    obs: &Observation,
     hash: u32,
     claim: Option<u64>,
 ) -> Option<*mut ResetEntry> {
     let set = reset_set(hash, tables.reset_set_mask());
     let first = tables.reset_entry(set)?;
-    if same_key(unsafe { &raw const (*first).key }, key) {
+    if same_key(unsafe { &raw const (*first).key }, obs) {
         return Some(first);
     }
     let second = tables.reset_entry(set + 1)?;
-    if same_key(unsafe { &raw const (*second).key }, key) {
+    if same_key(unsafe { &raw const (*second).key }, obs) {
         return Some(second);
     }
     let now = claim?;
@@ -405,7 +435,7 @@ fn reset_entry<T: Tables>(
     // Racy on purpose: two CPUs claiming one entry at the same instant mix their evidence.
     unsafe {
         zero(&raw mut (*victim).evidence);
-        copy_key(&raw mut (*victim).key, key);
+        copy_key(&raw mut (*victim).key, &obs.key);
     }
     Some(victim)
 }
@@ -417,7 +447,7 @@ fn record_reset<T: Tables>(tables: &T, obs: &Observation, hash: u32, max_seq_bef
     if let Some(budget) = tables.gate(gate_slot(hash)) {
         unsafe { *budget = RESET_GATE_BUDGET };
     }
-    let Some(entry) = reset_entry(tables, &obs.key, hash, Some(obs.now)) else {
+    let Some(entry) = reset_entry(tables, obs, hash, Some(obs.now)) else {
         return false;
     };
     update_reset(
@@ -478,7 +508,7 @@ fn take_gate_budget<T: Tables>(tables: &T, slot: u32) -> bool {
 /// went on sending.
 #[inline(always)]
 fn note_after_reset<T: Tables>(tables: &T, obs: &Observation, hash: u32) {
-    let Some(entry) = reset_entry(tables, &obs.key, hash, None) else {
+    let Some(entry) = reset_entry(tables, obs, hash, None) else {
         return;
     };
     let rst = by_sender(unsafe { &raw mut (*entry).evidence.by_sender }, obs.sender);

@@ -3,7 +3,7 @@
 //! `[start, end)` byte range, so it also runs, and is unit-tested, on the host.
 #![cfg_attr(not(test), no_std)]
 // bpfel-unknown-none has no atomic read-modify-write in core::sync::atomic (see account.rs).
-#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics, asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 pub mod account;
@@ -155,8 +155,8 @@ struct Ipv6Hdr {
     payload_len: [u8; 2],
     next_header: u8,
     hop_limit: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
+    src: [[u8; 4]; 4],
+    dst: [[u8; 4]; 4],
 }
 
 /// The first two bytes common to hop-by-hop, routing and destination options headers.
@@ -187,47 +187,112 @@ struct TcpHdr {
     urgent: [u8; 2],
 }
 
+/// Loads of packet fields, which have no alignment. LLVM would split a load it cannot prove
+/// aligned into single bytes (an address word: 4 loads, 3 shifts, 3 ors), and its
+/// `allows-misaligned-mem-access` feature also misaligns stack slots, which the verifier refuses.
+/// So on BPF the load is one instruction written in assembly. The verifier accepts it: packet
+/// loads need no alignment where the CPU has efficient unaligned access, and elsewhere it checks
+/// them as if the IP header were 4-aligned (NET_IP_ALIGN), which every field read here then is.
+macro_rules! unaligned_load {
+    ($name:ident, $int:ty, $width:literal) => {
+        /// The bytes as one integer, in their order in memory.
+        #[inline(always)]
+        fn $name(bytes: &[u8; mem::size_of::<$int>()]) -> $int {
+            #[cfg(target_arch = "bpf")]
+            {
+                let value: u64;
+                unsafe {
+                    core::arch::asm!(
+                        concat!("{0} = *(", $width, " *)({1} + 0)"),
+                        lateout(reg) value,
+                        in(reg) bytes.as_ptr(),
+                        options(pure, readonly, nostack, preserves_flags),
+                    );
+                    // The load zero-extends; told so, LLVM does not mask the value again
+                    // wherever it is widened or compared.
+                    core::hint::assert_unchecked(value <= <$int>::MAX as u64);
+                }
+                value as $int
+            }
+            #[cfg(not(target_arch = "bpf"))]
+            <$int>::from_ne_bytes(*bytes)
+        }
+    };
+}
+
+unaligned_load!(load_u16, u16, "u16");
+unaligned_load!(load_u32, u32, "u32");
+
 #[inline(always)]
-fn words<const N: usize>(bytes: &[u8]) -> [u32; N] {
+fn be16(bytes: &[u8; 2]) -> u16 {
+    u16::from_be(load_u16(bytes))
+}
+
+#[inline(always)]
+fn be32(bytes: &[u8; 4]) -> u32 {
+    u32::from_be(load_u32(bytes))
+}
+
+/// An address as native words of network-order data, the [`FlowKey`] encoding.
+#[inline(always)]
+fn words<const N: usize>(bytes: &[[u8; 4]; N]) -> [u32; N] {
     let mut out = [0u32; N];
     let mut i = 0;
     while i < N {
-        out[i] = u32::from_ne_bytes([
-            bytes[4 * i],
-            bytes[4 * i + 1],
-            bytes[4 * i + 2],
-            bytes[4 * i + 3],
-        ]);
+        out[i] = load_u32(&bytes[i]);
         i += 1;
     }
     out
 }
 
+/// What a caller of [`parse`] does with the TCP segment it finds.
+pub trait OnSegment<'a> {
+    type Output;
+    fn on_segment(self, segment: TcpSegment<'a>) -> Self::Output;
+}
+
+impl<'a, R, F: FnOnce(TcpSegment<'a>) -> R> OnSegment<'a> for F {
+    type Output = R;
+    #[inline(always)]
+    fn on_segment(self, segment: TcpSegment<'a>) -> R {
+        self(segment)
+    }
+}
+
+/// Parses `packet` and hands its TCP segment to `on_segment`. A continuation rather than a return
+/// value, so that IPv4 and IPv6 each get their own copy of what the caller does with the segment:
+/// in the IPv4 copy three of each address's four words are constant zeros, and hashing, ordering
+/// and keying them costs nothing. A closure's body is not always inlined into both copies; the
+/// kernel programs pass a type whose [`OnSegment::on_segment`] is `#[inline(always)]`.
 #[inline(always)]
-pub fn parse(packet: Packet<'_>) -> Result<TcpSegment<'_>, NoSegment> {
+pub fn parse<'a, S: OnSegment<'a>>(
+    packet: Packet<'a>,
+    on_segment: S,
+) -> Result<S::Output, NoSegment> {
     let eth = packet.header::<EthHdr>(0)?;
-    let mut ether_type = u16::from_be_bytes(eth.ether_type);
+    let mut ether_type = be16(&eth.ether_type);
     let mut l3 = mem::size_of::<EthHdr>();
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
         }
-        ether_type = u16::from_be_bytes(packet.header::<VlanHdr>(l3)?.ether_type);
+        ether_type = be16(&packet.header::<VlanHdr>(l3)?.ether_type);
         l3 += mem::size_of::<VlanHdr>();
     }
     match ether_type {
-        ETH_P_IPV4 => parse_ipv4(packet, eth, l3),
-        ETH_P_IPV6 => parse_ipv6(packet, eth, l3),
+        ETH_P_IPV4 => parse_ipv4(packet, eth, l3, on_segment),
+        ETH_P_IPV6 => parse_ipv6(packet, eth, l3, on_segment),
         _ => Err(NoSegment::NotTcp),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4<'a>(
+fn parse_ipv4<'a, S: OnSegment<'a>>(
     packet: Packet<'a>,
     eth: &'a EthHdr,
     l3: usize,
-) -> Result<TcpSegment<'a>, NoSegment> {
+    on_segment: S,
+) -> Result<S::Output, NoSegment> {
     let ip = packet.header::<Ipv4Hdr>(l3)?;
     let header_len = ((ip.version_ihl & 0x0f) as usize) * 4;
     if ip.version_ihl >> 4 != 4 || header_len < mem::size_of::<Ipv4Hdr>() {
@@ -235,27 +300,28 @@ fn parse_ipv4<'a>(
     }
     // A header we walk must be whole, whatever follows it: a truncated one is malformed.
     packet.header::<u8>(l3 + header_len - 1)?;
-    if u16::from_be_bytes(ip.frag) & IPV4_FRAG_OFFSET_MASK != 0 || ip.protocol != IPPROTO_TCP {
+    if be16(&ip.frag) & IPV4_FRAG_OFFSET_MASK != 0 || ip.protocol != IPPROTO_TCP {
         return Err(NoSegment::NotTcp);
     }
     let info = IpInfo {
         eth,
         family: FAMILY_IPV4,
-        src: [words::<1>(&ip.src)[0], 0, 0, 0],
-        dst: [words::<1>(&ip.dst)[0], 0, 0, 0],
+        src: [load_u32(&ip.src), 0, 0, 0],
+        dst: [load_u32(&ip.dst), 0, 0, 0],
         ttl: ip.ttl,
-        ip_id: u16::from_be_bytes(ip.id),
-        l4_len: (u16::from_be_bytes(ip.total_len) as usize).saturating_sub(header_len),
+        ip_id: be16(&ip.id),
+        l4_len: (be16(&ip.total_len) as usize).saturating_sub(header_len),
     };
-    parse_tcp(packet, l3 + header_len, info)
+    parse_tcp(packet, l3 + header_len, info, on_segment)
 }
 
 #[inline(always)]
-fn parse_ipv6<'a>(
+fn parse_ipv6<'a, S: OnSegment<'a>>(
     packet: Packet<'a>,
     eth: &'a EthHdr,
     l3: usize,
-) -> Result<TcpSegment<'a>, NoSegment> {
+    on_segment: S,
+) -> Result<S::Output, NoSegment> {
     let ip = packet.header::<Ipv6Hdr>(l3)?;
     if ip.version_class_flow[0] >> 4 != 6 {
         return Err(NoSegment::Malformed);
@@ -274,7 +340,7 @@ fn parse_ipv6<'a>(
             IPV6_FRAGMENT => {
                 let frag = packet.header::<Ipv6FragHdr>(offset)?;
                 // Only the first fragment (offset 0) carries the TCP header.
-                if u16::from_be_bytes(frag.offset_flags) >> 3 != 0 {
+                if be16(&frag.offset_flags) >> 3 != 0 {
                     return Err(NoSegment::NotTcp);
                 }
                 next_header = frag.next_header;
@@ -291,21 +357,22 @@ fn parse_ipv6<'a>(
     let info = IpInfo {
         eth,
         family: FAMILY_IPV6,
-        src: words::<4>(&ip.src),
-        dst: words::<4>(&ip.dst),
+        src: words(&ip.src),
+        dst: words(&ip.dst),
         ttl: ip.hop_limit,
         ip_id: 0,
-        l4_len: (u16::from_be_bytes(ip.payload_len) as usize).saturating_sub(ext_len),
+        l4_len: (be16(&ip.payload_len) as usize).saturating_sub(ext_len),
     };
-    parse_tcp(packet, offset, info)
+    parse_tcp(packet, offset, info, on_segment)
 }
 
 #[inline(always)]
-fn parse_tcp<'a>(
+fn parse_tcp<'a, S: OnSegment<'a>>(
     packet: Packet<'a>,
     l4: usize,
     ip: IpInfo<'a>,
-) -> Result<TcpSegment<'a>, NoSegment> {
+    on_segment: S,
+) -> Result<S::Output, NoSegment> {
     let tcp = packet.header::<TcpHdr>(l4)?;
     let header_len = ((tcp.data_offset >> 4) as usize) * 4;
     if header_len < mem::size_of::<TcpHdr>() {
@@ -316,18 +383,18 @@ fn parse_tcp<'a>(
         family: ip.family,
         src: ip.src,
         dst: ip.dst,
-        src_port: u16::from_be_bytes(tcp.src_port),
-        dst_port: u16::from_be_bytes(tcp.dst_port),
+        src_port: be16(&tcp.src_port),
+        dst_port: be16(&tcp.dst_port),
         flags: tcp.flags,
         ttl: ip.ttl,
         ip_id: ip.ip_id,
-        seq: u32::from_be_bytes(tcp.seq),
-        ack: u32::from_be_bytes(tcp.ack),
+        seq: be32(&tcp.seq),
+        ack: be32(&tcp.ack),
         payload_len: ip.l4_len.saturating_sub(header_len) as u32,
     };
     // The whole header, options included, must be present.
     packet.header::<u8>(l4 + header_len - 1)?;
-    Ok(segment)
+    Ok(on_segment.on_segment(segment))
 }
 
 #[cfg(test)]
@@ -335,9 +402,16 @@ mod tests {
     use super::*;
     use etherparse::PacketBuilder;
 
-    fn parsed<R>(frame: &[u8], check: impl FnOnce(Result<TcpSegment<'_>, NoSegment>) -> R) -> R {
+    fn parsed<R>(frame: &[u8], check: impl FnOnce(Result<&TcpSegment<'_>, NoSegment>) -> R) -> R {
         let start = frame.as_ptr() as usize;
-        check(parse(Packet::new(start, start + frame.len())))
+        let mut check = Some(check);
+        match parse(
+            Packet::new(start, start + frame.len()),
+            |segment: TcpSegment| (check.take().unwrap())(Ok(&segment)),
+        ) {
+            Ok(result) => result,
+            Err(no_segment) => (check.take().unwrap())(Err(no_segment)),
+        }
     }
 
     fn tcp_v4(

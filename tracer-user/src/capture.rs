@@ -1138,7 +1138,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use etherparse::PacketBuilder;
-    use tracer_ebpf::Packet;
+    use tracer_ebpf::{Packet, TcpSegment};
 
     use super::*;
 
@@ -1233,16 +1233,18 @@ mod tests {
     /// Ports, flags and source MAC, as the kernel programs' parser reads the frame.
     fn parsed(frame: &[u8]) -> Option<(u16, u16, u8, [u8; 6])> {
         let start = frame.as_ptr() as usize;
-        tracer_ebpf::parse(Packet::new(start, start + frame.len()))
-            .ok()
-            .map(|segment| {
+        tracer_ebpf::parse(
+            Packet::new(start, start + frame.len()),
+            |segment: TcpSegment| {
                 (
                     segment.src_port,
                     segment.dst_port,
                     segment.flags,
                     segment.eth.src,
                 )
-            })
+            },
+        )
+        .ok()
     }
 
     type TcpStep = etherparse::PacketBuilderStep<etherparse::TcpHeader>;

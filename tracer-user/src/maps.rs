@@ -316,17 +316,13 @@ mod tests {
 
     fn counters(base: u64) -> GlobalCounters {
         GlobalCounters {
-            tcp: base + 1,
-            non_tcp: base + 2,
-            parse_errors: base + 3,
-            flows_created: base + 4,
-            syn: base + 5,
-            syn_ack: base + 6,
-            fin: base + 7,
-            rst: base + 8,
-            resets_unrecorded: base + 9,
-            events: base + 10,
-            events_dropped: base + 11,
+            tcp_by_flags: std::array::from_fn(|class| base + class as u64),
+            non_tcp: base + 20,
+            parse_errors: base + 21,
+            flows_created: base + 22,
+            resets_unrecorded: base + 23,
+            events: base + 24,
+            events_dropped: base + 25,
         }
     }
 
@@ -339,17 +335,13 @@ mod tests {
         assert_eq!(
             both.total(),
             GlobalCounters {
-                tcp: 112,
-                non_tcp: 114,
-                parse_errors: 116,
-                flows_created: 118,
-                syn: 120,
-                syn_ack: 122,
-                fin: 124,
-                rst: 126,
-                resets_unrecorded: 128,
-                events: 130,
-                events_dropped: 132,
+                tcp_by_flags: std::array::from_fn(|class| 110 + 2 * class as u64),
+                non_tcp: 150,
+                parse_errors: 152,
+                flows_created: 154,
+                resets_unrecorded: 156,
+                events: 158,
+                events_dropped: 160,
             }
         );
     }

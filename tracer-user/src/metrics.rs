@@ -207,7 +207,7 @@ pub fn render(attachment: &Attachment, snapshot: &Snapshot) -> anyhow::Result<St
         "flagtrace_tcp_packets_total",
         "TCP packets seen by the hook.",
         direction,
-        per_hook(|c| c.tcp),
+        per_hook(|c| c.tcp()),
     )?;
     families.counters(
         "flagtrace_tcp_flags_total",
@@ -215,10 +215,10 @@ pub fn render(attachment: &Attachment, snapshot: &Snapshot) -> anyhow::Result<St
         &["direction", "flag"],
         hooks.iter().flat_map(|(direction, c)| {
             [
-                ("syn", c.syn),
-                ("syn_ack", c.syn_ack),
-                ("fin", c.fin),
-                ("rst", c.rst),
+                ("syn", c.syn()),
+                ("syn_ack", c.syn_ack()),
+                ("fin", c.fin()),
+                ("rst", c.rst()),
             ]
             .map(|(flag, count)| (vec![direction.to_string(), flag.to_owned()], count))
         }),
@@ -409,6 +409,7 @@ mod tests {
 
     use super::*;
     use crate::netns::Netns;
+    use tracer_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
     fn lab() -> Attachment {
         Attachment {
@@ -446,27 +447,26 @@ mod tests {
 
     #[test]
     fn counters_by_direction_and_flag_with_the_attachment_labels() {
+        let mut ingress = GlobalCounters {
+            non_tcp: 2,
+            parse_errors: 1,
+            ..GlobalCounters::default()
+        };
+        for (flags, packets) in [(TCP_ACK, 3), (TCP_SYN | TCP_ACK, 3), (TCP_RST, 4)] {
+            ingress.count_tcp(flags, packets);
+        }
+        let mut egress = GlobalCounters {
+            flows_created: 5,
+            events: 6,
+            events_dropped: 2,
+            resets_unrecorded: 3,
+            ..GlobalCounters::default()
+        };
+        for (flags, packets) in [(TCP_ACK, 1), (TCP_SYN, 5), (TCP_FIN | TCP_ACK, 1)] {
+            egress.count_tcp(flags, packets);
+        }
         let snapshot = Snapshot {
-            counters: Counters {
-                ingress: GlobalCounters {
-                    tcp: 10,
-                    non_tcp: 2,
-                    parse_errors: 1,
-                    syn_ack: 3,
-                    rst: 4,
-                    ..GlobalCounters::default()
-                },
-                egress: GlobalCounters {
-                    tcp: 7,
-                    syn: 5,
-                    fin: 1,
-                    flows_created: 5,
-                    events: 6,
-                    events_dropped: 2,
-                    resets_unrecorded: 3,
-                    ..GlobalCounters::default()
-                },
-            },
+            counters: Counters { ingress, egress },
             flows: 5,
             flow_capacity: 262_144,
             resets: Vec::new(),

@@ -295,17 +295,17 @@ mod tests {
         let counters = tables.counters();
         assert_eq!(
             (
-                counters.egress.tcp,
-                counters.egress.syn,
+                counters.egress.tcp(),
+                counters.egress.syn(),
                 counters.egress.flows_created
             ),
             (1, 1, 1)
         );
         assert_eq!(
             (
-                counters.ingress.tcp,
-                counters.ingress.syn_ack,
-                counters.ingress.rst
+                counters.ingress.tcp(),
+                counters.ingress.syn_ack(),
+                counters.ingress.rst()
             ),
             (3, 1, 1)
         );
@@ -326,7 +326,7 @@ mod tests {
         tables.account(&frame(true, 64, 1, |b| b.ack(1), b"x"), 1, Hook::Egress, 7);
         let counters = tables.counters();
         assert_eq!(
-            (counters.egress.non_tcp, counters.egress.tcp),
+            (counters.egress.non_tcp, counters.egress.tcp()),
             (1, 1),
             "{counters:?}"
         );

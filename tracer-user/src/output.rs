@@ -660,14 +660,14 @@ impl From<GlobalCounters> for CountersRow {
     fn from(c: GlobalCounters) -> Self {
         CountersRow {
             packets: c.packets(),
-            tcp: c.tcp,
+            tcp: c.tcp(),
             non_tcp: c.non_tcp,
             parse_errors: c.parse_errors,
             flows_created: c.flows_created,
-            syn: c.syn,
-            syn_ack: c.syn_ack,
-            fin: c.fin,
-            rst: c.rst,
+            syn: c.syn(),
+            syn_ack: c.syn_ack(),
+            fin: c.fin(),
+            rst: c.rst(),
             resets_unrecorded: c.resets_unrecorded,
             events: c.events,
             events_dropped: c.events_dropped,
@@ -759,7 +759,7 @@ fn stats_table(counters: &Counters) -> Table {
     for (hook, c) in hooks {
         let counts = [
             c.packets(),
-            c.tcp,
+            c.tcp(),
             c.non_tcp,
             c.parse_errors,
             c.flows_created,
@@ -1024,21 +1024,25 @@ server 10.0.0.3, no gateway MAC seen on veth0 (netns lab): 1 reset: 1 by a middl
         assert_eq!(resets_text(&[], &clock()), "");
     }
 
+    fn plain_acks(packets: u64, mut counters: GlobalCounters) -> GlobalCounters {
+        counters.count_tcp(tracer_common::TCP_ACK, packets);
+        counters
+    }
+
     fn lab_stats(iface: &str) -> AttachmentStats {
         AttachmentStats {
             attachment: lab(iface),
             counters: Counters {
-                ingress: GlobalCounters {
-                    tcp: 4,
-                    non_tcp: 1,
-                    parse_errors: 0,
-                    flows_created: 1,
-                    ..GlobalCounters::default()
-                },
-                egress: GlobalCounters {
-                    tcp: 3,
-                    ..GlobalCounters::default()
-                },
+                ingress: plain_acks(
+                    4,
+                    GlobalCounters {
+                        non_tcp: 1,
+                        parse_errors: 0,
+                        flows_created: 1,
+                        ..GlobalCounters::default()
+                    },
+                ),
+                egress: plain_acks(3, GlobalCounters::default()),
             },
             flows: 1,
             max_flows: Some(1024),

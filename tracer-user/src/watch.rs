@@ -26,7 +26,7 @@ use serde::Serialize;
 use tracer_common::{
     PacketEvent, WatchConfig, EVENT_SNAP_LEN, SEEN_EGRESS, SEEN_INGRESS, TCP_RST, TCP_SYN,
 };
-use tracer_ebpf::Packet;
+use tracer_ebpf::{Packet, TcpSegment};
 
 use crate::signals::{self, TerminationSignals};
 use crate::{
@@ -492,29 +492,32 @@ impl Event {
         let captured = (event.captured_len as usize).min(EVENT_SNAP_LEN);
         let frame = &event.data[..captured];
         let start = frame.as_ptr() as usize;
-        let segment = tracer_ebpf::parse(Packet::new(start, start + frame.len())).ok()?;
-        let ip = |words| ip_addr(segment.family, words).ok();
-        let mac = if event.seen_on == SEEN_EGRESS {
-            segment.eth.dst
-        } else {
-            segment.eth.src
-        };
-        Some(Event {
-            src: SocketAddr::new(ip(&segment.src)?, segment.src_port),
-            dst: SocketAddr::new(ip(&segment.dst)?, segment.dst_port),
-            flags: segment.flags,
-            seq: segment.seq,
-            ack: segment.ack,
-            ttl: segment.ttl,
-            ip_id: segment.ip_id,
-            mac: MacAddr(mac),
-            seen_on: event.seen_on,
-            packet: Captured {
-                time_ns: event.time_ns,
-                packet_len: event.packet_len,
-                frame: frame.to_vec(),
-            },
+        let packet = Packet::new(start, start + frame.len());
+        tracer_ebpf::parse(packet, |segment: TcpSegment| {
+            let ip = |words| ip_addr(segment.family, words).ok();
+            let mac = if event.seen_on == SEEN_EGRESS {
+                segment.eth.dst
+            } else {
+                segment.eth.src
+            };
+            Some(Event {
+                src: SocketAddr::new(ip(&segment.src)?, segment.src_port),
+                dst: SocketAddr::new(ip(&segment.dst)?, segment.dst_port),
+                flags: segment.flags,
+                seq: segment.seq,
+                ack: segment.ack,
+                ttl: segment.ttl,
+                ip_id: segment.ip_id,
+                mac: MacAddr(mac),
+                seen_on: event.seen_on,
+                packet: Captured {
+                    time_ns: event.time_ns,
+                    packet_len: event.packet_len,
+                    frame: frame.to_vec(),
+                },
+            })
         })
+        .ok()?
     }
 }
 

@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use tracer_common::{FlowKey, FlowValue, DEFAULT_MAX_FLOWS};
-use tracer_ebpf::{parse, Packet, TcpSegment};
+use tracer_ebpf::{parse, OnSegment, Packet, TcpSegment};
 
 /// Same key and value sizes as flagtrace's flow table; the bench sets the capacity.
 #[map(name = "REFERENCE_FLOWS")]
@@ -30,18 +30,33 @@ pub fn reference_empty(_ctx: XdpContext) -> u32 {
 /// Parses like flagtrace and touches no map.
 #[xdp]
 pub fn reference_parse(ctx: XdpContext) -> u32 {
-    if let Ok(segment) = parse(Packet::new(ctx.data(), ctx.data_end())) {
-        keep(&segment);
-    }
+    let _ = parse(Packet::new(ctx.data(), ctx.data_end()), |segment| {
+        keep(&segment)
+    });
     XDP_PASS
 }
 
 /// Parses, then one lookup-or-insert with an atomic add: the floor for per-flow counting.
 #[xdp]
 pub fn reference_lookup(ctx: XdpContext) -> u32 {
-    let Ok(segment) = parse(Packet::new(ctx.data(), ctx.data_end())) else {
-        return XDP_PASS;
-    };
+    let _ = parse(Packet::new(ctx.data(), ctx.data_end()), CountFlow);
+    XDP_PASS
+}
+
+/// Built like flagtrace's accounting, so that each IP version gets its own copy.
+struct CountFlow;
+
+impl OnSegment<'_> for CountFlow {
+    type Output = ();
+
+    #[inline(always)]
+    fn on_segment(self, segment: TcpSegment) {
+        count_flow(&segment)
+    }
+}
+
+#[inline(always)]
+fn count_flow(segment: &TcpSegment) {
     let (key, _) = segment.flow_key(0);
     match REFERENCE_FLOWS.get_ptr_mut(&key) {
         Some(value) => unsafe {
@@ -54,7 +69,6 @@ pub fn reference_lookup(ctx: XdpContext) -> u32 {
             let _ = REFERENCE_FLOWS.insert(&key, &FlowValue::default(), BPF_NOEXIST as u64);
         }
     }
-    XDP_PASS
 }
 
 /// Makes the parse observable, so the compiler cannot drop it: a volatile write of what was

@@ -421,6 +421,36 @@ pub fn expect_refusal(client: &Endpoint, server: SocketAddr) -> Duration {
     started.elapsed()
 }
 
+/// Connects from `client` to `server_addr`, where `server` (a thread already accepting) resets
+/// the connection; `talk` is the client's side until its read fails. Checks that the server
+/// thread succeeded and that the client saw the reset; returns the client's address.
+pub fn expect_server_reset(
+    client: &Endpoint,
+    server_addr: SocketAddr,
+    server: thread::JoinHandle<std::io::Result<()>>,
+    talk: impl FnOnce(&mut TcpStream) -> std::io::Result<()> + Send,
+) -> SocketAddr {
+    let (local, read) = client
+        .connect(server_addr, |mut stream: TcpStream| {
+            let local = stream.local_addr()?;
+            talk(&mut stream)?;
+            Ok::<_, std::io::Error>((local, stream.read_to_end(&mut Vec::new())))
+        })
+        .and_then(|talk| talk)
+        .unwrap_or_else(|e| panic!("talking to {server_addr}: {e}"));
+    server
+        .join()
+        .expect("server thread")
+        .unwrap_or_else(|e| panic!("server {server_addr}: {e}"));
+    let error = read.expect_err("the server resets the connection");
+    assert_eq!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionReset,
+        "{server_addr}"
+    );
+    local
+}
+
 /// What a [`Daemon`] printed so far, by stream.
 type Log = Arc<Mutex<String>>;
 

@@ -25,9 +25,9 @@ use std::{
 
 use flagtrace_tests::{
     lab::{
-        assert_csv_matches_json, echo_between, expect_refusal, flows_json, resets_json, run,
-        start_ft_lab, Endpoint, Family, Loader, Port, RoutedLab, RoutedLabSpec, SegmentLab,
-        VethLab, TIMEOUT,
+        assert_csv_matches_json, echo_between, expect_refusal, expect_server_reset, flows_json,
+        resets_json, run, start_ft_lab, Endpoint, Family, Loader, Port, RoutedLab, RoutedLabSpec,
+        SegmentLab, VethLab, TIMEOUT,
     },
     seed_story::{
         SeedStory, CONNECTIONS, GATEWAY_MAC, HELD_PORT, OPEN_PORT, RESET_DELAY, SERVER_INITIAL_TTL,
@@ -214,21 +214,9 @@ fn close_with_unread_data(client: &Endpoint, server: &Endpoint, family: Family) 
         stream.peek(&mut [0u8; 1])?;
         Ok(())
     });
-    let (local, error) = client
-        .connect(server_addr, |mut stream| {
-            stream.write_all(MESSAGE)?;
-            let read = stream.read_to_end(&mut Vec::new());
-            Ok::<_, std::io::Error>((stream.local_addr()?, read))
-        })
-        .and_then(|talk| talk)
-        .unwrap_or_else(|e| panic!("talking to {server_addr}: {e}"));
-    closer
-        .join()
-        .expect("server thread")
-        .unwrap_or_else(|e| panic!("server {server_addr}: {e}"));
-    let error = error.expect_err("the server resets the connection");
-    assert_eq!(error.kind(), ErrorKind::ConnectionReset, "{server_addr}");
-    local
+    expect_server_reset(client, server_addr, closer, |stream| {
+        stream.write_all(MESSAGE)
+    })
 }
 
 /// The three honest cases of one family, as (client, server) addresses.

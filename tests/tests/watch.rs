@@ -10,7 +10,7 @@
 //!   by itself.
 
 use std::{
-    io::{ErrorKind, Read},
+    io::ErrorKind,
     net::{IpAddr, SocketAddr, TcpStream},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
@@ -22,8 +22,8 @@ use std::{
 
 use flagtrace_tests::{
     lab::{
-        echo_between, expect_refusal, flagtrace, flagtrace_bin, resets_json, run_ok, Daemon,
-        Endpoint, Family, Loader, RoutedLab, RoutedLabSpec, VethLab, TIMEOUT,
+        echo_between, expect_refusal, expect_server_reset, flagtrace, flagtrace_bin, resets_json,
+        run_ok, Daemon, Endpoint, Family, Loader, RoutedLab, RoutedLabSpec, VethLab, TIMEOUT,
     },
     seed_story::{GATEWAY_MAC, HELD_PORT, OPEN_PORT, SERVER_INITIAL_TTL},
     tracer::PinDir,
@@ -166,21 +166,10 @@ fn aborted_by_server(client: &Endpoint, server: &Endpoint, family: Family) -> So
         drop(stream);
         Ok(())
     });
-    let (local, read) = client
-        .connect(server_addr, |mut stream: TcpStream| {
-            let local = stream.local_addr()?;
-            connected.send(()).expect("the server thread is waiting");
-            Ok::<_, std::io::Error>((local, stream.read_to_end(&mut Vec::new())))
-        })
-        .and_then(|talk| talk)
-        .unwrap_or_else(|e| panic!("connecting to {server_addr}: {e}"));
-    aborter
-        .join()
-        .expect("server thread")
-        .unwrap_or_else(|e| panic!("server {server_addr}: {e}"));
-    let error = read.expect_err("the server aborts the connection");
-    assert_eq!(error.kind(), ErrorKind::ConnectionReset, "{server_addr}");
-    local
+    expect_server_reset(client, server_addr, aborter, |_| {
+        connected.send(()).expect("the server thread is waiting");
+        Ok(())
+    })
 }
 
 /// A reset the lab makes, and what `watch` must say about it.

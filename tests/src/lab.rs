@@ -301,6 +301,16 @@ pub enum Family {
     V6,
 }
 
+impl Family {
+    /// How a TTL (IPv4) or hop limit (IPv6) of `value` reads in the evidence.
+    pub fn ttl_phrase(self, value: u8) -> String {
+        match self {
+            Family::V4 => format!("TTL {value}"),
+            Family::V6 => format!("hop limit {value}"),
+        }
+    }
+}
+
 /// Client and server namespaces (`ft-<pid>-<n>-cli` / `-srv`) joined by a veth pair, with IPv4
 /// and IPv6 addresses; both removed on drop, even when the test panics.
 #[derive(Debug)]

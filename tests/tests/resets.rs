@@ -194,14 +194,6 @@ fn assert_no_reset(flow: &Value) {
     assert_eq!(flow["evidence"], serde_json::json!([]), "{flow:#}");
 }
 
-/// How a TTL (IPv4) or hop limit (IPv6) reads in the evidence.
-fn ttl(family: Family, value: u8) -> String {
-    match family {
-        Family::V4 => format!("TTL {value}"),
-        Family::V6 => format!("hop limit {value}"),
-    }
-}
-
 /// The server accepts, waits for the client's data, and closes without reading it: its stack
 /// resets the connection (RFC 2525), a real RST after the handshake. Returns the client's
 /// address.
@@ -254,7 +246,7 @@ impl HonestFlows {
         let normal = verdicts.flow(Some(client), server);
         assert_no_reset(normal);
         gateway.assert_names(normal);
-        let rst_ttl = ttl(self.family, server_ttl);
+        let rst_ttl = self.family.ttl_phrase(server_ttl);
         for flow in [
             verdicts.flow(None, self.refused),
             verdicts.flow(Some(self.unread.0), self.unread.1),
@@ -349,13 +341,17 @@ fn a_gateway_that_rejects_with_a_tcp_reset_is_a_middlebox() {
 
         let verdicts = Verdicts::read(pins.path());
         assert_no_reset(verdicts.flow(Some(baseline.0), baseline.1));
-        let server_ttl = ttl(family, SERVER_INITIAL_TTL - 1);
+        let server_ttl = family.ttl_phrase(SERVER_INITIAL_TTL - 1);
         let endpoint = verdicts.flow(None, refused);
         assert_reset_by(endpoint, "endpoint", &[&server_ttl]);
         gateway.assert_names(endpoint);
         // The gateway's own stack starts its RST at 64, and it is 0 hops away.
         let middlebox = verdicts.flow(None, rejected);
-        assert_reset_by(middlebox, "middlebox", &[&ttl(family, 64), &server_ttl]);
+        assert_reset_by(
+            middlebox,
+            "middlebox",
+            &[&family.ttl_phrase(64), &server_ttl],
+        );
         gateway.assert_names(middlebox);
     }
 }

@@ -125,14 +125,6 @@ impl Drop for TempFile {
     }
 }
 
-/// How a TTL (IPv4) or hop limit (IPv6) reads in the evidence.
-fn ttl(family: Family, value: u8) -> String {
-    match family {
-        Family::V4 => format!("TTL {value}"),
-        Family::V6 => format!("hop limit {value}"),
-    }
-}
-
 /// The server accepts and aborts the connection at once (SO_LINGER 0): a real RST after the
 /// handshake. Returns the client's address.
 fn aborted_by_server(client: &Endpoint, server: &Endpoint, family: Family) -> SocketAddr {
@@ -285,7 +277,7 @@ fn each_reset_streams_with_its_verdict_and_lands_in_the_pcap() {
                 client: None,
                 rst_ttl: server_ttl.into(),
                 reset_by: "endpoint",
-                phrases: vec![ttl(family, server_ttl)],
+                phrases: vec![family.ttl_phrase(server_ttl)],
                 handshake: false,
             },
             ExpectedReset {
@@ -294,7 +286,7 @@ fn each_reset_streams_with_its_verdict_and_lands_in_the_pcap() {
                 client: None,
                 rst_ttl: 64,
                 reset_by: "middlebox",
-                phrases: vec![ttl(family, 64), ttl(family, server_ttl)],
+                phrases: vec![family.ttl_phrase(64), family.ttl_phrase(server_ttl)],
                 handshake: false,
             },
             ExpectedReset {
@@ -303,7 +295,7 @@ fn each_reset_streams_with_its_verdict_and_lands_in_the_pcap() {
                 client: Some(aborted_client),
                 rst_ttl: server_ttl.into(),
                 reset_by: "endpoint",
-                phrases: vec![ttl(family, server_ttl)],
+                phrases: vec![family.ttl_phrase(server_ttl)],
                 handshake: true,
             },
         ]);

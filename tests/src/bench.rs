@@ -28,6 +28,7 @@ use tracer_common::{
     FlowKey, FlowValue, GlobalCounters, Hook, COUNTERS_MAP, FAMILY_IPV4, FLOWS_MAP, TCP_FIN,
     TCP_RST, TCP_SYN, XDP_PROGRAM,
 };
+use tracer_user::clock::KernelClock;
 
 use crate::{
     oracle::{self, ipv4_words, Verdict},
@@ -583,7 +584,10 @@ impl Programs {
         // The maps are declared pinned by name; the pins are only needed while loading, and
         // removing them at once leaves nothing behind even if the bench is killed.
         let pins = PinDir::create()?;
-        let mut flagtrace = EbpfLoader::new()
+        let clock = KernelClock::calibrated()?;
+        let mut loader = EbpfLoader::new();
+        clock.configure(&mut loader);
+        let mut flagtrace = loader
             .default_map_pin_directory(pins.path())
             .map_max_entries(FLOWS_MAP, capacity)
             .load(tracer_user::EBPF_OBJECT)

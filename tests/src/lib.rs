@@ -34,10 +34,20 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`, so kernel
-/// timestamps can be checked against windows measured here, exactly.
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of the kernel programs' timestamps, to within
+/// [`kernel_tick_ns`].
 pub fn kernel_clock_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+}
+
+/// How far a kernel timestamp may be from [`kernel_clock_ns`] read during the same tick. The
+/// programs compute their timestamps from jiffies with an offset measured at load
+/// (`tracer_user::clock::KernelClock`): the two clocks tick together, but the coarse clock reads
+/// the time of each tick's handler, which varies by microseconds. One tick bounds that.
+pub fn kernel_tick_ns() -> u64 {
+    tracer_user::clock::KernelClock::calibrated()
+        .expect("calibrating the kernel clock")
+        .tick_ns
 }
 
 /// A clock's reading in nanoseconds.

@@ -13,12 +13,13 @@ use tracer_common::{
 };
 
 use crate::{
-    kernel_clock_ns,
+    kernel_clock_ns, kernel_tick_ns,
     oracle::{Segment, Verdict},
     tracer::{LoadedTracer, RESET_CAPACITY},
 };
 
-/// A kernel-clock (CLOCK_MONOTONIC_COARSE) interval around one program run: a timestamp the run took lies inside.
+/// A kernel-clock interval around one program run, widened by [`kernel_tick_ns`] on each side: a
+/// timestamp the run took lies inside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
     pub start: u64,
@@ -30,11 +31,13 @@ impl Window {
     pub fn around<T>(run: impl FnOnce() -> T) -> (T, Window) {
         let start = kernel_clock_ns();
         let result = run();
+        let end = kernel_clock_ns();
+        let slack = kernel_tick_ns();
         (
             result,
             Window {
-                start,
-                end: kernel_clock_ns(),
+                start: start.saturating_sub(slack),
+                end: end + slack,
             },
         )
     }
@@ -220,7 +223,10 @@ impl FlowModel {
         let flow = self.flows.entry(seen.key).or_insert_with(|| {
             counters.flows_created += 1;
             ExpectedFlow {
-                value: FlowValue::default(),
+                value: FlowValue {
+                    flow_hash: hash,
+                    ..FlowValue::default()
+                },
                 created: seen.window,
                 updated: seen.window,
                 syn: None,

@@ -4,7 +4,6 @@
 use std::{
     collections::HashMap,
     ffi::CString,
-    os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
 };
 
@@ -16,11 +15,16 @@ use aya::{
 };
 use tracer_common::{
     reset_set_mask, FlowKey, FlowValue, GlobalCounters, Hook, PacketEvent, ResetEntry,
-    ResetEvidence, WatchConfig, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, RESETS_MAP, RESET_GATE_MAP,
-    RESET_SET_MASK_GLOBAL, TC_PROGRAM, WATCH_MAP, XDP_PROGRAM,
+    ResetEvidence, WatchConfig, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, RESETS_MAP,
+    RESET_GATE_SECTION, RESET_GATE_SLOTS, RESET_SET_MASK_GLOBAL, TC_PROGRAM, WATCH_SECTION,
+    XDP_PROGRAM,
 };
+use tracer_user::clock::KernelClock;
 
 use crate::unique_name;
+
+/// The reset gate's slots: the value of its one-entry map.
+pub type ResetGate = [u32; RESET_GATE_SLOTS as usize];
 
 /// Where bpffs is mounted; the maps are declared pinned by name, so loading needs it.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -125,7 +129,10 @@ pub struct LoadedTracer {
 impl LoadedTracer {
     pub fn load(max_flows: u32) -> anyhow::Result<Self> {
         let pins = PinDir::create()?;
-        let mut ebpf = EbpfLoader::new()
+        let clock = KernelClock::calibrated()?;
+        let mut loader = EbpfLoader::new();
+        clock.configure(&mut loader);
+        let mut ebpf = loader
             .map_max_entries(FLOWS_MAP, max_flows)
             .map_max_entries(RESETS_MAP, RESET_CAPACITY)
             .override_global(RESET_SET_MASK_GLOBAL, &reset_set_mask(RESET_CAPACITY), true)
@@ -196,14 +203,10 @@ impl LoadedTracer {
     }
 
     /// Every slot of the reset gate, in slot order.
-    pub fn reset_gate(&self) -> anyhow::Result<Vec<u32>> {
-        let map = self.map(RESET_GATE_MAP)?;
-        // The conversion checks the value size that read_u32_array relies on.
-        let slots = Array::<&MapData, u32>::try_from(map)?.len();
-        let aya::maps::Map::Array(data) = map else {
-            bail!("{RESET_GATE_MAP} is not an array");
-        };
-        read_u32_array(data, slots).with_context(|| format!("reading {RESET_GATE_MAP}"))
+    pub fn reset_gate(&self) -> anyhow::Result<ResetGate> {
+        let gate: Array<&MapData, ResetGate> = self.map(RESET_GATE_SECTION)?.try_into()?;
+        gate.get(&0, 0)
+            .with_context(|| format!("reading {RESET_GATE_SECTION}"))
     }
 
     /// Forgets every flow: empties the flow and reset evidence tables and closes the reset gate
@@ -221,24 +224,19 @@ impl LoadedTracer {
                 .set(index, ResetEntry::default(), 0)
                 .with_context(|| format!("clearing {RESETS_MAP}[{index}]"))?;
         }
-        let open: Vec<u32> = (0u32..)
-            .zip(self.reset_gate()?)
-            .filter_map(|(slot, budget)| (budget != 0).then_some(slot))
-            .collect();
-        let mut gate: Array<&mut MapData, u32> = self.map_mut(RESET_GATE_MAP)?.try_into()?;
-        for slot in open {
-            gate.set(slot, 0, 0)
-                .with_context(|| format!("closing {RESET_GATE_MAP}[{slot}]"))?;
-        }
-        Ok(())
+        let mut gate: Array<&mut MapData, ResetGate> =
+            self.map_mut(RESET_GATE_SECTION)?.try_into()?;
+        gate.set(0, [0; RESET_GATE_SLOTS as usize], 0)
+            .with_context(|| format!("closing {RESET_GATE_SECTION}"))
     }
 
     /// Sets what `flagtrace watch` asks of the programs.
     pub fn set_watch(&mut self, config: WatchConfig) -> anyhow::Result<()> {
-        let mut watch: Array<&mut MapData, WatchConfig> = self.map_mut(WATCH_MAP)?.try_into()?;
+        let mut watch: Array<&mut MapData, WatchConfig> =
+            self.map_mut(WATCH_SECTION)?.try_into()?;
         watch
             .set(0, config, 0)
-            .with_context(|| format!("writing {WATCH_MAP}"))
+            .with_context(|| format!("writing {WATCH_SECTION}"))
     }
 
     /// The events waiting in the ring buffer, oldest first.
@@ -296,61 +294,6 @@ impl LoadedTracer {
         }
         Ok(())
     }
-}
-
-/// Reads a whole array of u32 in one BPF_MAP_LOOKUP_BATCH call. aya has no batch operations,
-/// and a lookup per slot made reading the 4096-slot reset gate after every packet the slowest
-/// part of the test-run suite.
-fn read_u32_array(map: &MapData, len: u32) -> anyhow::Result<Vec<u32>> {
-    /// `enum bpf_cmd` in include/uapi/linux/bpf.h.
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    /// The `batch` member of `union bpf_attr`.
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    let mut keys = vec![0u32; len as usize];
-    let mut values = vec![0u32; len as usize];
-    let mut next_batch = 0u32;
-    let mut attr = BatchAttr {
-        // No start token: from the first slot.
-        in_batch: 0,
-        out_batch: &raw mut next_batch as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count: len,
-        map_fd: map.fd().as_fd().as_raw_fd() as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
-    // SAFETY: the kernel writes at most `count` keys and values of 4 bytes (the map's key and
-    // value size, checked by aya's Array<_, u32>) into the two buffers of `len` entries, and one
-    // key into `next_batch`; all outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_BATCH,
-            &raw mut attr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    // ENOENT means the batch reached the end of the map: also a complete read.
-    if rc != 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::NotFound {
-        bail!("BPF_MAP_LOOKUP_BATCH: {}", std::io::Error::last_os_error());
-    }
-    ensure!(
-        attr.count == len && keys.iter().copied().eq(0..len),
-        "BPF_MAP_LOOKUP_BATCH returned {} of {len} slots, out of order",
-        attr.count
-    );
-    Ok(values)
 }
 
 /// Whether BPF_PROG_TEST_RUN runs the hook's program on `frame` at all. It refuses (EINVAL)

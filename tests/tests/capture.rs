@@ -76,8 +76,13 @@ fn read_capture(path: &PathBuf) -> Result<Vec<Seen>, (Vec<Seen>, String)> {
         let frame = tracer_ebpf::Packet::new(start, start + packet.frame.len());
         let parsed = tracer_ebpf::parse(frame, |parsed: tracer_ebpf::TcpSegment| {
             (
-                (parsed.src, parsed.dst, parsed.src_port, parsed.dst_port),
-                parsed.flags,
+                (
+                    parsed.src(),
+                    parsed.dst(),
+                    parsed.src_port(),
+                    parsed.dst_port(),
+                ),
+                parsed.flags(),
                 parsed.eth.src,
             )
         })

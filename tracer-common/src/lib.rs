@@ -20,9 +20,14 @@ pub const RESET_ENTRY_IDLE_NS: u64 = 60_000_000_000;
 /// Name of the global (read-only data, set at load time) that holds [`reset_set_mask`] for the
 /// reset table's capacity.
 pub const RESET_SET_MASK_GLOBAL: &str = "RESET_SET_MASK";
-/// Name of the reset gate (array of u32, [`RESET_GATE_SLOTS`] entries, indexed by
+/// Names of the globals (read-only data, set at load time) of the kernel clock: nanoseconds are
+/// `jiffies × tick + offset`, CLOCK_MONOTONIC_COARSE (see [`ClockSample`]).
+pub const CLOCK_TICK_NS_GLOBAL: &str = "CLOCK_TICK_NS";
+pub const CLOCK_OFFSET_NS_GLOBAL: &str = "CLOCK_OFFSET_NS";
+/// Section of the reset gate, a global array of u32 ([`RESET_GATE_SLOTS`] of them, indexed by
 /// [`gate_slot`]): how many more plain packets of flows hashing there to examine after a RST.
-pub const RESET_GATE_MAP: &str = "RESET_GATE";
+/// Not pinned: it is private to each load. aya names a data section's map after the section.
+pub const RESET_GATE_SECTION: &str = ".bss.reset_gate";
 /// Capacity of the reset evidence table when the operator does not choose one (a power of two).
 pub const DEFAULT_MAX_RESETS: u32 = 65_536;
 /// Slots in the reset gate; a power of two.
@@ -37,19 +42,26 @@ pub const BACK_TO_BACK_NS: u64 = 2_000_000_000;
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Size of the [`EVENTS_MAP`] ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
-/// Name of the `flagtrace watch` switch (array of one [`WatchConfig`]).
+/// Pin name of the `flagtrace watch` switch: an array of one [`WatchConfig`]. In the object it is
+/// the global [`WATCH_GLOBAL`], alone in section [`WATCH_SECTION`], so that the programs read it
+/// with one load; aya names that section's map after the section.
 pub const WATCH_MAP: &str = "WATCH";
+pub const WATCH_GLOBAL: &str = "WATCH";
+pub const WATCH_SECTION: &str = ".bss.watch";
 /// Bytes of each watched packet copied into its event: Ethernet, IP and TCP headers with options.
 pub const EVENT_SNAP_LEN: usize = 128;
-/// The maps each attachment pins, by name: all of them, or its pins are from another version.
-pub const PINNED_MAPS: [&str; 6] = [
-    FLOWS_MAP,
-    RESETS_MAP,
-    RESET_GATE_MAP,
-    COUNTERS_MAP,
-    WATCH_MAP,
-    EVENTS_MAP,
+/// The maps each attachment pins, as (name in the object, pin name): all of them, or its pins are
+/// from another version.
+pub const PINNED_MAPS: [(&str, &str); 5] = [
+    (FLOWS_MAP, FLOWS_MAP),
+    (RESETS_MAP, RESETS_MAP),
+    (COUNTERS_MAP, COUNTERS_MAP),
+    (WATCH_SECTION, WATCH_MAP),
+    (EVENTS_MAP, EVENTS_MAP),
 ];
+/// Name of the clock probe (an XDP program in its own object, only ever test-run): it writes a
+/// [`ClockSample`] at the start of its packet.
+pub const CLOCK_PROBE_PROGRAM: &str = "flagtrace_clock_probe";
 /// Name of the XDP program attached on ingress.
 pub const XDP_PROGRAM: &str = "flagtrace_ingress";
 /// Name of the TC (clsact egress) program.
@@ -275,7 +287,10 @@ pub struct FlowValue {
     pub syn_ack_ns: u64,
     /// Which endpoint sent the first SYN without ACK: one of the `FIRST_SYN_*` constants.
     pub first_syn_from: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// [`flow_hash`] of the flow, stored when the entry is created, so that a RST finds its gate
+    /// slot and reset set with one load instead of hashing the packet again.
+    pub flow_hash: u32,
 }
 
 /// The evidence RSTs from one sender leave. All fields describe the first RST unless they say
@@ -366,6 +381,17 @@ pub struct WatchConfig {
     pub rate_per_sec: u32,
     /// Events each CPU may send at once after a quiet spell.
     pub burst: u32,
+}
+
+/// One reading of the two kernel clocks at once, by the clock probe. The kernel programs stamp
+/// with `bpf_jiffies64`, which the verifier inlines into a load, instead of
+/// `bpf_ktime_get_coarse_ns`, a helper call; user space learns from these readings how jiffies
+/// map onto CLOCK_MONOTONIC_COARSE.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockSample {
+    pub jiffies: u64,
+    pub coarse_ns: u64,
 }
 
 /// A packet `flagtrace watch` asked for (SYN, SYN/ACK and RST), with its first bytes.

@@ -11,7 +11,7 @@ use tracer_common::{
     SEEN_EGRESS, SEEN_INGRESS, SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
-use crate::{parse, EthHdr, NoSegment, OnSegment, Packet, TcpSegment};
+use crate::{load_u16, load_u32, parse, EthHdr, NoSegment, OnSegment, Packet, TcpSegment};
 
 /// The tables the accounting works on. Entries come as raw pointers, the way BPF map lookups
 /// give them: in the kernel other CPUs write the same entries at the same time.
@@ -32,6 +32,9 @@ pub trait Tables {
     fn scratch(&self) -> Option<*mut FlowValue>;
     /// The time the maps record, on the clock of [`FlowValue::first_seen_ns`].
     fn now(&self) -> u64;
+    /// The interface the packet is accounted on. Asked only for the packets that need their
+    /// flow key, which most do not.
+    fn ifindex(&self) -> u32;
     /// What `flagtrace watch` asks for; `None` where nobody can watch.
     fn watch(&self) -> Option<*const WatchConfig>;
     /// This CPU's event budget.
@@ -44,7 +47,7 @@ const TCP_FLAGS_OF_INTEREST: u8 = TCP_SYN | TCP_FIN | TCP_RST;
 
 /// Parses and accounts one packet. Never fails: whatever happens, the caller passes the packet.
 #[inline(always)]
-pub fn account<T: Tables>(tables: &T, packet: Packet<'_>, ifindex: u32, hook: Hook) {
+pub fn account<T: Tables>(tables: &T, packet: Packet<'_>, hook: Hook) {
     let Some(counters) = tables.counters(hook) else {
         return;
     };
@@ -53,7 +56,6 @@ pub fn account<T: Tables>(tables: &T, packet: Packet<'_>, ifindex: u32, hook: Ho
     let accounting = Accounting {
         tables,
         counters: &mut *counters,
-        ifindex,
         hook,
     };
     match parse(packet, accounting) {
@@ -67,7 +69,6 @@ pub fn account<T: Tables>(tables: &T, packet: Packet<'_>, ifindex: u32, hook: Ho
 struct Accounting<'t, T> {
     tables: &'t T,
     counters: &'t mut GlobalCounters,
-    ifindex: u32,
     hook: Hook,
 }
 
@@ -79,81 +80,96 @@ impl<'a, T: Tables> OnSegment<'a> for Accounting<'_, T> {
         let Accounting {
             tables,
             counters,
-            ifindex,
             hook,
         } = self;
-        counters.count_tcp(segment.flags, 1);
-        let hash = segment.flow_hash();
-        if segment.flags & TCP_FLAGS_OF_INTEREST == 0 {
+        let flags = segment.flags();
+        counters.count_tcp(flags, 1);
+        if flags & TCP_FLAGS_OF_INTEREST == 0 {
             // Most packets: parsing and one array read, no table lookup, no clock.
+            let hash = segment.flow_hash();
             if take_gate_budget(tables, gate_slot(hash)) {
-                let obs = Observation::new(tables, &segment, ifindex, hook);
+                let (key, sender) = segment.flow_key(tables.ifindex());
+                let obs = Observation::new(tables, segment, &key, sender, hook);
                 note_after_reset(tables, &obs, hash);
             }
             return;
         }
-        let obs = Observation::new(tables, &segment, ifindex, hook);
+        let (key, sender) = segment.flow_key(tables.ifindex());
+        let obs = Observation::new(tables, segment, &key, sender, hook);
         let recorded = record_flags(tables, &obs);
-        if recorded.created {
+        if recorded.as_ref().is_some_and(|recorded| recorded.created) {
             counters.flows_created += 1;
         }
+        // The hash from the entry, which keeps it: a SYN or FIN of a flow without a RST needs none.
+        let hash = |recorded: &Option<Recorded>| match recorded {
+            Some(recorded) => recorded.flow_hash(),
+            None => segment.flow_hash(),
+        };
         if obs.is_rst() {
-            if !record_reset(tables, &obs, hash, recorded.max_seq_before) {
+            let max_seq_before = recorded
+                .as_ref()
+                .map_or(0, |recorded| recorded.max_seq_end(obs.sender));
+            if !record_reset(tables, &obs, hash(&recorded), max_seq_before) {
                 counters.resets_unrecorded += 1;
             }
-        } else if recorded.reset_before {
-            note_after_reset(tables, &obs, hash);
+        } else if recorded.as_ref().is_some_and(Recorded::had_reset) {
+            note_after_reset(tables, &obs, hash(&recorded));
         }
-        if obs.flags & (TCP_SYN | TCP_RST) != 0 {
+        if flags & (TCP_SYN | TCP_RST) != 0 {
             offer_event(tables, counters, &obs);
         }
     }
 }
 
-/// One packet, with where and when it was seen: what the tables need of it.
-struct Observation<'a> {
-    key: FlowKey,
-    /// The key's family, as a value of its own (see [`same_key`]).
-    family: u8,
+/// One packet, with where and when it was seen: what the tables need of it. The key is a
+/// reference, not a field: its address goes to map helpers, and LLVM must then assume a helper
+/// may write to all of the object it lies in. Kept apart, the other fields stay values (constant,
+/// for the hook and the family) instead of being stored and reloaded around every helper call.
+struct Observation<'a, 'k> {
+    segment: TcpSegment<'a>,
+    key: &'k FlowKey,
     sender: usize,
-    eth: &'a EthHdr,
     hook: Hook,
     now: u64,
-    seq: u32,
-    ack: u32,
-    payload_len: u32,
-    ip_id: u16,
-    flags: u8,
-    ttl: u8,
 }
 
-impl<'a> Observation<'a> {
+impl<'a, 'k> Observation<'a, 'k> {
     #[inline(always)]
-    fn new<T: Tables>(tables: &T, segment: &TcpSegment<'a>, ifindex: u32, hook: Hook) -> Self {
-        let (key, sender) = segment.flow_key(ifindex);
+    fn new<T: Tables>(
+        tables: &T,
+        segment: TcpSegment<'a>,
+        key: &'k FlowKey,
+        sender: usize,
+        hook: Hook,
+    ) -> Self {
         Observation {
+            segment,
             key,
-            family: segment.family,
             sender,
-            eth: segment.eth,
             hook,
             now: tables.now(),
-            seq: segment.seq,
-            ack: segment.ack,
-            payload_len: segment.payload_len,
-            ip_id: segment.ip_id,
-            flags: segment.flags,
-            ttl: segment.ttl,
         }
     }
 
-    /// The L2 neighbour on this flow's path: the source of what arrives, the destination of what
-    /// leaves.
     #[inline(always)]
-    fn neighbour_mac(&self) -> &[u8; 6] {
+    fn flags(&self) -> u8 {
+        self.segment.flags()
+    }
+
+    /// The L2 neighbour on this flow's path: the source of what arrives, the destination of what
+    /// leaves. Its MAC as the native integers of its first four and last two bytes.
+    #[inline(always)]
+    fn neighbour_mac(&self) -> (u32, u16) {
+        let eth = self.segment.eth;
         match self.hook {
-            Hook::Ingress => &self.eth.src,
-            Hook::Egress => &self.eth.dst,
+            Hook::Ingress => (
+                load!(u32, eth, EthHdr, src),
+                load!(u16, eth, EthHdr, src + 4),
+            ),
+            Hook::Egress => (
+                load!(u32, eth, EthHdr, dst),
+                load!(u16, eth, EthHdr, dst + 4),
+            ),
         }
     }
 
@@ -168,15 +184,17 @@ impl<'a> Observation<'a> {
     /// Sequence number just past this segment (SYN and FIN take one each).
     #[inline(always)]
     fn seq_end(&self) -> u32 {
-        let control = (self.flags & TCP_SYN != 0) as u32 + (self.flags & TCP_FIN != 0) as u32;
-        self.seq
-            .wrapping_add(self.payload_len)
+        let flags = self.flags();
+        let control = (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
+        self.segment
+            .seq()
+            .wrapping_add(self.segment.payload_len)
             .wrapping_add(control)
     }
 
     #[inline(always)]
     fn is_rst(&self) -> bool {
-        self.flags & TCP_RST != 0
+        self.flags() & TCP_RST != 0
     }
 }
 
@@ -203,11 +221,11 @@ unsafe fn atomic_add(word: *mut u64, value: u64) {
 /// A low counter would need 2^32 packets on one flow to carry into its neighbour.
 #[inline(always)]
 fn add_flags(counts: *mut FlagCounts, flags: u8) {
-    let one = |set: bool, high: bool| (set as u64) << if high { 32 } else { 0 };
-    let syn = flags & TCP_SYN != 0;
-    let ack = flags & TCP_ACK != 0;
-    let handshake = one(syn && !ack, false) | one(syn && ack, true);
-    let teardown = one(flags & TCP_FIN != 0, false) | one(flags & TCP_RST != 0, true);
+    // Branch-free: SYN counts as syn, or as syn_ack (32 bits up) with ACK; FIN is bit 0 and RST
+    // (0x04) moves up 30 bits to bit 32.
+    const _: () = assert!(TCP_ACK << 1 == 32 && TCP_FIN == 1 && (TCP_RST as u64) << 30 == 1 << 32);
+    let handshake = ((flags & TCP_SYN != 0) as u64) << ((flags & TCP_ACK) << 1);
+    let teardown = (flags & TCP_FIN) as u64 | ((flags & TCP_RST) as u64) << 30;
     let words = counts as *mut u64;
     unsafe {
         if handshake != 0 {
@@ -269,11 +287,11 @@ fn same_key(stored: *const FlowKey, obs: &Observation) -> bool {
     const FAMILY: usize = word_of(mem::offset_of!(FlowKey, family));
     const _: () = assert!(FAMILY + 1 == KEY_WORDS);
     let stored = stored as *const u32;
-    let key = &obs.key as *const FlowKey as *const u32;
+    let key = obs.key as *const FlowKey as *const u32;
     let differs = |i: usize| unsafe { stored.add(i).read_volatile() ^ key.add(i).read() };
     let mut difference =
         differs(ADDR_LO) | differs(ADDR_HI) | differs(PORTS) | differs(IFINDEX) | differs(FAMILY);
-    if obs.family != FAMILY_IPV4 {
+    if obs.segment.family() != FAMILY_IPV4 {
         for i in 1..4 {
             difference |= differs(ADDR_LO + i) | differs(ADDR_HI + i);
         }
@@ -290,11 +308,27 @@ fn copy_key(stored: *mut FlowKey, key: &FlowKey) {
     }
 }
 
-/// Copies a MAC address out of the packet. A plain `[u8; 6]` assignment from packet memory
-/// compiles to a call to memmove's byte loop; a non-overlapping copy is inlined.
+// The MACs the accounting writes start 4-aligned, for `store_mac`.
+const _: () = assert!(
+    mem::offset_of!(Baseline, mac) % 4 == 0
+        && mem::align_of::<Baseline>() >= 4
+        && mem::offset_of!(RstEvidence, mac) % 4 == 0
+        && mem::align_of::<RstEvidence>() >= 4
+);
+
+/// Stores a MAC address read by [`Observation::neighbour_mac`]: a 4-byte and a 2-byte store. A
+/// `[u8; 6]` copy from packet memory compiles to a call to memmove's byte loop, or to six byte
+/// loads and six byte stores.
+///
+/// # Safety
+/// `dst` is 4-byte aligned.
 #[inline(always)]
-fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
-    unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), 6) }
+unsafe fn store_mac(dst: &mut [u8; 6], (head, tail): (u32, u16)) {
+    let dst = dst.as_mut_ptr();
+    unsafe {
+        (dst as *mut u32).write(head);
+        (dst.add(4) as *mut u16).write(tail);
+    }
 }
 
 /// `a` is at or after `b` in sequence space.
@@ -303,52 +337,74 @@ fn seq_at_or_after(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) >= 0
 }
 
-/// What [`record_flags`] found.
+/// The flow entry [`record_flags`] recorded a packet in. Its fields are read after the update, as
+/// values, rather than returned from it: carried across the update they cost registers and
+/// spills on every flag packet, and only RSTs and the packets of reset flows need them.
 struct Recorded {
-    /// The flow entry was created by this packet.
+    entry: *mut FlowValue,
+    /// The entry was created by this packet.
     created: bool,
-    /// The sender's highest sequence end before this packet.
-    max_seq_before: u32,
-    /// The flow had carried a RST, from either side, before this packet.
-    reset_before: bool,
 }
 
-/// Records a segment that carries SYN, FIN or RST in its flow's entry.
+impl Recorded {
+    /// Whether the flow carried a RST, from either side. Asked for packets other than RSTs,
+    /// which leave the RST counts alone: so it is also whether it did before this packet.
+    #[inline(always)]
+    fn had_reset(&self) -> bool {
+        unsafe { ((*self.entry).sent_by[0].rst | (*self.entry).sent_by[1].rst) != 0 }
+    }
+
+    #[inline(always)]
+    fn flow_hash(&self) -> u32 {
+        unsafe { (*self.entry).flow_hash }
+    }
+
+    /// The highest sequence end of `sender`. Asked for RSTs, which leave the baseline alone: so
+    /// it is the one from before this packet.
+    #[inline(always)]
+    fn max_seq_end(&self, sender: usize) -> u32 {
+        unsafe { (*by_sender(&raw mut (*self.entry).baseline, sender)).max_seq_end }
+    }
+}
+
+/// Records a segment that carries SYN, FIN or RST in its flow's entry. `None` when there was no
+/// room to build a new entry.
 #[inline(always)]
-fn record_flags<T: Tables>(tables: &T, obs: &Observation) -> Recorded {
-    if let Some(value) = tables.flow(&obs.key) {
-        return update_flow(value, obs, false);
-    }
-    let Some(value) = tables.scratch() else {
-        return Recorded {
-            created: false,
-            max_seq_before: 0,
-            reset_before: false,
-        };
+fn record_flags<T: Tables>(tables: &T, obs: &Observation) -> Option<Recorded> {
+    let recorded = |entry, created| {
+        update_flow(entry, obs);
+        Some(Recorded { entry, created })
     };
-    unsafe {
-        zero(value);
-        (*value).first_seen_ns = obs.now;
+    if let Some(entry) = tables.flow(obs.key) {
+        return recorded(entry, false);
     }
-    let recorded = update_flow(value, obs, true);
-    if tables.insert_flow(&obs.key, unsafe { &*value }) {
-        return recorded;
+    let scratch = tables.scratch()?;
+    unsafe {
+        zero(scratch);
+        (*scratch).first_seen_ns = obs.now;
+        (*scratch).flow_hash = obs.segment.flow_hash();
+    }
+    update_flow(scratch, obs);
+    if tables.insert_flow(obs.key, unsafe { &*scratch }) {
+        return Some(Recorded {
+            entry: scratch,
+            created: true,
+        });
     }
     // Another CPU created the entry first: the packet updates theirs.
-    match tables.flow(&obs.key) {
-        Some(theirs) => update_flow(theirs, obs, false),
-        None => Recorded {
+    match tables.flow(obs.key) {
+        Some(theirs) => recorded(theirs, false),
+        None => Some(Recorded {
+            entry: scratch,
             created: false,
-            ..recorded
-        },
+        }),
     }
 }
 
 /// Adds one packet to a flow entry: counts, times, and the sender's baseline unless it is a RST.
 #[inline(always)]
-fn update_flow(value: *mut FlowValue, obs: &Observation, created: bool) -> Recorded {
-    let flags = obs.flags;
-    let reset_before = unsafe { ((*value).sent_by[0].rst | (*value).sent_by[1].rst) != 0 };
+fn update_flow(value: *mut FlowValue, obs: &Observation) {
+    let flags = obs.flags();
     add_flags(
         by_sender(unsafe { &raw mut (*value).sent_by }, obs.sender),
         flags,
@@ -372,15 +428,8 @@ fn update_flow(value: *mut FlowValue, obs: &Observation, created: bool) -> Recor
     if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK && value.syn_ack_ns == 0 {
         value.syn_ack_ns = obs.now;
     }
-    let baseline = unsafe { &mut *baseline };
-    let max_seq_before = baseline.max_seq_end;
     if !obs.is_rst() {
-        record_baseline(baseline, obs);
-    }
-    Recorded {
-        created,
-        max_seq_before,
-        reset_before,
+        record_baseline(unsafe { &mut *baseline }, obs);
     }
 }
 
@@ -390,9 +439,10 @@ fn record_baseline(baseline: &mut Baseline, obs: &Observation) {
     if baseline.seen_on == SEEN_NONE || seq_at_or_after(seq_end, baseline.max_seq_end) {
         baseline.max_seq_end = seq_end;
     }
-    copy_mac(&mut baseline.mac, obs.neighbour_mac());
-    baseline.ip_id = obs.ip_id;
-    baseline.ttl = obs.ttl;
+    // SAFETY: asserted next to store_mac.
+    unsafe { store_mac(&mut baseline.mac, obs.neighbour_mac()) };
+    baseline.ip_id = obs.segment.ip_id();
+    baseline.ttl = obs.segment.ttl();
     baseline.seen_on = obs.seen_on();
 }
 
@@ -435,7 +485,7 @@ fn reset_entry<T: Tables>(
     // Racy on purpose: two CPUs claiming one entry at the same instant mix their evidence.
     unsafe {
         zero(&raw mut (*victim).evidence);
-        copy_key(&raw mut (*victim).key, &obs.key);
+        copy_key(&raw mut (*victim).key, obs.key);
     }
     Some(victim)
 }
@@ -461,15 +511,20 @@ fn record_reset<T: Tables>(tables: &T, obs: &Observation, hash: u32, max_seq_bef
 #[inline(always)]
 fn update_reset(rst: *mut RstEvidence, obs: &Observation, max_seq_before: u32) {
     let rst = unsafe { &mut *rst };
-    let seq = obs.seq;
+    let seq = obs.segment.seq();
     if rst.first_rst_ns == 0 {
         rst.first_rst_ns = obs.now;
-        copy_mac(&mut rst.mac, obs.neighbour_mac());
-        rst.ip_id = obs.ip_id;
-        rst.ttl = obs.ttl;
+        // SAFETY: asserted next to store_mac.
+        unsafe { store_mac(&mut rst.mac, obs.neighbour_mac()) };
+        rst.ip_id = obs.segment.ip_id();
+        rst.ttl = obs.segment.ttl();
         rst.seen_on = obs.seen_on();
         rst.seq = seq;
-        rst.ack = if obs.flags & TCP_ACK != 0 { obs.ack } else { 0 };
+        rst.ack = if obs.flags() & TCP_ACK != 0 {
+            obs.segment.ack()
+        } else {
+            0
+        };
         rst.max_seq_before = max_seq_before;
     } else {
         if seq == rst.seq {
@@ -515,8 +570,9 @@ fn note_after_reset<T: Tables>(tables: &T, obs: &Observation, hash: u32) {
     if unsafe { (*rst).first_rst_ns } == 0 {
         return;
     }
-    let beyond = obs.payload_len > 0 && seq_at_or_after(obs.seq, unsafe { (*rst).seq });
-    let bytes = if beyond { obs.payload_len as u64 } else { 0 };
+    let payload_len = obs.segment.payload_len;
+    let beyond = payload_len > 0 && seq_at_or_after(obs.segment.seq(), unsafe { (*rst).seq });
+    let bytes = if beyond { payload_len as u64 } else { 0 };
     // packets_after and bytes_beyond are adjacent u32s on an 8-byte boundary: one 64-bit add.
     unsafe { atomic_add(&raw mut (*rst).packets_after as *mut u64, 1 | bytes << 32) };
 }
@@ -568,6 +624,6 @@ impl TcpSegment<'_> {
     /// This packet's [`flow_hash`].
     #[inline(always)]
     pub fn flow_hash(&self) -> u32 {
-        flow_hash(&self.src, self.src_port, &self.dst, self.dst_port)
+        flow_hash(&self.src(), self.src_port(), &self.dst(), self.dst_port())
     }
 }

@@ -6,8 +6,6 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics, asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
-pub mod account;
-
 use core::{marker::PhantomData, mem};
 
 use tracer_common::{FlowKey, FAMILY_IPV4, FAMILY_IPV6};
@@ -19,6 +17,83 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     // Unreachable in a loaded program: the verifier rejects any path that could panic.
     loop {}
 }
+
+/// Loads of packet fields, which have no alignment. LLVM would split a load it cannot prove
+/// aligned into single bytes (an address word: 4 loads, 3 shifts, 3 ors), and its
+/// `allows-misaligned-mem-access` feature also misaligns stack slots, which the verifier refuses.
+/// So on BPF the load is one instruction written in assembly. The verifier accepts it: packet
+/// loads need no alignment where the CPU has efficient unaligned access, and elsewhere it checks
+/// them as if the IP header were 4-aligned (NET_IP_ALIGN), which every field read here then is.
+macro_rules! unaligned_load {
+    ($name:ident, $int:ty, $width:literal) => {
+        /// The bytes at `OFFSET` in `*base` as one integer, in their order in memory. The offset
+        /// is a constant of the load instruction: a pointer to the field instead would cost two
+        /// instructions and a register more (BPF has no three-operand add).
+        #[inline(always)]
+        pub(crate) fn $name<const OFFSET: usize, H>(base: &H) -> $int {
+            const { assert!(OFFSET + mem::size_of::<$int>() <= mem::size_of::<H>()) };
+            #[cfg(target_arch = "bpf")]
+            {
+                let value: u64;
+                unsafe {
+                    core::arch::asm!(
+                        concat!("{0} = *(", $width, " *)({1} + {2})"),
+                        lateout(reg) value,
+                        in(reg) base as *const H,
+                        const OFFSET,
+                        options(pure, readonly, nostack, preserves_flags),
+                    );
+                    // The load zero-extends; told so, LLVM does not mask the value again
+                    // wherever it is widened or compared.
+                    core::hint::assert_unchecked(value <= <$int>::MAX as u64);
+                }
+                value as $int
+            }
+            #[cfg(not(target_arch = "bpf"))]
+            unsafe {
+                ((base as *const H as *const u8).add(OFFSET) as *const $int).read_unaligned()
+            }
+        }
+    };
+}
+
+unaligned_load!(load_u16, u16, "u16");
+unaligned_load!(load_u32, u32, "u32");
+
+/// A field of a header in the packet as one load: `load!(u16, ip, Ipv4Hdr, id)` is the native
+/// integer of the field's bytes; `+ N` reads N bytes further in.
+macro_rules! load {
+    (u16, $header:expr, $ty:ty, $field:ident $(+ $extra:literal)?) => {
+        load_u16::<{ mem::offset_of!($ty, $field) $(+ $extra)? }, $ty>($header)
+    };
+    (u32, $header:expr, $ty:ty, $field:ident $(+ $extra:literal)?) => {
+        load_u32::<{ mem::offset_of!($ty, $field) $(+ $extra)? }, $ty>($header)
+    };
+}
+
+/// A big-endian 16-bit header field.
+macro_rules! be16 {
+    ($header:expr, $ty:ty, $field:ident) => {
+        u16::from_be(load!(u16, $header, $ty, $field))
+    };
+}
+
+/// An address as native words of network-order data, the [`FlowKey`] encoding.
+macro_rules! address {
+    ($header:expr, Ipv4Hdr, $field:ident) => {
+        [load!(u32, $header, Ipv4Hdr, $field), 0, 0, 0]
+    };
+    ($header:expr, Ipv6Hdr, $field:ident) => {
+        [
+            load!(u32, $header, Ipv6Hdr, $field),
+            load!(u32, $header, Ipv6Hdr, $field + 4),
+            load!(u32, $header, Ipv6Hdr, $field + 8),
+            load!(u32, $header, Ipv6Hdr, $field + 12),
+        ]
+    };
+}
+
+pub mod account;
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -36,36 +111,107 @@ const IPV6_DEST_OPTIONS: u8 = 60;
 /// Real packets carry one or two extension headers; the bound keeps the verifier's work small.
 const MAX_IPV6_EXT_HEADERS: usize = 6;
 
-/// The parts of a TCP packet the counters and the reset evidence need.
+/// A TCP segment found in a packet: where its headers are, and its payload length. Fields are
+/// read from the packet where they are used, not when parsing: a plain data packet needs only
+/// its addresses, ports and flags, and what a flag packet needs after the flow-table lookup is
+/// cheaper to read again from the packet than to carry across the helper call on the stack.
+#[derive(Clone, Copy)]
 pub struct TcpSegment<'a> {
     pub eth: &'a EthHdr,
-    pub family: u8,
-    pub src: [u32; 4],
-    pub dst: [u32; 4],
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub flags: u8,
-    /// TTL or hop limit.
-    pub ttl: u8,
-    /// IPv4 identification; 0 for IPv6.
-    pub ip_id: u16,
-    pub seq: u32,
-    pub ack: u32,
+    ip: IpHeader<'a>,
+    tcp: &'a TcpHdr,
     /// TCP payload length from the IP length fields (0 when they do not add up).
     pub payload_len: u32,
 }
 
+/// The IP header of a segment. The parser gives each version its own copy of what follows
+/// (see [`parse`]), so in each copy the variant is a constant and matching on it costs nothing.
+#[derive(Clone, Copy)]
+enum IpHeader<'a> {
+    V4(&'a Ipv4Hdr),
+    V6(&'a Ipv6Hdr),
+}
+
 impl TcpSegment<'_> {
+    #[inline(always)]
+    pub fn family(&self) -> u8 {
+        match self.ip {
+            IpHeader::V4(_) => FAMILY_IPV4,
+            IpHeader::V6(_) => FAMILY_IPV6,
+        }
+    }
+
+    /// The source address in the [`FlowKey`] encoding: IPv4 in the first word, the rest zero.
+    #[inline(always)]
+    pub fn src(&self) -> [u32; 4] {
+        match self.ip {
+            IpHeader::V4(ip) => address!(ip, Ipv4Hdr, src),
+            IpHeader::V6(ip) => address!(ip, Ipv6Hdr, src),
+        }
+    }
+
+    /// The destination address, encoded like [`TcpSegment::src`].
+    #[inline(always)]
+    pub fn dst(&self) -> [u32; 4] {
+        match self.ip {
+            IpHeader::V4(ip) => address!(ip, Ipv4Hdr, dst),
+            IpHeader::V6(ip) => address!(ip, Ipv6Hdr, dst),
+        }
+    }
+
+    /// TTL or hop limit.
+    #[inline(always)]
+    pub fn ttl(&self) -> u8 {
+        match self.ip {
+            IpHeader::V4(ip) => ip.ttl,
+            IpHeader::V6(ip) => ip.hop_limit,
+        }
+    }
+
+    /// IPv4 identification; 0 for IPv6.
+    #[inline(always)]
+    pub fn ip_id(&self) -> u16 {
+        match self.ip {
+            IpHeader::V4(ip) => be16!(ip, Ipv4Hdr, id),
+            IpHeader::V6(_) => 0,
+        }
+    }
+
+    #[inline(always)]
+    pub fn src_port(&self) -> u16 {
+        be16!(self.tcp, TcpHdr, src_port)
+    }
+
+    #[inline(always)]
+    pub fn dst_port(&self) -> u16 {
+        be16!(self.tcp, TcpHdr, dst_port)
+    }
+
+    #[inline(always)]
+    pub fn flags(&self) -> u8 {
+        self.tcp.flags
+    }
+
+    #[inline(always)]
+    pub fn seq(&self) -> u32 {
+        u32::from_be(load!(u32, self.tcp, TcpHdr, seq))
+    }
+
+    #[inline(always)]
+    pub fn ack(&self) -> u32 {
+        u32::from_be(load!(u32, self.tcp, TcpHdr, ack))
+    }
+
     /// The canonical key of this packet's flow on `ifindex`, and which endpoint sent it.
     #[inline(always)]
     pub fn flow_key(&self, ifindex: u32) -> (FlowKey, usize) {
         FlowKey::from_packet(
-            self.family,
+            self.family(),
             ifindex,
-            self.src,
-            self.src_port,
-            self.dst,
-            self.dst_port,
+            self.src(),
+            self.src_port(),
+            self.dst(),
+            self.dst_port(),
         )
     }
 }
@@ -73,14 +219,9 @@ impl TcpSegment<'_> {
 /// What the IP layer tells the TCP parser.
 struct IpInfo<'a> {
     eth: &'a EthHdr,
-    family: u8,
-    src: [u32; 4],
-    dst: [u32; 4],
-    ttl: u8,
-    ip_id: u16,
-    /// Bytes from the start of the TCP header to the end of the IP packet, per the IP length
-    /// fields.
-    l4_len: usize,
+    header: IpHeader<'a>,
+    /// Offset in the packet just past the IP packet, per the IP length field.
+    end: usize,
 }
 
 /// Why a packet yielded no TCP segment.
@@ -187,64 +328,6 @@ struct TcpHdr {
     urgent: [u8; 2],
 }
 
-/// Loads of packet fields, which have no alignment. LLVM would split a load it cannot prove
-/// aligned into single bytes (an address word: 4 loads, 3 shifts, 3 ors), and its
-/// `allows-misaligned-mem-access` feature also misaligns stack slots, which the verifier refuses.
-/// So on BPF the load is one instruction written in assembly. The verifier accepts it: packet
-/// loads need no alignment where the CPU has efficient unaligned access, and elsewhere it checks
-/// them as if the IP header were 4-aligned (NET_IP_ALIGN), which every field read here then is.
-macro_rules! unaligned_load {
-    ($name:ident, $int:ty, $width:literal) => {
-        /// The bytes as one integer, in their order in memory.
-        #[inline(always)]
-        fn $name(bytes: &[u8; mem::size_of::<$int>()]) -> $int {
-            #[cfg(target_arch = "bpf")]
-            {
-                let value: u64;
-                unsafe {
-                    core::arch::asm!(
-                        concat!("{0} = *(", $width, " *)({1} + 0)"),
-                        lateout(reg) value,
-                        in(reg) bytes.as_ptr(),
-                        options(pure, readonly, nostack, preserves_flags),
-                    );
-                    // The load zero-extends; told so, LLVM does not mask the value again
-                    // wherever it is widened or compared.
-                    core::hint::assert_unchecked(value <= <$int>::MAX as u64);
-                }
-                value as $int
-            }
-            #[cfg(not(target_arch = "bpf"))]
-            <$int>::from_ne_bytes(*bytes)
-        }
-    };
-}
-
-unaligned_load!(load_u16, u16, "u16");
-unaligned_load!(load_u32, u32, "u32");
-
-#[inline(always)]
-fn be16(bytes: &[u8; 2]) -> u16 {
-    u16::from_be(load_u16(bytes))
-}
-
-#[inline(always)]
-fn be32(bytes: &[u8; 4]) -> u32 {
-    u32::from_be(load_u32(bytes))
-}
-
-/// An address as native words of network-order data, the [`FlowKey`] encoding.
-#[inline(always)]
-fn words<const N: usize>(bytes: &[[u8; 4]; N]) -> [u32; N] {
-    let mut out = [0u32; N];
-    let mut i = 0;
-    while i < N {
-        out[i] = load_u32(&bytes[i]);
-        i += 1;
-    }
-    out
-}
-
 /// What a caller of [`parse`] does with the TCP segment it finds.
 pub trait OnSegment<'a> {
     type Output;
@@ -270,13 +353,13 @@ pub fn parse<'a, S: OnSegment<'a>>(
     on_segment: S,
 ) -> Result<S::Output, NoSegment> {
     let eth = packet.header::<EthHdr>(0)?;
-    let mut ether_type = be16(&eth.ether_type);
+    let mut ether_type = be16!(eth, EthHdr, ether_type);
     let mut l3 = mem::size_of::<EthHdr>();
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
         }
-        ether_type = be16(&packet.header::<VlanHdr>(l3)?.ether_type);
+        ether_type = be16!(packet.header::<VlanHdr>(l3)?, VlanHdr, ether_type);
         l3 += mem::size_of::<VlanHdr>();
     }
     match ether_type {
@@ -300,17 +383,13 @@ fn parse_ipv4<'a, S: OnSegment<'a>>(
     }
     // A header we walk must be whole, whatever follows it: a truncated one is malformed.
     packet.header::<u8>(l3 + header_len - 1)?;
-    if be16(&ip.frag) & IPV4_FRAG_OFFSET_MASK != 0 || ip.protocol != IPPROTO_TCP {
+    if be16!(ip, Ipv4Hdr, frag) & IPV4_FRAG_OFFSET_MASK != 0 || ip.protocol != IPPROTO_TCP {
         return Err(NoSegment::NotTcp);
     }
     let info = IpInfo {
         eth,
-        family: FAMILY_IPV4,
-        src: [load_u32(&ip.src), 0, 0, 0],
-        dst: [load_u32(&ip.dst), 0, 0, 0],
-        ttl: ip.ttl,
-        ip_id: be16(&ip.id),
-        l4_len: (be16(&ip.total_len) as usize).saturating_sub(header_len),
+        header: IpHeader::V4(ip),
+        end: l3 + be16!(ip, Ipv4Hdr, total_len) as usize,
     };
     parse_tcp(packet, l3 + header_len, info, on_segment)
 }
@@ -340,7 +419,7 @@ fn parse_ipv6<'a, S: OnSegment<'a>>(
             IPV6_FRAGMENT => {
                 let frag = packet.header::<Ipv6FragHdr>(offset)?;
                 // Only the first fragment (offset 0) carries the TCP header.
-                if be16(&frag.offset_flags) >> 3 != 0 {
+                if be16!(frag, Ipv6FragHdr, offset_flags) >> 3 != 0 {
                     return Err(NoSegment::NotTcp);
                 }
                 next_header = frag.next_header;
@@ -353,15 +432,10 @@ fn parse_ipv6<'a, S: OnSegment<'a>>(
     if next_header != IPPROTO_TCP {
         return Err(NoSegment::NotTcp);
     }
-    let ext_len = offset - l3 - mem::size_of::<Ipv6Hdr>();
     let info = IpInfo {
         eth,
-        family: FAMILY_IPV6,
-        src: words(&ip.src),
-        dst: words(&ip.dst),
-        ttl: ip.hop_limit,
-        ip_id: 0,
-        l4_len: (be16(&ip.payload_len) as usize).saturating_sub(ext_len),
+        header: IpHeader::V6(ip),
+        end: l3 + mem::size_of::<Ipv6Hdr>() + be16!(ip, Ipv6Hdr, payload_len) as usize,
     };
     parse_tcp(packet, offset, info, on_segment)
 }
@@ -378,22 +452,15 @@ fn parse_tcp<'a, S: OnSegment<'a>>(
     if header_len < mem::size_of::<TcpHdr>() {
         return Err(NoSegment::Malformed);
     }
-    let segment = TcpSegment {
-        eth: ip.eth,
-        family: ip.family,
-        src: ip.src,
-        dst: ip.dst,
-        src_port: be16(&tcp.src_port),
-        dst_port: be16(&tcp.dst_port),
-        flags: tcp.flags,
-        ttl: ip.ttl,
-        ip_id: ip.ip_id,
-        seq: be32(&tcp.seq),
-        ack: be32(&tcp.ack),
-        payload_len: ip.l4_len.saturating_sub(header_len) as u32,
-    };
     // The whole header, options included, must be present.
     packet.header::<u8>(l4 + header_len - 1)?;
+    let segment = TcpSegment {
+        eth: ip.eth,
+        ip: ip.header,
+        tcp,
+        // One subtraction for both headers: the IP length field counts them too.
+        payload_len: ip.end.saturating_sub(l4 + header_len) as u32,
+    };
     Ok(on_segment.on_segment(segment))
 }
 
@@ -435,11 +502,14 @@ mod tests {
         let frame = tcp_v4(|b| b.rst().ack(77), b"abc");
         parsed(&frame, |segment| {
             let segment = segment.ok().expect("a TCP segment");
-            assert_eq!(segment.family, FAMILY_IPV4);
-            assert_eq!(segment.src[0].to_ne_bytes(), [10, 0, 0, 1]);
-            assert_eq!((segment.src_port, segment.dst_port), (40000, 443));
-            assert_eq!(segment.flags, 0x14);
-            assert_eq!((segment.ttl, segment.seq, segment.ack), (61, 1000, 77));
+            assert_eq!(segment.family(), FAMILY_IPV4);
+            assert_eq!(segment.src()[0].to_ne_bytes(), [10, 0, 0, 1]);
+            assert_eq!((segment.src_port(), segment.dst_port()), (40000, 443));
+            assert_eq!(segment.flags(), 0x14);
+            assert_eq!(
+                (segment.ttl(), segment.seq(), segment.ack()),
+                (61, 1000, 77)
+            );
             assert_eq!(segment.payload_len, 3);
             assert_eq!(segment.eth.src, [2, 0, 0, 0, 0, 1]);
         });
@@ -458,10 +528,10 @@ mod tests {
         parsed(&frame, |segment| {
             let segment = segment.ok().expect("a TCP segment");
             assert_eq!(
-                (segment.family, segment.ttl, segment.ip_id),
+                (segment.family(), segment.ttl(), segment.ip_id()),
                 (FAMILY_IPV6, 33, 0)
             );
-            assert_eq!(segment.dst, [u32::from_ne_bytes([0xfe; 4]); 4]);
+            assert_eq!(segment.dst(), [u32::from_ne_bytes([0xfe; 4]); 4]);
         });
     }
 

@@ -8,10 +8,7 @@ use core::ptr;
 
 use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, BPF_NOEXIST, TC_ACT_UNSPEC},
-    helpers::{
-        bpf_ktime_get_coarse_ns,
-        generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
-    },
+    helpers::generated::{bpf_jiffies64, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
@@ -42,10 +39,21 @@ static RESETS: Array<ResetEntry> = Array::pinned(DEFAULT_MAX_RESETS, 0);
 #[unsafe(no_mangle)]
 static RESET_SET_MASK: u32 = reset_set_mask(DEFAULT_MAX_RESETS);
 
-/// Plain packets still to examine after a RST, per [`tracer_common::gate_slot`]: a cheap array
-/// read decides whether a plain data packet needs the reset table at all.
-#[map(name = "RESET_GATE")]
-static RESET_GATE: Array<u32> = Array::pinned(RESET_GATE_SLOTS, 0);
+/// The kernel clock, `jiffies × CLOCK_TICK_NS + CLOCK_OFFSET_NS`: CLOCK_MONOTONIC_COARSE, from
+/// `bpf_jiffies64`, which the verifier inlines into one load where `bpf_ktime_get_coarse_ns` is a
+/// helper call. Read-only data, set at load time from `flagtrace`'s calibration (clock.rs).
+#[unsafe(no_mangle)]
+static CLOCK_TICK_NS: u64 = 0;
+#[unsafe(no_mangle)]
+static CLOCK_OFFSET_NS: u64 = 0;
+
+/// Plain packets still to examine after a RST, per [`tracer_common::gate_slot`]: a cheap read
+/// decides whether a plain data packet needs the reset table at all. A global rather than a map:
+/// the program gets its address directly, so a slot costs one load, not an inlined map lookup.
+/// Private to this load, like SCRATCH: after a restart the gate starts closed.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.reset_gate")]
+static mut RESET_GATE: [u32; RESET_GATE_SLOTS as usize] = [0; RESET_GATE_SLOTS as usize];
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<GlobalCounters> = PerCpuArray::pinned(HOOK_COUNT, 0);
@@ -54,9 +62,16 @@ static COUNTERS: PerCpuArray<GlobalCounters> = PerCpuArray::pinned(HOOK_COUNT, 0
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<FlowValue> = PerCpuArray::with_max_entries(1, 0);
 
-/// `flagtrace watch`'s switch: written by the watcher, read here.
-#[map(name = "WATCH")]
-static WATCH: Array<WatchConfig> = Array::pinned(1, 0);
+/// `flagtrace watch`'s switch: written by the watcher, read here on every SYN and RST. A global
+/// alone in its section, which aya makes a one-entry array map that user space pins as WATCH: the
+/// program gets its address directly, one load where a map lookup costs a dozen instructions.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.watch")]
+static mut WATCH: WatchConfig = WatchConfig {
+    lease_until_ns: 0,
+    rate_per_sec: 0,
+    burst: 0,
+};
 
 /// Each CPU's event budget; private to this load, like SCRATCH.
 #[map(name = "EVENT_BUDGET")]
@@ -65,14 +80,20 @@ static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1,
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
-/// How a hook copies its packet's first bytes into an event.
-trait PacketBytes {
+/// What the accounting needs of a hook's context besides the packet.
+trait HookContext {
+    fn ifindex(&self) -> u32;
     fn len(&self) -> u32;
     /// Copies the first `len` bytes (1 to [`EVENT_SNAP_LEN`]) to `dst`.
     fn copy_to(&self, dst: *mut u8, len: u32) -> bool;
 }
 
-impl PacketBytes for XdpContext {
+impl HookContext for XdpContext {
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+
     #[inline(always)]
     fn len(&self) -> u32 {
         (self.data_end() - self.data()) as u32
@@ -84,7 +105,12 @@ impl PacketBytes for XdpContext {
     }
 }
 
-impl PacketBytes for TcContext {
+impl HookContext for TcContext {
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
     #[inline(always)]
     fn len(&self) -> u32 {
         TcContext::len(self)
@@ -101,10 +127,9 @@ impl PacketBytes for TcContext {
 /// The pinned maps, seen from one hook's program.
 struct Maps<'a, C> {
     ctx: &'a C,
-    ifindex: u32,
 }
 
-impl<C: PacketBytes> Tables for Maps<'_, C> {
+impl<C: HookContext> Tables for Maps<'_, C> {
     #[inline(always)]
     fn counters(&self, hook: Hook) -> Option<*mut GlobalCounters> {
         COUNTERS.get_ptr_mut(hook as u32)
@@ -112,7 +137,8 @@ impl<C: PacketBytes> Tables for Maps<'_, C> {
 
     #[inline(always)]
     fn gate(&self, slot: u32) -> Option<*mut u32> {
-        RESET_GATE.get_ptr_mut(slot)
+        let slot = (slot & (RESET_GATE_SLOTS - 1)) as usize;
+        Some(unsafe { (&raw mut RESET_GATE as *mut u32).add(slot) })
     }
 
     #[inline(always)]
@@ -143,12 +169,25 @@ impl<C: PacketBytes> Tables for Maps<'_, C> {
 
     #[inline(always)]
     fn now(&self) -> u64 {
-        unsafe { bpf_ktime_get_coarse_ns() }
+        // Volatile: the values are set at load time, after compilation.
+        let (tick_ns, offset_ns) = unsafe {
+            (
+                ptr::read_volatile(&CLOCK_TICK_NS),
+                ptr::read_volatile(&CLOCK_OFFSET_NS),
+            )
+        };
+        let jiffies = unsafe { bpf_jiffies64() };
+        jiffies * tick_ns + offset_ns
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ctx.ifindex()
     }
 
     #[inline(always)]
     fn watch(&self) -> Option<*const WatchConfig> {
-        WATCH.get_ptr(0)
+        Some(&raw const WATCH)
     }
 
     #[inline(always)]
@@ -171,7 +210,7 @@ impl<C: PacketBytes> Tables for Maps<'_, C> {
         let event = entry.as_mut_ptr();
         unsafe {
             (*event).time_ns = now;
-            (*event).ifindex = self.ifindex;
+            (*event).ifindex = self.ctx.ifindex();
             (*event).packet_len = packet_len;
             (*event).captured_len = captured_len;
             (*event).seen_on = match hook {
@@ -194,9 +233,7 @@ impl<C: PacketBytes> Tables for Maps<'_, C> {
 #[xdp]
 pub fn flagtrace_ingress(ctx: XdpContext) -> u32 {
     let packet = Packet::new(ctx.data(), ctx.data_end());
-    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let maps = Maps { ctx: &ctx, ifindex };
-    account(&maps, packet, ifindex, Hook::Ingress);
+    account(&Maps { ctx: &ctx }, packet, Hook::Ingress);
     XDP_PASS
 }
 
@@ -205,9 +242,7 @@ pub fn flagtrace_ingress(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn flagtrace_egress(ctx: TcContext) -> i32 {
     let packet = Packet::new(ctx.data(), ctx.data_end());
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let maps = Maps { ctx: &ctx, ifindex };
-    account(&maps, packet, ifindex, Hook::Egress);
+    account(&Maps { ctx: &ctx }, packet, Hook::Egress);
     TC_ACT_UNSPEC
 }
 

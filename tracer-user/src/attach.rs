@@ -19,11 +19,12 @@ use aya::{
 };
 use tracer_common::{
     reset_capacity, reset_set_mask, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, FLOWS_MAP, PINNED_MAPS,
-    RESETS_MAP, RESET_SET_MASK_GLOBAL, TC_PROGRAM, XDP_PROGRAM,
+    RESETS_MAP, RESET_SET_MASK_GLOBAL, TC_PROGRAM, WATCH_GLOBAL, XDP_PROGRAM,
 };
 
 use crate::{
     cli::{AttachArgs, XdpModeArg},
+    clock::KernelClock,
     maps::{self, PinnedMaps},
     metrics,
     netns::Netns,
@@ -56,7 +57,7 @@ pub fn run(
 
     let dir = root.create_dir(&attachment)?;
     let fix = root.purge_command(&attachment);
-    let pinned = maps::pinned_capacities(&dir, &fix)?;
+    let pinned = maps::pinned_state(&dir, &fix)?;
     let max_flows = table_capacity(
         &attachment,
         &fix,
@@ -74,15 +75,18 @@ pub fn run(
         args.max_resets.map(reset_capacity),
         DEFAULT_MAX_RESETS,
     );
+    let clock = KernelClock::calibrated()?;
     let mut loader = EbpfLoader::new();
-    for map in PINNED_MAPS {
-        loader.map_pin_path(map, dir.join(map));
+    for (map, pin) in PINNED_MAPS {
+        loader.map_pin_path(map, dir.join(pin));
     }
+    clock.configure(&mut loader);
     let reset_set_mask = reset_set_mask(max_resets);
     let mut ebpf = loader
         .map_max_entries(FLOWS_MAP, max_flows)
         .map_max_entries(RESETS_MAP, max_resets)
         .override_global(RESET_SET_MASK_GLOBAL, &reset_set_mask, true)
+        .override_global(WATCH_GLOBAL, &pinned.watch, true)
         .load(EBPF_OBJECT)
         .with_context(|| format!("loading the eBPF object for {attachment}"))?;
 

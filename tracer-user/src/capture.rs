@@ -1237,9 +1237,9 @@ mod tests {
             Packet::new(start, start + frame.len()),
             |segment: TcpSegment| {
                 (
-                    segment.src_port,
-                    segment.dst_port,
-                    segment.flags,
+                    segment.src_port(),
+                    segment.dst_port(),
+                    segment.flags(),
                     segment.eth.src,
                 )
             },

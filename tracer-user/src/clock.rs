@@ -1,10 +1,26 @@
-//! Kernel timestamps to wall-clock time. The kernel stamps flows with CLOCK_MONOTONIC_COARSE
-//! (`bpf_ktime_get_coarse_ns`: a few nanoseconds where the precise clocks cost tens, at one
-//! tick's resolution), which has no epoch; a snapshot of CLOCK_MONOTONIC and CLOCK_REALTIME
-//! taken together converts one into the other. The coarse clock is the precise one as of the
-//! last tick, so a converted time is at most a tick early.
+//! The kernel clock, and its timestamps as wall-clock time.
+//!
+//! The kernel programs stamp flows with CLOCK_MONOTONIC_COARSE at one tick's resolution, computed
+//! as `jiffies × tick + offset` from `bpf_jiffies64`: the verifier inlines that helper into one
+//! load, where `bpf_ktime_get_coarse_ns` is a call and the precise clocks cost tens of
+//! nanoseconds. [`KernelClock`] measures the tick and the offset before the programs load.
+//!
+//! The clock has no epoch; a snapshot of CLOCK_MONOTONIC and CLOCK_REALTIME taken together
+//! converts one into the other. A stamp is the time of the last tick, so a converted time is at
+//! most a tick early.
 
-use std::{io, time::Duration};
+use std::{io, sync::OnceLock, thread, time::Duration};
+
+use anyhow::{bail, Context as _};
+use aya::{
+    programs::{TestRun, TestRunOptions, Xdp},
+    EbpfLoader,
+};
+use tracer_common::{
+    ClockSample, CLOCK_OFFSET_NS_GLOBAL, CLOCK_PROBE_PROGRAM, CLOCK_TICK_NS_GLOBAL,
+};
+
+use crate::CLOCK_PROBE_OBJECT;
 
 const NANOS_PER_SECOND: i128 = 1_000_000_000;
 const SECONDS_PER_DAY: i128 = 86_400;
@@ -61,13 +77,146 @@ impl ClockSnapshot {
     }
 }
 
+/// How the kernel programs turn jiffies into CLOCK_MONOTONIC_COARSE nanoseconds:
+/// `jiffies × tick_ns + offset_ns`, in wrapping arithmetic (jiffies start just below 2^32, so
+/// the offset is "negative").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelClock {
+    pub tick_ns: u64,
+    pub offset_ns: u64,
+}
+
+/// Probe runs the calibration takes, spread over a few ticks.
+const CLOCK_SAMPLES: usize = 16;
+/// How many ticks the samples span.
+const CALIBRATION_TICKS: u32 = 3;
+
+impl KernelClock {
+    /// This machine's, measured once per process.
+    pub fn calibrated() -> anyhow::Result<KernelClock> {
+        static CLOCK: OnceLock<KernelClock> = OnceLock::new();
+        if let Some(clock) = CLOCK.get() {
+            return Ok(*clock);
+        }
+        let clock = KernelClock::measure().context("calibrating the kernel clock")?;
+        Ok(*CLOCK.get_or_init(|| clock))
+    }
+
+    /// The tick is the coarse clock's resolution, which Linux reports as TICK_NSEC: jiffies
+    /// advance once per TICK_NSEC of CLOCK_MONOTONIC. The offset comes from readings of both
+    /// clocks by the probe program.
+    fn measure() -> anyhow::Result<KernelClock> {
+        let tick_ns = resolution_ns(libc::CLOCK_MONOTONIC_COARSE)
+            .context("reading the resolution of CLOCK_MONOTONIC_COARSE")?;
+        let mut ebpf = EbpfLoader::new()
+            .load(CLOCK_PROBE_OBJECT)
+            .context("loading the clock probe")?;
+        let probe: &mut Xdp = ebpf
+            .program_mut(CLOCK_PROBE_PROGRAM)
+            .with_context(|| format!("no program {CLOCK_PROBE_PROGRAM} in the clock probe"))?
+            .try_into()?;
+        probe
+            .load()
+            .with_context(|| format!("loading {CLOCK_PROBE_PROGRAM}"))?;
+        let pause = Duration::from_nanos(tick_ns) * CALIBRATION_TICKS / CLOCK_SAMPLES as u32;
+        let mut samples = Vec::with_capacity(CLOCK_SAMPLES);
+        for _ in 0..CLOCK_SAMPLES {
+            samples.push(sample(probe)?);
+            thread::sleep(pause);
+        }
+        Ok(KernelClock::from_samples(tick_ns, &samples)?)
+    }
+
+    /// The clock that fits readings taken over a few ticks. A reading can fall between the
+    /// tick's update of jiffies and its update of the coarse clock, and be a tick off: the
+    /// median of the offsets ignores such readings.
+    pub fn from_samples(tick_ns: u64, samples: &[ClockSample]) -> anyhow::Result<KernelClock> {
+        let Some(first) = samples.first() else {
+            bail!("no clock readings");
+        };
+        if tick_ns == 0 {
+            bail!("a tick of 0 ns");
+        }
+        let offset = |sample: &ClockSample| {
+            sample
+                .coarse_ns
+                .wrapping_sub(sample.jiffies.wrapping_mul(tick_ns))
+        };
+        // Offsets as distances from the first, so that sorting does not trip over wrapping.
+        let mut distances: Vec<i64> = samples
+            .iter()
+            .map(|sample| offset(sample).wrapping_sub(offset(first)) as i64)
+            .collect();
+        distances.sort_unstable();
+        let median = distances[distances.len() / 2];
+        let agreeing = distances
+            .iter()
+            .filter(|distance| distance.abs_diff(median) < tick_ns)
+            .count();
+        if agreeing * 2 <= distances.len() {
+            bail!(
+                "jiffies and CLOCK_MONOTONIC_COARSE disagree (offsets from the first reading: \
+                 {distances:?} ns, tick {tick_ns} ns)"
+            );
+        }
+        Ok(KernelClock {
+            tick_ns,
+            offset_ns: offset(first).wrapping_add(median as u64),
+        })
+    }
+
+    /// Sets the kernel programs' clock globals in `loader`.
+    pub fn configure<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        loader
+            .override_global(CLOCK_TICK_NS_GLOBAL, &self.tick_ns, true)
+            .override_global(CLOCK_OFFSET_NS_GLOBAL, &self.offset_ns, true);
+    }
+
+    /// The time the kernel programs stamp at `jiffies`.
+    pub fn ns(&self, jiffies: u64) -> u64 {
+        jiffies
+            .wrapping_mul(self.tick_ns)
+            .wrapping_add(self.offset_ns)
+    }
+}
+
+/// One run of the clock probe.
+fn sample(probe: &Xdp) -> anyhow::Result<ClockSample> {
+    // BPF_PROG_TEST_RUN wants at least an Ethernet header's worth of packet.
+    let packet = [0u8; 64];
+    let mut out = [0u8; 64];
+    probe
+        .test_run(TestRunOptions {
+            data_in: Some(&packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .with_context(|| format!("running {CLOCK_PROBE_PROGRAM}"))?;
+    // SAFETY: `out` holds more than a ClockSample, which is plain data.
+    Ok(unsafe { std::ptr::read_unaligned(out.as_ptr().cast()) })
+}
+
+/// The reading of `clock`, in nanoseconds.
 fn read_clock(clock: libc::clockid_t) -> io::Result<i128> {
+    timespec_ns(libc::clock_gettime, clock)
+}
+
+/// The resolution of `clock`, in nanoseconds.
+fn resolution_ns(clock: libc::clockid_t) -> io::Result<u64> {
+    Ok(timespec_ns(libc::clock_getres, clock)? as u64)
+}
+
+/// The timespec `call` (clock_gettime or clock_getres) gives for `clock`, in nanoseconds.
+fn timespec_ns(
+    call: unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int,
+    clock: libc::clockid_t,
+) -> io::Result<i128> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: ts is a valid, writable timespec.
-    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+    if unsafe { call(clock, &mut ts) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(i128::from(ts.tv_sec) * NANOS_PER_SECOND + i128::from(ts.tv_nsec))
@@ -156,6 +305,52 @@ mod tests {
             4_700 * SECOND as u64
         );
         assert_eq!(snapshot.monotonic_before(Duration::from_secs(86_400)), 0);
+    }
+
+    /// A reading `tick_late_ns` after a tick boundary on the jiffies grid of `offset_ns`.
+    fn reading(jiffies: u64, offset_ns: u64, tick_late_ns: u64) -> ClockSample {
+        ClockSample {
+            jiffies,
+            coarse_ns: jiffies
+                .wrapping_mul(TICK)
+                .wrapping_add(offset_ns)
+                .wrapping_add(tick_late_ns),
+        }
+    }
+
+    const TICK: u64 = 4_000_000;
+
+    #[test]
+    fn clock_from_readings_takes_the_median_offset() {
+        // Jiffies start just below 2^32: the offset is "negative" and wraps.
+        let offset = 1_000_000_000u64.wrapping_sub(0xfffe_d000u64.wrapping_mul(TICK));
+        let readings = [
+            reading(0xfffe_d000 + 5, offset, 3_000),
+            reading(0xfffe_d000 + 6, offset, 1_000),
+            // Between the tick's update of jiffies and of the coarse clock: a tick off.
+            reading(0xfffe_d000 + 8, offset.wrapping_sub(TICK), 2_000),
+            reading(0xfffe_d000 + 7, offset, 2_000),
+        ];
+        let clock = KernelClock::from_samples(TICK, &readings).unwrap();
+        assert_eq!(clock.tick_ns, TICK);
+        assert_eq!(clock.offset_ns, offset.wrapping_add(2_000));
+        // What the kernel programs compute, at a later tick.
+        assert_eq!(
+            clock.ns(0xfffe_d000 + 1_000),
+            1_000_000_000 + 1_000 * TICK + 2_000
+        );
+    }
+
+    #[test]
+    fn clock_readings_that_disagree_are_refused() {
+        let readings = [
+            reading(10, 0, 0),
+            reading(11, 5 * TICK, 0),
+            reading(12, 9 * TICK, 0),
+        ];
+        let error = KernelClock::from_samples(TICK, &readings).unwrap_err();
+        assert!(error.to_string().contains("disagree"), "{error}");
+        assert!(KernelClock::from_samples(TICK, &[]).is_err());
     }
 
     #[test]

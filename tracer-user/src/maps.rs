@@ -14,8 +14,7 @@ use aya::{
 };
 use tracer_common::{
     FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, ResetEvidence, WatchConfig, COUNTERS_MAP,
-    EVENTS_MAP, EVENTS_RING_BYTES, FLOWS_MAP, HOOK_COUNT, RESETS_MAP, RESET_GATE_MAP,
-    RESET_GATE_SLOTS, WATCH_MAP,
+    EVENTS_MAP, EVENTS_RING_BYTES, FLOWS_MAP, HOOK_COUNT, RESETS_MAP, WATCH_MAP,
 };
 
 use crate::{error::Failure, flow::FlowRecord};
@@ -60,14 +59,6 @@ const EVENTS: MapSpec = MapSpec {
     key_size: 0,
     value_size: 0,
     max_entries: Some(EVENTS_RING_BYTES),
-};
-
-const RESET_GATE: MapSpec = MapSpec {
-    name: RESET_GATE_MAP,
-    map_type: MapType::Array,
-    key_size: size_of::<u32>(),
-    value_size: size_of::<u32>(),
-    max_entries: Some(RESET_GATE_SLOTS),
 };
 
 const COUNTERS: MapSpec = MapSpec {
@@ -154,16 +145,21 @@ impl MapSpec {
     }
 }
 
-/// Capacities of the tables an earlier `attach` pinned; `None` for a table not pinned.
+/// What an earlier `attach` left pinned that the next load must keep.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PinnedCapacities {
+pub struct PinnedState {
+    /// Capacities of the tables; `None` for a table not pinned. A reused pin keeps the capacity
+    /// it was created with.
     pub flows: Option<u32>,
     pub resets: Option<u32>,
+    /// The watch switch. It is a global of the object, whose value a load writes into its map
+    /// (pinned or not): the load writes this one, so that a running watcher keeps its lease.
+    pub watch: WatchConfig,
 }
 
-/// Checks the pins an earlier `attach` left in `dir`, if any, and returns the capacities of its
-/// tables: a reused pin keeps the capacity it was created with.
-pub fn pinned_capacities(dir: &Path, fix: &str) -> anyhow::Result<PinnedCapacities> {
+/// Checks the pins an earlier `attach` left in `dir`, if any, and returns what they hold that the
+/// next load must keep.
+pub fn pinned_state(dir: &Path, fix: &str) -> anyhow::Result<PinnedState> {
     let capacity = |spec: &MapSpec| -> anyhow::Result<Option<u32>> {
         Ok(spec
             .open_checked(dir, fix)?
@@ -171,12 +167,19 @@ pub fn pinned_capacities(dir: &Path, fix: &str) -> anyhow::Result<PinnedCapaciti
     };
     // The flow table first: a pin from before the reset evidence fails there, with the fix.
     let flows = capacity(&FLOWS)?;
-    for spec in [&COUNTERS, &RESET_GATE, &WATCH, &EVENTS] {
+    for spec in [&COUNTERS, &EVENTS] {
         capacity(spec)?;
     }
-    Ok(PinnedCapacities {
+    let watch = match WATCH.open_checked(dir, fix)? {
+        Some((data, _)) => Array::<_, WatchConfig>::try_from(Map::Array(data))?
+            .get(&0, 0)
+            .with_context(|| format!("reading {}", dir.join(WATCH_MAP).display()))?,
+        None => WatchConfig::default(),
+    };
+    Ok(PinnedState {
         flows,
         resets: capacity(&RESETS)?,
+        watch,
     })
 }
 

@@ -39,6 +39,8 @@ pub struct HostTables {
     scratch: UnsafeCell<FlowValue>,
     /// The time of the packet being accounted.
     now: Cell<u64>,
+    /// The interface of the packet being accounted.
+    ifindex: Cell<u32>,
 }
 
 impl Default for HostTables {
@@ -60,6 +62,7 @@ impl HostTables {
             reset_set_mask: reset_set_mask(resets),
             scratch: UnsafeCell::default(),
             now: Cell::new(0),
+            ifindex: Cell::new(0),
         }
     }
 
@@ -69,8 +72,9 @@ impl HostTables {
         // 0 means "never" in the tables (`syn_ns`, `first_rst_ns`): a packet without a time
         // (a pcapng simple packet block) is stamped just after the epoch instead.
         self.now.set(unix_ns.max(1));
+        self.ifindex.set(ifindex);
         let start = frame.as_ptr() as usize;
-        account(self, Packet::new(start, start + frame.len()), ifindex, hook);
+        account(self, Packet::new(start, start + frame.len()), hook);
     }
 
     /// The counters by hook.
@@ -143,6 +147,10 @@ impl Tables for HostTables {
 
     fn now(&self) -> u64 {
         self.now.get()
+    }
+
+    fn ifindex(&self) -> u32 {
+        self.ifindex.get()
     }
 
     fn watch(&self) -> Option<*const WatchConfig> {

@@ -494,20 +494,20 @@ impl Event {
         let start = frame.as_ptr() as usize;
         let packet = Packet::new(start, start + frame.len());
         tracer_ebpf::parse(packet, |segment: TcpSegment| {
-            let ip = |words| ip_addr(segment.family, words).ok();
+            let ip = |words| ip_addr(segment.family(), words).ok();
             let mac = if event.seen_on == SEEN_EGRESS {
                 segment.eth.dst
             } else {
                 segment.eth.src
             };
             Some(Event {
-                src: SocketAddr::new(ip(&segment.src)?, segment.src_port),
-                dst: SocketAddr::new(ip(&segment.dst)?, segment.dst_port),
-                flags: segment.flags,
-                seq: segment.seq,
-                ack: segment.ack,
-                ttl: segment.ttl,
-                ip_id: segment.ip_id,
+                src: SocketAddr::new(ip(&segment.src())?, segment.src_port()),
+                dst: SocketAddr::new(ip(&segment.dst())?, segment.dst_port()),
+                flags: segment.flags(),
+                seq: segment.seq(),
+                ack: segment.ack(),
+                ttl: segment.ttl(),
+                ip_id: segment.ip_id(),
                 mac: MacAddr(mac),
                 seen_on: event.seen_on,
                 packet: Captured {

@@ -76,14 +76,14 @@ fn count_flow(segment: &TcpSegment) {
 #[inline(always)]
 fn keep(segment: &TcpSegment) {
     let mut sink = 0u32;
-    let folded = segment.src[0]
-        ^ segment.dst[0]
-        ^ segment.seq
-        ^ segment.ack
+    let folded = segment.src()[0]
+        ^ segment.dst()[0]
+        ^ segment.seq()
+        ^ segment.ack()
         ^ segment.payload_len
-        ^ ((segment.src_port as u32) << 16 | segment.dst_port as u32)
-        ^ ((segment.flags as u32) << 8 | segment.ttl as u32)
-        ^ segment.ip_id as u32;
+        ^ ((segment.src_port() as u32) << 16 | segment.dst_port() as u32)
+        ^ ((segment.flags() as u32) << 8 | segment.ttl() as u32)
+        ^ segment.ip_id() as u32;
     unsafe { core::ptr::write_volatile(&mut sink, folded) };
 }
 

@@ -699,8 +699,13 @@ impl Programs {
                 .map(|i| v4_flow(ifindex, [10, 128, 0, 0], i).0)
                 .chain(own);
             for key in keys {
+                // As the kernel creates an entry: with its flow hash, which a RST reads.
+                let value = FlowValue {
+                    flow_hash: key.flow_hash(),
+                    ..FlowValue::default()
+                };
                 flows
-                    .insert(key, FlowValue::default(), 0)
+                    .insert(key, value, 0)
                     .with_context(|| format!("filling the {} table", program.name()))?;
             }
             let mut entries = 0;

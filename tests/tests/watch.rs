@@ -6,8 +6,8 @@
 //!   their flows' SYN and SYN/ACK to a file that tshark reads back;
 //! - the kernel's rate limit bounds the events of a burst of RSTs, and the drops are reported,
 //!   the same number `stats` counts;
-//! - no events without a watcher, one watcher at a time, and a killed watcher's lease runs out
-//!   by itself.
+//! - no events without a watcher, one watcher at a time, a restarted `attach` keeps the
+//!   watcher's lease, and a killed watcher's lease runs out by itself.
 
 use std::{
     io::ErrorKind,
@@ -20,7 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{Array, Map, MapData};
 use flagtrace_tests::{
+    kernel_clock_ns,
     lab::{
         echo_between, expect_refusal, expect_server_reset, flagtrace, flagtrace_bin, resets_json,
         run_ok, Daemon, Endpoint, Family, Loader, RoutedLab, RoutedLabSpec, VethLab, TIMEOUT,
@@ -30,6 +32,7 @@ use flagtrace_tests::{
     unique_name,
 };
 use serde_json::Value;
+use tracer_common::{WatchConfig, WATCH_MAP};
 
 const MESSAGE: &[u8] = b"who reset this connection?";
 const CLOSED: u16 = 9;
@@ -437,6 +440,20 @@ fn stats_total(pin_root: &Path) -> Value {
     stats["total"].clone()
 }
 
+/// Until when the pinned watch switch of `endpoint`'s attachment holds its lease.
+fn lease_until_ns(pin_root: &Path, endpoint: &Endpoint) -> u64 {
+    let pin = pin_root
+        .join(endpoint.netns.name())
+        .join(endpoint.iface)
+        .join(WATCH_MAP);
+    let map = MapData::from_pin(&pin).expect("opening the watch switch");
+    let switch: Array<_, WatchConfig> = Map::Array(map).try_into().expect("an array");
+    switch
+        .get(&0, 0)
+        .expect("reading the switch")
+        .lease_until_ns
+}
+
 fn count(object: &Value, key: &str) -> u64 {
     object[key]
         .as_u64()
@@ -509,7 +526,7 @@ fn no_events_without_a_watcher_and_a_killed_watchers_lease_runs_out() {
     let lab = VethLab::create();
     let pins = PinDir::create().expect("pin root");
     let root = pins.path().to_str().expect("UTF-8 pin root");
-    let _loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
+    let loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
     let refused = lab.server.addr(Family::V4, CLOSED);
 
     refuse(&lab.client, refused, 20);
@@ -529,6 +546,18 @@ fn no_events_without_a_watcher_and_a_killed_watchers_lease_runs_out() {
     let watched = stats_total(pins.path());
     // A SYN and a RST each.
     assert!(count(&watched, "events") >= 10, "{watched:#}");
+
+    // A restarted `attach` keeps the lease: the switch is a global of the programs, which each
+    // load writes into its pinned map. The watcher renews it only once a second.
+    loader.terminate();
+    let _loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
+    let lease = lease_until_ns(pins.path(), &lab.client);
+    assert!(
+        lease > kernel_clock_ns(),
+        "lease {lease} after a new attach"
+    );
+    refuse(&lab.client, refused, 1);
+    wait_for(&watch, "rst", 6);
 
     let killed = Instant::now();
     watch.stop_with(libc::SIGKILL);

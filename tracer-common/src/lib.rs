@@ -175,6 +175,13 @@ impl FlowKey {
     }
 }
 
+impl FlowKey {
+    /// The [`flow_hash`] of this key's flow: the packets' of either direction, as it is symmetric.
+    pub fn flow_hash(&self) -> u32 {
+        flow_hash(&self.addr_lo, self.port_lo, &self.addr_hi, self.port_hi)
+    }
+}
+
 /// Hash of a packet's flow. Symmetric by construction (xor and sum do not care which endpoint is
 /// which), so a packet needs no canonical key to find its flow's slots: a plain data packet pays
 /// only for this hash and one array read. Multiplicative, so the high bits are the good ones.
@@ -582,6 +589,13 @@ mod tests {
         let (reverse, rev_sender) = FlowKey::from_packet(FAMILY_IPV4, 3, B, 443, A, 40000);
         assert_eq!(forward, reverse);
         assert_ne!(fwd_sender, rev_sender);
+    }
+
+    #[test]
+    fn a_key_hashes_like_its_packets_in_both_directions() {
+        let (key, _) = FlowKey::from_packet(FAMILY_IPV4, 3, A, 40000, B, 443);
+        assert_eq!(key.flow_hash(), flow_hash(&A, 40000, &B, 443));
+        assert_eq!(key.flow_hash(), flow_hash(&B, 443, &A, 40000));
     }
 
     #[test]

@@ -100,10 +100,12 @@ impl<'a, T: Tables> OnSegment<'a> for Accounting<'_, T> {
         if recorded.as_ref().is_some_and(|recorded| recorded.created) {
             counters.flows_created += 1;
         }
-        // The hash from the entry, which keeps it: a SYN or FIN of a flow without a RST needs none.
-        let hash = |recorded: &Option<Recorded>| match recorded {
-            Some(recorded) => recorded.flow_hash(),
-            None => segment.flow_hash(),
+        // The hash from the entry, which keeps it: a SYN or FIN of a flow without a RST needs
+        // none. 0 is an entry pinned by a build that did not keep it (or, once in 2^32 flows, a
+        // hash of 0: hashing again gives it too).
+        let hash = |recorded: &Option<Recorded>| match recorded.as_ref().map(Recorded::flow_hash) {
+            Some(hash) if hash != 0 => hash,
+            _ => segment.flow_hash(),
         };
         if obs.is_rst() {
             let max_seq_before = recorded

@@ -93,6 +93,7 @@ macro_rules! address {
     };
 }
 
+// Declared after the macros above, which it uses: macro_rules! scope is textual.
 pub mod account;
 
 const ETH_P_IPV4: u16 = 0x0800;

@@ -190,7 +190,7 @@ impl<'a, 'k> Observation<'a, 'k> {
         let control = (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
         self.segment
             .seq()
-            .wrapping_add(self.segment.payload_len)
+            .wrapping_add(self.segment.payload_len())
             .wrapping_add(control)
     }
 
@@ -572,7 +572,7 @@ fn note_after_reset<T: Tables>(tables: &T, obs: &Observation, hash: u32) {
     if unsafe { (*rst).first_rst_ns } == 0 {
         return;
     }
-    let payload_len = obs.segment.payload_len;
+    let payload_len = obs.segment.payload_len();
     let beyond = payload_len > 0 && seq_at_or_after(obs.segment.seq(), unsafe { (*rst).seq });
     let bytes = if beyond { payload_len as u64 } else { 0 };
     // packets_after and bytes_beyond are adjacent u32s on an 8-byte boundary: one 64-bit add.

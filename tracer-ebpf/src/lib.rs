@@ -121,8 +121,9 @@ pub struct TcpSegment<'a> {
     pub eth: &'a EthHdr,
     ip: IpHeader<'a>,
     tcp: &'a TcpHdr,
-    /// TCP payload length from the IP length fields (0 when they do not add up).
-    pub payload_len: u32,
+    /// The IP length field's bytes beyond the TCP header: the payload length, or negative when
+    /// the field is too short for the headers. Saturated where it is used, which few packets do.
+    payload_bytes: isize,
 }
 
 /// The IP header of a segment. The parser gives each version its own copy of what follows
@@ -191,6 +192,12 @@ impl TcpSegment<'_> {
     #[inline(always)]
     pub fn flags(&self) -> u8 {
         self.tcp.flags
+    }
+
+    /// TCP payload length from the IP length fields (0 when they do not add up).
+    #[inline(always)]
+    pub fn payload_len(&self) -> u32 {
+        self.payload_bytes.max(0) as u32
     }
 
     #[inline(always)]
@@ -460,7 +467,7 @@ fn parse_tcp<'a, S: OnSegment<'a>>(
         ip: ip.header,
         tcp,
         // One subtraction for both headers: the IP length field counts them too.
-        payload_len: ip.end.saturating_sub(l4 + header_len) as u32,
+        payload_bytes: ip.end as isize - (l4 + header_len) as isize,
     };
     Ok(on_segment.on_segment(segment))
 }
@@ -511,7 +518,7 @@ mod tests {
                 (segment.ttl(), segment.seq(), segment.ack()),
                 (61, 1000, 77)
             );
-            assert_eq!(segment.payload_len, 3);
+            assert_eq!(segment.payload_len(), 3);
             assert_eq!(segment.eth.src, [2, 0, 0, 0, 0, 1]);
         });
     }

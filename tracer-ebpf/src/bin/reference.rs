@@ -80,7 +80,7 @@ fn keep(segment: &TcpSegment) {
         ^ segment.dst()[0]
         ^ segment.seq()
         ^ segment.ack()
-        ^ segment.payload_len
+        ^ segment.payload_len()
         ^ ((segment.src_port() as u32) << 16 | segment.dst_port() as u32)
         ^ ((segment.flags() as u32) << 8 | segment.ttl() as u32)
         ^ segment.ip_id() as u32;

@@ -177,7 +177,8 @@ impl<C: HookContext> Tables for Maps<'_, C> {
             )
         };
         let jiffies = unsafe { bpf_jiffies64() };
-        jiffies * tick_ns + offset_ns
+        // Wrapping: the offset is "negative" (jiffies start just below 2^32, see clock.rs).
+        jiffies.wrapping_mul(tick_ns).wrapping_add(offset_ns)
     }
 
     #[inline(always)]

@@ -13,13 +13,13 @@ use tracer_common::{
 };
 
 use crate::{
-    kernel_clock_ns, kernel_tick_ns,
+    kernel_clock_ns, kernel_clock_slack_ns,
     oracle::{Segment, Verdict},
     tracer::{LoadedTracer, RESET_CAPACITY},
 };
 
-/// A kernel-clock interval around one program run, widened by [`kernel_tick_ns`] on each side: a
-/// timestamp the run took lies inside.
+/// A kernel-clock interval around one program run, widened by [`kernel_clock_slack_ns`] on each
+/// side: a timestamp the run took lies inside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
     pub start: u64,
@@ -32,7 +32,7 @@ impl Window {
         let start = kernel_clock_ns();
         let result = run();
         let end = kernel_clock_ns();
-        let slack = kernel_tick_ns();
+        let slack = kernel_clock_slack_ns();
         (
             result,
             Window {

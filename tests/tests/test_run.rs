@@ -19,7 +19,7 @@ use etherparse::{
 };
 use flagtrace_tests::{
     frame::{Ext, FrameSpec, IpSpec, L4Spec, CLIENT_MAC, SERVER_MAC},
-    hex, kernel_clock_ns, kernel_tick_ns,
+    hex, kernel_clock_ns, kernel_clock_slack_ns,
     model::{FlowModel, Window},
     oracle::{self, Verdict},
     tracer::{pass_verdict, test_run_accepts, test_run_ifindex, LoadedTracer, RESET_CAPACITY},
@@ -1761,10 +1761,10 @@ fn watched_syn_syn_ack_and_rst_become_events_within_the_budget() {
         assert_eq!(counters.events, wanted.len() as u64 + events);
         assert_eq!(counters.events_dropped, 3 - events);
 
-        // An expired lease stops the events (by a tick: the kernel's clock is within one).
+        // An expired lease stops the events (expired by the kernel clock's slack).
         tracer
             .set_watch(WatchConfig {
-                lease_until_ns: kernel_clock_ns().saturating_sub(kernel_tick_ns()),
+                lease_until_ns: kernel_clock_ns().saturating_sub(kernel_clock_slack_ns()),
                 rate_per_sec: 1000,
                 burst: 1000,
             })

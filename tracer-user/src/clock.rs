@@ -6,8 +6,8 @@
 //! nanoseconds. [`KernelClock`] measures the tick and the offset before the programs load.
 //!
 //! The clock has no epoch; a snapshot of CLOCK_MONOTONIC and CLOCK_REALTIME taken together
-//! converts one into the other. A stamp is the time of the last tick, so a converted time is at
-//! most a tick early.
+//! converts one into the other. A stamp is the time of the last tick (now and then of the one
+//! before), so a converted time is at most a tick or two early.
 
 use std::{io, sync::OnceLock, thread, time::Duration};
 
@@ -127,9 +127,10 @@ impl KernelClock {
         Ok(KernelClock::from_samples(tick_ns, &samples)?)
     }
 
-    /// The clock that fits readings taken over a few ticks. A reading can fall between the
-    /// tick's update of jiffies and its update of the coarse clock, and be a tick off: the
-    /// median of the offsets ignores such readings.
+    /// The clock that fits readings taken over a few ticks. Jiffies and the coarse clock step at
+    /// the same ticks, but not always in the same order, so a reading can find them a tick
+    /// apart (about 1 % of them on the development machine): the median of the offsets ignores
+    /// such readings.
     pub fn from_samples(tick_ns: u64, samples: &[ClockSample]) -> anyhow::Result<KernelClock> {
         let Some(first) = samples.first() else {
             bail!("no clock readings");

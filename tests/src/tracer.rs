@@ -178,6 +178,16 @@ impl LoadedTracer {
         self.entries(FLOWS_MAP)
     }
 
+    /// Writes `value` as the flow table's entry for `key`, as a build before this one might have
+    /// left it.
+    pub fn set_flow(&mut self, key: &FlowKey, value: &FlowValue) -> anyhow::Result<()> {
+        let mut flows: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
+            self.map_mut(FLOWS_MAP)?.try_into()?;
+        flows
+            .insert(key, value, 0)
+            .with_context(|| format!("writing {FLOWS_MAP}"))
+    }
+
     /// Every flow of the reset evidence table, with its evidence.
     pub fn resets(&self) -> anyhow::Result<HashMap<FlowKey, ResetEvidence>> {
         Ok(self

@@ -1373,6 +1373,43 @@ fn the_reset_gate_closes_after_its_budget_and_a_new_rst_reopens_it() {
 }
 
 #[test]
+fn a_flow_entry_without_its_hash_still_opens_its_own_gate_slot_and_reset_set() {
+    // An entry pinned by a build that did not keep the flow hash has 0 there: its RSTs hash the
+    // packet instead. Then data after the RST finds the gate open and the evidence in its set,
+    // which it would not if the RST had used hash 0 (slot 0, set 0).
+    for hook in [Hook::Ingress, Hook::Egress] {
+        let mut tracer = LoadedTracer::load(1024).expect("loading the tracer");
+        tracer
+            .run(hook, &server_syn_ack(false).frame())
+            .expect("test run");
+        let flows = tracer.flows().expect("flows");
+        let (key, value) = flows.iter().next().expect("one flow");
+        assert_ne!(value.flow_hash, 0, "{value:?}");
+        let old_entry = FlowValue {
+            flow_hash: 0,
+            ..*value
+        };
+        tracer.set_flow(key, &old_entry).expect("writing the entry");
+        let rst = forged_rst(false, 7001);
+        tracer.run(hook, &rst.frame()).expect("test run");
+        assert_eq!(
+            tracer.reset_gate().expect("gate")[rst.gate_slot() as usize],
+            RESET_GATE_BUDGET,
+            "{hook:?}"
+        );
+        tracer
+            .run(hook, &server_data(7001).frame())
+            .expect("test run");
+        let evidence = tracer.resets().expect("resets")[key].by_sender[rst.sender()];
+        assert_eq!(
+            (evidence.packets_after, evidence.bytes_beyond),
+            (1, PAYLOAD_LEN),
+            "{hook:?}: {evidence:?}"
+        );
+    }
+}
+
+#[test]
 fn plain_packets_touch_no_table_unless_their_gate_slot_is_open() {
     on_both_hooks(|h| {
         h.send_seg("SYN", &Seg::client(TCP_SYN));

@@ -3,9 +3,9 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
-    mac::MacAddr,
+    analysis::mac::MacAddr,
     output::{OutputFormat, RecordFormat},
-    pins::DEFAULT_PIN_ROOT,
+    sys::pins::DEFAULT_PIN_ROOT,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 

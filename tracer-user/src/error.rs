@@ -3,8 +3,6 @@
 
 use std::{fmt, path::PathBuf};
 
-use crate::netns::Netns;
-
 /// Exit code of an error that is not one of the expected [`Failure`]s.
 pub const EXIT_OTHER_ERROR: u8 = 1;
 
@@ -18,7 +16,8 @@ pub enum Failure {
     },
     NoSuchInterface {
         iface: String,
-        netns: Netns,
+        /// The namespace as it is printed ("host namespace", "netns lab").
+        netns: String,
     },
     /// No /run/netns/NAME.
     NoSuchNamespace(String),

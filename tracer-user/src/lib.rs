@@ -1,48 +1,19 @@
 //! flagtrace's user space: loads and attaches the kernel programs, pins their maps, and reads them.
 //! The `flagtrace` binary is a thin wrapper around [`run`].
 
-mod attach;
+pub mod analysis;
 pub mod capture;
 pub mod cli;
-pub mod clock;
-mod detach;
+mod cmd;
 pub mod error;
-pub mod flow;
-pub mod mac;
-mod maps;
-mod metrics;
-pub mod neighbour;
-pub mod netns;
-mod offline;
-pub mod oui;
-mod output;
-mod pcap;
-mod pins;
-mod privileges;
-mod query;
-pub mod report;
-mod signals;
-pub mod verdict;
-mod watch;
+pub mod output;
+pub mod source;
+pub mod sys;
 
 use cli::{Cli, Command};
-use netns::Netns;
-use pins::PinRoot;
+use sys::{netns::Netns, pins::PinRoot};
 
-/// The kernel programs (tracer-ebpf), built by build.rs and embedded aligned for aya's ELF parser.
-pub static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
-
-/// The clock probe (tracer-ebpf/src/bin/clock.rs), run before the kernel programs load to learn
-/// how jiffies map onto CLOCK_MONOTONIC_COARSE (clock.rs).
-pub static CLOCK_PROBE_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-clock"));
-
-/// The benchmark's reference programs (empty, parse, lookup), built from the same parser. Only
-/// `cargo xtask bench` loads them; the `flagtrace` binary does not refer to them, so the linker
-/// leaves them out of it.
-pub static REFERENCE_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-reference"));
+pub use sys::objects::{CLOCK_PROBE_OBJECT, EBPF_OBJECT, REFERENCE_OBJECT};
 
 /// Runs one command line. Expected failures come back as [`error::Failure`] somewhere in the chain.
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
@@ -52,12 +23,12 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let netns_filter = cli.netns.is_some().then_some(&netns);
     let oui_db = cli.oui_db.as_deref();
     match &cli.command {
-        Command::Attach(args) => attach::run(&root, &netns, oui_db, args),
-        Command::Detach(args) => detach::run(&root, &netns, args),
-        Command::Flows(args) => query::flows(&root, netns_filter, oui_db, args),
-        Command::Resets(args) => query::resets(&root, netns_filter, oui_db, args),
-        Command::Stats(args) => query::stats(&root, netns_filter, args),
-        Command::Watch(args) => watch::run(&root, netns_filter, oui_db, args),
-        Command::Pcap(args) => pcap::run(oui_db, args),
+        Command::Attach(args) => cmd::attach::run(&root, &netns, oui_db, args),
+        Command::Detach(args) => cmd::detach::run(&root, &netns, args),
+        Command::Flows(args) => cmd::flows::run(&root, netns_filter, oui_db, args),
+        Command::Resets(args) => cmd::resets::run(&root, netns_filter, oui_db, args),
+        Command::Stats(args) => cmd::stats::run(&root, netns_filter, args),
+        Command::Watch(args) => cmd::watch::run(&root, netns_filter, oui_db, args),
+        Command::Pcap(args) => cmd::pcap::run(oui_db, args),
     }
 }

@@ -64,7 +64,7 @@ impl Netns {
     pub fn ifindex(&self, iface: &str) -> anyhow::Result<u32> {
         let no_such_interface = || Failure::NoSuchInterface {
             iface: iface.to_owned(),
-            netns: self.clone(),
+            netns: self.to_string(),
         };
         let c_iface = CString::new(iface).map_err(|_| no_such_interface())?;
         // SAFETY: c_iface is a valid NUL-terminated string.

@@ -4,12 +4,12 @@
 use tracer_common::{SEEN_EGRESS, SEEN_INGRESS};
 
 use crate::{
-    flow::FlowRecord,
-    mac::MacAddr,
-    neighbour::{NeighbourIp, Neighbours},
-    oui::{Vendor, Vendors},
-    pins::Attachment,
-    verdict::{self, HostBaselines, Verdict},
+    analysis::flow::FlowRecord,
+    analysis::mac::MacAddr,
+    analysis::oui::{Vendor, Vendors},
+    analysis::verdict::{self, HostBaselines, Verdict},
+    source::neighbour::{NeighbourIp, Neighbours},
+    sys::pins::Attachment,
 };
 
 /// The L2 neighbour a flow's packets come through.
@@ -96,10 +96,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        flow::{SideEvidence, State},
-        netns::Netns,
-        oui::OuiRegistry,
-        verdict::ResetBy,
+        analysis::flow::{SideEvidence, State},
+        analysis::oui::OuiRegistry,
+        analysis::verdict::ResetBy,
+        sys::netns::Netns,
     };
 
     const GATEWAY: [u8; 6] = [0x00, 0x01, 0xd7, 0x3c, 0x5e, 0x01];
@@ -188,7 +188,7 @@ mod tests {
 
     fn f5_registry() -> Vendors {
         let registry = OuiRegistry::new(
-            crate::oui::parse_registry("00:01:D7\tF5\tF5 Networks, Inc.\n").unwrap(),
+            crate::analysis::oui::parse_registry("00:01:D7\tF5\tF5 Networks, Inc.\n").unwrap(),
         );
         Vendors::with_registry(Some(registry))
     }

@@ -3,6 +3,8 @@
 //! JSON line, and the same object flattened is one CSV row, so the two always carry the same
 //! information and a new field reaches both.
 
+pub mod metrics;
+
 use std::{
     collections::BTreeMap,
     env,
@@ -17,12 +19,12 @@ use serde_json::Value;
 use tracer_common::{FlagCounts, GlobalCounters};
 
 use crate::{
-    clock::ClockSnapshot,
-    mac::MacAddr,
-    maps::Counters,
-    pins::Attachment,
-    report::{FlowReport, Gateway},
-    verdict::{ResetBy, Verdict},
+    analysis::mac::MacAddr,
+    analysis::report::{FlowReport, Gateway},
+    analysis::verdict::{ResetBy, Verdict},
+    sys::clock::ClockSnapshot,
+    sys::maps::Counters,
+    sys::pins::Attachment,
 };
 
 /// How a command prints its items.
@@ -424,7 +426,7 @@ pub struct FlowRow<'a> {
     totals: FlagCountsRow,
     client_to_server: FlagCountsRow,
     server_to_client: FlagCountsRow,
-    /// A [`crate::flow::State`] by name: a string, so that the row has a default.
+    /// A [`crate::analysis::flow::State`] by name: a string, so that the row has a default.
     state: &'static str,
     first_seen: String,
     last_seen: String,
@@ -778,7 +780,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        flow::FlowRecord, neighbour::NeighbourIp, netns::Netns, oui::Vendor, verdict::Role,
+        analysis::flow::FlowRecord, analysis::oui::Vendor, analysis::verdict::Role,
+        source::neighbour::NeighbourIp, sys::netns::Netns,
     };
 
     const SECOND: i128 = 1_000_000_000;

@@ -25,7 +25,7 @@ use tracer_ebpf::{
     Packet,
 };
 
-use crate::{flow::FlowRecord, maps::Counters};
+use crate::{analysis::flow::FlowRecord, sys::maps::Counters};
 
 /// The tables [`account`] works on, for one capture. Entries hand out raw pointers, as BPF map
 /// lookups do, so each lives in an [`UnsafeCell`] at an address that does not move: flow
@@ -174,7 +174,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::flow::State;
+    use crate::analysis::flow::State;
 
     const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
     const GATEWAY_MAC: [u8; 6] = [0x00, 0x01, 0xd7, 0, 0, 0x02];

@@ -1,6 +1,8 @@
 //! `flagtrace attach`: load the programs with their maps pinned, attach XDP on ingress and TC on
 //! egress, and stay until SIGINT or SIGTERM.
 
+mod metrics_endpoint;
+
 use std::{
     io::{self, Write as _},
     path::Path,
@@ -23,15 +25,14 @@ use tracer_common::{
 };
 
 use crate::{
+    analysis::oui::Vendors,
     cli::{AttachArgs, XdpModeArg},
-    clock::KernelClock,
-    maps::{self, PinnedMaps},
-    metrics,
-    netns::Netns,
-    oui::Vendors,
-    pins::{Attachment, PinRoot},
-    privileges::{self, CAP_BPF, CAP_NET_ADMIN},
-    signals::TerminationSignals,
+    sys::clock::KernelClock,
+    sys::maps::{self, PinnedMaps},
+    sys::netns::Netns,
+    sys::pins::{Attachment, PinRoot},
+    sys::privileges::{self, CAP_BPF, CAP_NET_ADMIN},
+    sys::signals::TerminationSignals,
     EBPF_OBJECT,
 };
 
@@ -47,7 +48,10 @@ pub fn run(
     let signals = TerminationSignals::block().context("blocking SIGINT and SIGTERM")?;
     // Bound before entering the namespace: the socket stays in the namespace flagtrace was
     // started from, so one Prometheus reaches attachments in any namespace.
-    let metrics = args.metrics.map(metrics::Endpoint::bind).transpose()?;
+    let metrics = args
+        .metrics
+        .map(metrics_endpoint::Endpoint::bind)
+        .transpose()?;
     netns.enter()?;
     netns.ifindex(&args.iface)?;
     let attachment = Attachment {
@@ -103,7 +107,8 @@ pub fn run(
         Some(endpoint) => {
             let addr = endpoint.addr();
             let maps = PinnedMaps::open(&dir, &fix)?;
-            let source = metrics::Source::new(attachment.clone(), maps, Vendors::new(oui_db));
+            let source =
+                metrics_endpoint::Source::new(attachment.clone(), maps, Vendors::new(oui_db));
             endpoint.serve(source)?;
             format!("flagtrace: metrics of {attachment} at http://{addr}/metrics\n")
         }
@@ -123,8 +128,8 @@ pub fn run(
     program::<SchedClassifier>(&mut ebpf, TC_PROGRAM)?
         .detach(tc_link)
         .with_context(|| format!("detaching TC egress from {attachment}"))?;
-    eprintln!(
-        "flagtrace: {signal}: detached from {attachment}, pins stay in {}",
+    log::info!(
+        "{signal}: detached from {attachment}, pins stay in {}",
         dir.display()
     );
     Ok(())
@@ -142,8 +147,8 @@ fn table_capacity(
 ) -> u32 {
     match (pinned, asked) {
         (Some(pinned), Some(asked)) if pinned != asked => {
-            eprintln!(
-                "flagtrace: {attachment} keeps its pinned table of {pinned} entries; \
+            log::warn!(
+                "{attachment} keeps its pinned table of {pinned} entries; \
                  {option} {asked} applies after `{fix}` (which deletes the counts)"
             );
             pinned
@@ -187,7 +192,7 @@ fn attach_xdp(
         XdpModeArg::Auto => match attach(XdpMode::Driver) {
             Ok(link) => return Ok((link, XdpMode::Driver)),
             Err(error) if lacks_native_xdp(&error) => {
-                eprintln!("flagtrace: {error:#}; falling back to skb mode");
+                log::warn!("{error:#}; falling back to skb mode");
                 XdpMode::Skb
             }
             Err(error) => return Err(error),

@@ -30,9 +30,9 @@ use tracer_common::{TC_PROGRAM, XDP_PROGRAM};
 use crate::{
     cli::DetachArgs,
     error::Failure,
-    netns::{run_ip, Netns},
-    pins::{Attachment, PinRoot},
-    privileges::{self, CAP_BPF, CAP_NET_ADMIN},
+    sys::netns::{run_ip, Netns},
+    sys::pins::{Attachment, PinRoot},
+    sys::privileges::{self, CAP_BPF, CAP_NET_ADMIN},
 };
 
 pub fn run(root: &PinRoot, netns: &Netns, args: &DetachArgs) -> anyhow::Result<()> {
@@ -45,7 +45,7 @@ pub fn run(root: &PinRoot, netns: &Netns, args: &DetachArgs) -> anyhow::Result<(
         Ok(removed) => removed,
         // Hooks go away with their interface or namespace; the pins outlive both.
         Err(error) if args.purge && interface_is_gone(&error) => {
-            eprintln!("flagtrace: {error:#}; removing only the pins");
+            log::warn!("{error:#}; removing only the pins");
             Vec::new()
         }
         Err(error) => return Err(error),

@@ -17,7 +17,7 @@ use tracer_common::{
     EVENTS_MAP, EVENTS_RING_BYTES, FLOWS_MAP, HOOK_COUNT, RESETS_MAP, WATCH_MAP,
 };
 
-use crate::{error::Failure, flow::FlowRecord};
+use crate::{analysis::flow::FlowRecord, error::Failure};
 
 /// What a pinned map must look like for this build to use it.
 struct MapSpec {

@@ -20,8 +20,8 @@ use serde::Serialize;
 use tracer_common::{Baseline, RstEvidence, BACK_TO_BACK_NS, SEEN_EGRESS};
 
 use crate::{
-    flow::{FlowRecord, SideEvidence},
-    mac::MacAddr,
+    analysis::flow::{FlowRecord, SideEvidence},
+    analysis::mac::MacAddr,
 };
 
 /// How far a RST's TTL may stray from the sender's usual TTL: a route change moves it by a hop
@@ -611,7 +611,7 @@ mod tests {
     use tracer_common::{FlagCounts, SEEN_INGRESS};
 
     use super::*;
-    use crate::flow::State;
+    use crate::analysis::flow::State;
 
     const SECOND: u64 = 1_000_000_000;
     const SERVER_MAC: [u8; 6] = [0x00, 0x01, 0xd7, 0x3c, 0x5e, 0x01];

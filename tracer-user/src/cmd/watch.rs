@@ -28,21 +28,21 @@ use tracer_common::{
 };
 use tracer_ebpf::{Packet, TcpSegment};
 
-use crate::signals::{self, TerminationSignals};
+use crate::sys::signals::{self, TerminationSignals};
 use crate::{
+    analysis::flow::ip_addr,
+    analysis::mac::MacAddr,
+    analysis::oui::Vendors,
+    analysis::report::FlowReport,
     capture::PcapWriter,
     cli::WatchArgs,
-    clock::ClockSnapshot,
-    flow::ip_addr,
-    mac::MacAddr,
-    maps::{PinnedMaps, WatchMaps},
-    netns::Netns,
-    oui::Vendors,
     output::{resets_text, FlowRow},
-    pins::{Attachment, PinRoot},
-    privileges::{self, CAP_BPF},
-    query,
-    report::FlowReport,
+    source::live,
+    sys::clock::ClockSnapshot,
+    sys::maps::{PinnedMaps, WatchMaps},
+    sys::netns::Netns,
+    sys::pins::{Attachment, PinRoot},
+    sys::privileges::{self, CAP_BPF},
 };
 
 /// How far ahead of now each renewal sets the lease: a watcher that stops renewing (killed,
@@ -71,7 +71,7 @@ pub fn run(
     // Blocked before any lease is taken, so that a signal during setup still ends in a release.
     let signals = Signals::block().context("blocking SIGINT and SIGTERM")?;
     let mut watched = Vec::new();
-    for (attachment, maps) in query::open_attachments(root, netns, args.iface.as_deref())? {
+    for (attachment, maps) in live::open_attachments(root, netns, args.iface.as_deref())? {
         let dir = root.dir(&attachment);
         let WatchMaps { switch, events } = WatchMaps::open(&dir, &root.purge_command(&attachment))
             .with_context(|| format!("opening the event maps of {attachment}"))?;
@@ -108,8 +108,8 @@ pub fn run(
     let pcap_note = args.pcap.as_ref().map_or(String::new(), |path| {
         format!(", writing {}", path.display())
     });
-    eprintln!(
-        "flagtrace: watching {}; at most {} events/s per CPU, bursts of {}{pcap_note}",
+    log::info!(
+        "watching {}; at most {} events/s per CPU, bursts of {}{pcap_note}",
         names.join(", "),
         args.rate,
         args.burst
@@ -152,7 +152,7 @@ impl Drop for Watched {
     /// On an error's way out; `finish` releases and reports on the normal one.
     fn drop(&mut self) {
         if let Err(error) = self.release() {
-            eprintln!("flagtrace: {error:#}; its events stop when the lease runs out");
+            log::warn!("{error:#}; its events stop when the lease runs out");
         }
     }
 }
@@ -292,8 +292,8 @@ impl Watcher {
             while let Some(item) = watched.events.next() {
                 match Event::parse(&item) {
                     Some(event) => events.push(event),
-                    None => eprintln!(
-                        "flagtrace: an event of {} that is no TCP packet, skipped",
+                    None => log::warn!(
+                        "an event of {} that is no TCP packet, skipped",
                         watched.attachment
                     ),
                 }
@@ -337,8 +337,8 @@ impl Watcher {
                 .or_insert_with(|| Instant::now() + VERDICT_DELAY);
         } else if !self.verdicts_skipped {
             self.verdicts_skipped = true;
-            eprintln!(
-                "flagtrace: {MAX_FLOWS} flows await their verdict; RSTs of more flows are \
+            log::warn!(
+                "{MAX_FLOWS} flows await their verdict; RSTs of more flows are \
                  printed without one"
             );
         }
@@ -365,7 +365,7 @@ impl Watcher {
             let watched = &self.watched[flow.attachment];
             let of_attachment = match reports.entry(flow.attachment) {
                 Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) => entry.insert(query::attachment_reports(
+                Entry::Vacant(entry) => entry.insert(live::attachment_reports(
                     &watched.attachment,
                     &watched.maps,
                     &self.vendors,
@@ -741,7 +741,7 @@ mod tests {
     use tracer_common::TCP_ACK;
 
     use super::*;
-    use crate::netns::Netns;
+    use crate::sys::netns::Netns;
 
     const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
     const GATEWAY_MAC: [u8; 6] = [0x00, 0x01, 0xd7, 0x3c, 0x5e, 0x01];

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::mac::MacAddr;
+use crate::analysis::mac::MacAddr;
 
 /// Where Debian's ieee-data puts the registries.
 pub const IEEE_DATA_DIR: &str = "/usr/share/ieee-data";
@@ -102,7 +102,7 @@ fn load_default(ieee_dir: &Path, manuf: &Path) -> Option<OuiRegistry> {
     for path in sources {
         match read_registry(path) {
             Ok(found) => assignments.extend(found),
-            Err(error) => eprintln!("flagtrace: skipping vendor registry: {error:#}"),
+            Err(error) => log::warn!("skipping vendor registry: {error:#}"),
         }
     }
     let registry = OuiRegistry::new(assignments);
@@ -300,8 +300,8 @@ impl Vendors {
         let registry = OuiRegistry::load(self.path.as_deref())
             .context("reading the MAC vendor registry named by --oui-db")?;
         if registry.is_none() {
-            eprintln!(
-                "flagtrace: no MAC vendor registry found (neither {IEEE_DATA_DIR}/*.csv from \
+            log::warn!(
+                "no MAC vendor registry found (neither {IEEE_DATA_DIR}/*.csv from \
                  Debian's ieee-data nor {WIRESHARK_MANUF}); vendors are left out, name one with --oui-db"
             );
         }

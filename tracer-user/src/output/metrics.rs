@@ -1,30 +1,20 @@
-//! `flagtrace attach --metrics ADDR:PORT`: the Prometheus text format at `/metrics`. Each scrape
-//! reads the pinned maps anew, with the code behind `flagtrace stats` and `resets`, so the
-//! numbers are the ones those commands print.
+//! The Prometheus text format of one attachment's counters and judged resets, as
+//! `attach --metrics` serves it at `/metrics`: the numbers `flagtrace stats` and `resets` print.
 //!
 //! Counters come from the per-CPU counters of each hook, which only grow (until the pins are
 //! purged), never from the flow table, whose entries leave it. Label sets are bounded: no series
 //! is ever per flow, and the per-gateway series keep the [`TOP_GATEWAYS`] gateways with the most
 //! resets and sum the rest under `gateway_mac="other"`.
 
-use std::{
-    collections::HashMap,
-    net::{SocketAddr, TcpListener},
-    thread,
-};
+use std::collections::HashMap;
 
-use anyhow::{anyhow, Context as _};
-use prometheus::{Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
-use tiny_http::{Header, Method, Request, Response, Server};
+use anyhow::Context as _;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use tracer_common::GlobalCounters;
 
 use crate::{
-    mac::MacAddr,
-    maps::{Counters, PinnedMaps},
-    oui::{Vendor, Vendors},
-    pins::Attachment,
-    report,
-    verdict::ResetBy,
+    analysis::mac::MacAddr, analysis::oui::Vendor, analysis::verdict::ResetBy, sys::maps::Counters,
+    sys::pins::Attachment,
 };
 
 /// Gateways that get series of their own in `flagtrace_reset_flows_by_gateway`.
@@ -35,130 +25,6 @@ const OTHER_GATEWAYS: &str = "other";
 const NO_GATEWAY: &str = "none";
 /// Every verdict, so that each has a series from the first scrape on (0 until it happens).
 const VERDICTS: [ResetBy; 3] = [ResetBy::Endpoint, ResetBy::Middlebox, ResetBy::Unknown];
-
-/// The listening socket of the metrics endpoint.
-pub struct Endpoint {
-    server: Server,
-    addr: SocketAddr,
-}
-
-impl Endpoint {
-    /// Listens on `addr`. A socket stays in the network namespace it was created in: `attach`
-    /// binds before it enters the attachment's namespace, so that the endpoint lives in the
-    /// namespace flagtrace was started from.
-    pub fn bind(addr: SocketAddr) -> anyhow::Result<Endpoint> {
-        let listener = TcpListener::bind(addr)
-            .with_context(|| format!("binding the metrics endpoint to {addr}"))?;
-        let addr = listener
-            .local_addr()
-            .with_context(|| format!("reading the address of the metrics endpoint {addr}"))?;
-        let server = Server::from_listener(listener, None)
-            .map_err(|error| anyhow!("serving metrics on {addr}: {error}"))?;
-        Ok(Endpoint { server, addr })
-    }
-
-    /// The address it listens on (the port chosen, for port 0).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Answers requests on a thread of its own until the process exits.
-    pub fn serve(self, source: Source) -> anyhow::Result<()> {
-        thread::Builder::new()
-            .name("metrics".to_owned())
-            .spawn(move || {
-                for request in self.server.incoming_requests() {
-                    respond(request, &source);
-                }
-            })
-            .with_context(|| format!("starting the metrics endpoint on {}", self.addr))?;
-        Ok(())
-    }
-}
-
-fn respond(request: Request, source: &Source) {
-    let path = request.url().split('?').next().unwrap_or_default();
-    let response = match (request.method(), path) {
-        (Method::Get | Method::Head, "/metrics") => match source.scrape() {
-            Ok(text) => text_response(200, text, &format!("{}; charset=utf-8", source.format)),
-            Err(error) => {
-                eprintln!("flagtrace: metrics for {}: {error:#}", source.attachment);
-                text_response(500, format!("{error:#}\n"), PLAIN_TEXT)
-            }
-        },
-        (_, "/metrics") => text_response(405, "only GET and HEAD\n".to_owned(), PLAIN_TEXT)
-            .with_header(header("Allow", "GET, HEAD")),
-        _ => text_response(
-            404,
-            "flagtrace serves /metrics only\n".to_owned(),
-            PLAIN_TEXT,
-        ),
-    };
-    // An error here means the client went away; the next scrape starts afresh.
-    let _ = request.respond(response);
-}
-
-const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
-
-fn text_response(
-    status: u16,
-    body: String,
-    content_type: &str,
-) -> Response<std::io::Cursor<Vec<u8>>> {
-    Response::from_string(body)
-        .with_status_code(status)
-        .with_header(header("Content-Type", content_type))
-}
-
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name, value).expect("header names and values are ASCII")
-}
-
-/// Where the metrics of one attachment come from.
-pub struct Source {
-    attachment: Attachment,
-    maps: PinnedMaps,
-    vendors: Vendors,
-    format: String,
-}
-
-impl Source {
-    pub fn new(attachment: Attachment, maps: PinnedMaps, vendors: Vendors) -> Source {
-        Source {
-            attachment,
-            maps,
-            vendors,
-            format: TextEncoder::new().format_type().to_owned(),
-        }
-    }
-
-    fn scrape(&self) -> anyhow::Result<String> {
-        render(&self.attachment, &self.snapshot()?)
-    }
-
-    /// Reads the maps and judges the resets, as `flagtrace stats` and `resets` do. Gateway IP
-    /// addresses are not exposed, so the neighbour table is not read.
-    fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let counters = self.maps.counters()?;
-        let flows = self.maps.flow_records()?;
-        let flow_count = flows.len();
-        let reports = report::analyse(&self.attachment, flows, &self.vendors, || None)?;
-        Ok(Snapshot {
-            counters,
-            flows: flow_count,
-            flow_capacity: self.maps.capacity(),
-            resets: reports
-                .into_iter()
-                .filter_map(|report| {
-                    Some(ResetFlow {
-                        reset_by: report.verdict?.reset_by,
-                        gateway: report.gateway.map(|gateway| (gateway.mac, gateway.vendor)),
-                    })
-                })
-                .collect(),
-        })
-    }
-}
 
 /// What one scrape reads.
 #[derive(Clone, Debug, Default)]
@@ -408,7 +274,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::netns::Netns;
+    use crate::sys::netns::Netns;
     use tracer_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
     fn lab() -> Attachment {

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use tracer_common::FLOWS_MAP;
 
-use crate::netns::Netns;
+use crate::sys::netns::Netns;
 
 /// Default pin root (overridden by `--pin-root` or FLAGTRACE_PIN_ROOT).
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/flagtrace";
@@ -177,7 +177,7 @@ fn mount_bpffs_if_missing() -> anyhow::Result<()> {
         return Err(io::Error::last_os_error())
             .with_context(|| format!("mounting bpffs on {BPFFS_MOUNT_POINT}"));
     }
-    eprintln!("flagtrace: mounted bpffs on {BPFFS_MOUNT_POINT}");
+    log::info!("mounted bpffs on {BPFFS_MOUNT_POINT}");
     Ok(())
 }
 

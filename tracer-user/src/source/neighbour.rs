@@ -11,8 +11,8 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::{
-    mac::MacAddr,
-    netns::{run_ip, Netns},
+    analysis::mac::MacAddr,
+    sys::netns::{run_ip, Netns},
 };
 
 /// The gateway's address as the neighbour table knows it.

@@ -1,5 +1,5 @@
 //! `flagtrace pcap FILE`: the live reports from a capture file. Each packet goes through the
-//! kernel programs' own accounting ([`crate::offline::HostTables`]), then the flows through the
+//! kernel programs' own accounting ([`crate::source::offline::HostTables`]), then the flows through the
 //! same analysis and printing as `flows`, `resets` and `stats`: a capture taken with tcpdump on
 //! an interface reads exactly as flagtrace attached to it would have counted.
 //!
@@ -21,18 +21,18 @@ use etherparse::{Icmpv6Type, NetSlice, SlicedPacket, TransportSlice};
 use tracer_common::Hook;
 
 use crate::{
+    analysis::mac::MacAddr,
+    analysis::oui::Vendors,
+    analysis::report,
     capture::{CaptureError, CaptureErrorKind, CaptureReader, CapturedPacket, Direction},
     cli::{PcapArgs, SortKey},
-    clock::ClockSnapshot,
     error::Failure,
-    mac::MacAddr,
-    neighbour::Neighbours,
-    netns::Netns,
-    offline::HostTables,
-    oui::Vendors,
     output::{AttachmentStats, Printer},
-    pins::Attachment,
-    query, report,
+    source::neighbour::Neighbours,
+    source::offline::HostTables,
+    sys::clock::ClockSnapshot,
+    sys::netns::Netns,
+    sys::pins::Attachment,
 };
 
 pub fn run(oui_db: Option<&Path>, args: &PcapArgs) -> anyhow::Result<()> {
@@ -65,10 +65,10 @@ pub fn run(oui_db: Option<&Path>, args: &PcapArgs) -> anyhow::Result<()> {
             )?);
         }
         if args.flows {
-            query::sort_flows(&mut reports, SortKey::Last);
+            crate::cmd::sort_flows(&mut reports, SortKey::Last);
             Printer::stdout(format).flows(&reports, &clock)?;
         } else {
-            query::print_resets(reports, format, &clock, "no resets in the capture")?;
+            crate::cmd::print_resets(reports, format, &clock, "no resets in the capture")?;
         }
     }
     match analysis.damage {
@@ -148,8 +148,8 @@ fn open(path: &Path) -> anyhow::Result<CaptureReader> {
 
 fn report_skipped(reader: &CaptureReader) {
     for (link_type, count) in reader.skipped() {
-        eprintln!(
-            "flagtrace: skipped {count} packets of {}: link type {link_type} is not supported",
+        log::warn!(
+            "skipped {count} packets of {}: link type {link_type} is not supported",
             reader.path().display()
         );
     }
@@ -229,13 +229,13 @@ fn infer_local_mac(path: &Path) -> anyhow::Result<Option<MacAddr>> {
     };
     let tied_with = ranked.get(1).filter(|(_, other)| *other == counts);
     match tied_with {
-        Some((other, _)) => eprintln!(
-            "flagtrace: {} does not say which way packets went, and {local} and {other} are in \
+        Some((other, _)) => log::warn!(
+            "{} does not say which way packets went, and {local} and {other} are in \
              as many frames: taking {local} as the capturing host's MAC (--local-mac chooses)",
             path.display()
         ),
-        None => eprintln!(
-            "flagtrace: {} does not say which way packets went: taking {local}, in {} frames, as \
+        None => log::warn!(
+            "{} does not say which way packets went: taking {local}, in {} frames, as \
              the capturing host's MAC (--local-mac chooses)",
             path.display(),
             counts.0

@@ -20,7 +20,7 @@ use tracer_common::{
     ClockSample, CLOCK_OFFSET_NS_GLOBAL, CLOCK_PROBE_PROGRAM, CLOCK_TICK_NS_GLOBAL,
 };
 
-use crate::CLOCK_PROBE_OBJECT;
+use super::objects::CLOCK_PROBE_OBJECT;
 
 const NANOS_PER_SECOND: i128 = 1_000_000_000;
 const SECONDS_PER_DAY: i128 = 86_400;

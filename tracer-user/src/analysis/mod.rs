@@ -1,0 +1,9 @@
+//! From flow records to what flagtrace says about them: the flow's state, the verdict on its
+//! RSTs, and the gateway that handed us its packets. Pure functions of the records, shared by
+//! the live and offline paths.
+
+pub mod flow;
+pub mod mac;
+pub mod oui;
+pub mod report;
+pub mod verdict;

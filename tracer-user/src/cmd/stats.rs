@@ -1,0 +1,29 @@
+//! `flagtrace stats`: each attachment's counters and flow-table fill.
+
+use crate::{
+    cli::StatsArgs,
+    output::{AttachmentStats, Printer},
+    source::live,
+    sys::{
+        netns::Netns,
+        pins::PinRoot,
+        privileges::{self, CAP_BPF},
+    },
+};
+
+pub fn run(root: &PinRoot, netns: Option<&Netns>, args: &StatsArgs) -> anyhow::Result<()> {
+    privileges::require("stats", &[CAP_BPF])?;
+    let stats = live::open_attachments(root, netns, None)?
+        .into_iter()
+        .map(|(attachment, maps)| {
+            Ok(AttachmentStats {
+                counters: maps.counters()?,
+                flows: maps.flows()?.len(),
+                max_flows: Some(maps.capacity()),
+                attachment,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Printer::stdout(args.output.format()).stats(&stats)?;
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! Kernel-facing: the embedded objects, the clock they stamp with, pins and maps, namespaces,
+//! privileges and signals. Nothing here knows about verdicts or output.
+
+pub mod clock;
+pub mod maps;
+pub mod netns;
+pub mod objects;
+pub mod pins;
+pub mod privileges;
+pub mod signals;

@@ -95,10 +95,39 @@ pub const SEEN_EGRESS: u8 = 2;
 
 /// Which hook saw a packet; index into the [`COUNTERS_MAP`] array.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Hook {
     Ingress = 0,
     Egress = 1,
+}
+
+impl Hook {
+    /// How a record of the maps names this hook (`seen_on`).
+    #[inline(always)]
+    pub const fn seen_on(self) -> u8 {
+        match self {
+            Hook::Ingress => SEEN_INGRESS,
+            Hook::Egress => SEEN_EGRESS,
+        }
+    }
+
+    /// The hook a record's `seen_on` names; `None` for [`SEEN_NONE`] (never recorded) or a
+    /// value no build writes.
+    pub const fn from_seen_on(seen_on: u8) -> Option<Hook> {
+        match seen_on {
+            SEEN_INGRESS => Some(Hook::Ingress),
+            SEEN_EGRESS => Some(Hook::Egress),
+            _ => None,
+        }
+    }
+
+    /// `ingress` or `egress`, as flagtrace prints it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::Ingress => "ingress",
+            Hook::Egress => "egress",
+        }
+    }
 }
 
 /// Number of entries in the [`COUNTERS_MAP`] array.

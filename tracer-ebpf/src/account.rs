@@ -7,8 +7,8 @@ use core::mem;
 use tracer_common::{
     flow_hash, gate_slot, reset_set, Baseline, EventBudget, FlagCounts, FlowKey, FlowValue,
     GlobalCounters, Hook, ResetEntry, RstEvidence, WatchConfig, BACK_TO_BACK_NS, FAMILY_IPV4,
-    FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, RESET_ENTRY_IDLE_NS, RESET_GATE_BUDGET,
-    SEEN_EGRESS, SEEN_INGRESS, SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, RESET_ENTRY_IDLE_NS, RESET_GATE_BUDGET, SEEN_NONE,
+    SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{load_u16, load_u32, parse, EthHdr, NoSegment, OnSegment, Packet, TcpSegment};
@@ -177,10 +177,7 @@ impl<'a, 'k> Observation<'a, 'k> {
 
     #[inline(always)]
     fn seen_on(&self) -> u8 {
-        match self.hook {
-            Hook::Ingress => SEEN_INGRESS,
-            Hook::Egress => SEEN_EGRESS,
-        }
+        self.hook.seen_on()
     }
 
     /// Sequence number just past this segment (SYN and FIN take one each).

@@ -16,7 +16,7 @@ use aya_ebpf::{
 use tracer_common::{
     reset_set_mask, EventBudget, FlowKey, FlowValue, GlobalCounters, Hook, PacketEvent, ResetEntry,
     WatchConfig, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, EVENTS_RING_BYTES, EVENT_SNAP_LEN,
-    HOOK_COUNT, RESET_GATE_SLOTS, SEEN_EGRESS, SEEN_INGRESS,
+    HOOK_COUNT, RESET_GATE_SLOTS,
 };
 use tracer_ebpf::{
     account::{account, Tables},
@@ -214,10 +214,7 @@ impl<C: HookContext> Tables for Maps<'_, C> {
             (*event).ifindex = self.ctx.ifindex();
             (*event).packet_len = packet_len;
             (*event).captured_len = captured_len;
-            (*event).seen_on = match hook {
-                Hook::Ingress => SEEN_INGRESS,
-                Hook::Egress => SEEN_EGRESS,
-            };
+            (*event).seen_on = hook.seen_on();
             (*event)._pad0 = 0;
             (*event)._pad1 = 0;
         }

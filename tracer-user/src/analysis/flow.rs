@@ -1,6 +1,8 @@
 //! The host-side view of one flow-table entry: which endpoint is the client, what each side sent,
-//! what happened to the connection, and the evidence its RSTs left. Pure functions of the
-//! kernel's key and values, so the live maps and an offline capture can share them.
+//! what happened to the connection, and the evidence its RSTs left. The kernel's records are
+//! decoded here, at the boundary, into addresses, enums and `Option`s on the Unix clock; nothing
+//! after this module sees a wire type or a zero sentinel. Pure functions of the kernel's key and
+//! values, so the live maps and an offline capture share them.
 
 use std::{
     fmt,
@@ -10,9 +12,11 @@ use std::{
 use anyhow::bail;
 use serde::Serialize;
 use tracer_common::{
-    Baseline, FlagCounts, FlowKey, FlowValue, ResetEvidence, RstEvidence, FAMILY_IPV4, FAMILY_IPV6,
-    FIRST_SYN_HI, FIRST_SYN_LO, SEEN_NONE, SENDER_HI, SENDER_LO,
+    Baseline as WireBaseline, FlagCounts, FlowKey, FlowValue, Hook, ResetEvidence, RstEvidence,
+    FAMILY_IPV4, FAMILY_IPV6, FIRST_SYN_HI, FIRST_SYN_LO, SENDER_HI, SENDER_LO,
 };
+
+use crate::{analysis::mac::MacAddr, sys::clock::ClockSnapshot};
 
 /// What happened to a connection, in the spirit of Zeek's `conn_state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +83,106 @@ impl fmt::Display for State {
     }
 }
 
+/// A host's latest normal (non-RST) packet on a flow, as the kernel recorded it: what its RSTs
+/// are compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Baseline {
+    /// The hook that saw it: the MAC below is its L2 source on ingress, its destination on egress.
+    pub hook: Hook,
+    /// The L2 neighbour; `None` when the kernel saw none (all zeros).
+    pub mac: Option<MacAddr>,
+    /// TTL (IPv4) or hop limit (IPv6).
+    pub ttl: u8,
+    /// IPv4 identification (0 for IPv6).
+    pub ip_id: u16,
+}
+
+impl Baseline {
+    /// `None` for a baseline the kernel never wrote.
+    fn decode(wire: &WireBaseline) -> Option<Baseline> {
+        Some(Baseline {
+            hook: Hook::from_seen_on(wire.seen_on)?,
+            mac: MacAddr::known(wire.mac),
+            ttl: wire.ttl,
+            ip_id: wire.ip_id,
+        })
+    }
+}
+
+/// The RSTs one side sent, as the kernel recorded them: the first one's headers, and what
+/// followed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RstSeen {
+    /// The hook that saw the first RST.
+    pub hook: Hook,
+    /// Unix time of the first RST, and of the latest.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// The first RST's L2 neighbour; `None` when unknown.
+    pub mac: Option<MacAddr>,
+    pub ttl: u8,
+    pub ip_id: u16,
+    /// The first RST's sequence and acknowledgement numbers (ack 0 without the ACK flag).
+    pub seq: u32,
+    pub ack: u32,
+    /// The side's highest sequence end before its first RST.
+    pub max_seq_before: u32,
+    /// Later RSTs that carried the first one's sequence number.
+    pub same_seq_rsts: u16,
+    /// Largest sequence distance between back-to-back RSTs.
+    pub max_seq_jump: u32,
+    /// Packets other than RSTs the side sent after its first RST.
+    pub packets_after: u32,
+    /// Payload bytes of those packets at or beyond the first RST's sequence.
+    pub bytes_beyond: u32,
+}
+
+impl RstSeen {
+    /// `None` for a side without a recorded RST.
+    fn decode(wire: &RstEvidence, clock: &ClockSnapshot) -> Option<RstSeen> {
+        if wire.first_rst_ns == 0 {
+            return None;
+        }
+        Some(RstSeen {
+            hook: Hook::from_seen_on(wire.seen_on)?,
+            first_ns: clock.unix_ns_u64(wire.first_rst_ns),
+            last_ns: clock.unix_ns_u64(wire.last_rst_ns),
+            mac: MacAddr::known(wire.mac),
+            ttl: wire.ttl,
+            ip_id: wire.ip_id,
+            seq: wire.seq,
+            ack: wire.ack,
+            max_seq_before: wire.max_seq_before,
+            same_seq_rsts: wire.same_seq_rsts,
+            max_seq_jump: wire.max_seq_jump,
+            packets_after: wire.packets_after,
+            bytes_beyond: wire.bytes_beyond,
+        })
+    }
+}
+
+#[cfg(test)]
+impl RstSeen {
+    /// A RST seen on `hook` at `first_ns`, with every other field zero or unknown.
+    pub fn at(hook: Hook, first_ns: u64) -> RstSeen {
+        RstSeen {
+            hook,
+            first_ns,
+            last_ns: first_ns,
+            mac: None,
+            ttl: 0,
+            ip_id: 0,
+            seq: 0,
+            ack: 0,
+            max_seq_before: 0,
+            same_seq_rsts: 0,
+            max_seq_jump: 0,
+            packets_after: 0,
+            bytes_beyond: 0,
+        }
+    }
+}
+
 /// What the kernel recorded about one side's packets: the baseline its RSTs are compared with,
 /// and the RSTs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,19 +190,12 @@ pub struct SideEvidence {
     /// Its latest examined non-RST packet; `None` when there was none.
     pub baseline: Option<Baseline>,
     /// Its RSTs; `None` when it sent none, or the reset evidence table no longer holds the flow.
-    pub rst: Option<RstEvidence>,
+    pub rst: Option<RstSeen>,
 }
 
-impl SideEvidence {
-    fn new(baseline: &Baseline, rst: Option<&RstEvidence>) -> SideEvidence {
-        SideEvidence {
-            baseline: (baseline.seen_on != SEEN_NONE).then_some(*baseline),
-            rst: rst.filter(|rst| rst.first_rst_ns != 0).copied(),
-        }
-    }
-}
-
-/// One flow, oriented from client to server.
+/// One flow, oriented from client to server, decoded from the kernel's records: addresses,
+/// enums and `Option`s instead of words and zero sentinels. Every time is Unix nanoseconds,
+/// whatever clock the source stamped with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowRecord {
     pub client: SocketAddr,
@@ -106,25 +203,27 @@ pub struct FlowRecord {
     pub client_to_server: FlagCounts,
     pub server_to_client: FlagCounts,
     pub state: State,
-    /// Kernel clock (CLOCK_MONOTONIC_COARSE) nanoseconds of the first counted packet.
+    /// The first counted packet.
     pub first_seen_ns: u64,
-    /// Kernel clock nanoseconds of the latest counted packet.
+    /// The latest counted packet.
     pub last_seen_ns: u64,
-    /// Time of the first SYN without ACK; 0 when none was seen.
-    pub syn_ns: u64,
-    /// Time of the first SYN/ACK; 0 when none was seen.
-    pub syn_ack_ns: u64,
+    /// The first SYN without ACK.
+    pub syn_ns: Option<u64>,
+    /// The first SYN/ACK.
+    pub syn_ack_ns: Option<u64>,
     pub client_evidence: SideEvidence,
     pub server_evidence: SideEvidence,
 }
 
 impl FlowRecord {
-    /// Orients a flow-table entry and its reset evidence, if the kernel kept any. Fails only on an
-    /// address family the kernel never writes.
-    pub fn new(
+    /// Decodes and orients a flow-table entry and its reset evidence, if the kernel kept any.
+    /// `clock` turns the source's stamps into Unix time. Fails only on an address family the
+    /// kernel never writes.
+    pub fn decode(
         key: &FlowKey,
         value: &FlowValue,
         resets: Option<&ResetEvidence>,
+        clock: &ClockSnapshot,
     ) -> anyhow::Result<FlowRecord> {
         let endpoint = |sender: usize| -> anyhow::Result<(SocketAddr, FlagCounts, SideEvidence)> {
             let (addr, port) = if sender == SENDER_LO {
@@ -135,12 +234,14 @@ impl FlowRecord {
             Ok((
                 SocketAddr::new(ip_addr(key.family, addr)?, port),
                 value.sent_by[sender],
-                SideEvidence::new(
-                    &value.baseline[sender],
-                    resets.map(|resets| &resets.by_sender[sender]),
-                ),
+                SideEvidence {
+                    baseline: Baseline::decode(&value.baseline[sender]),
+                    rst: resets
+                        .and_then(|resets| RstSeen::decode(&resets.by_sender[sender], clock)),
+                },
             ))
         };
+        let stamp = |ns: u64| (ns != 0).then(|| clock.unix_ns_u64(ns));
         let client_side = client_side(key, value);
         let (client, client_to_server, client_evidence) = endpoint(client_side)?;
         let (server, server_to_client, server_evidence) = endpoint(1 - client_side)?;
@@ -150,10 +251,10 @@ impl FlowRecord {
             client_to_server,
             server_to_client,
             state: State::classify(&client_to_server, &server_to_client),
-            first_seen_ns: value.first_seen_ns,
-            last_seen_ns: value.last_seen_ns,
-            syn_ns: value.syn_ns,
-            syn_ack_ns: value.syn_ack_ns,
+            first_seen_ns: clock.unix_ns_u64(value.first_seen_ns),
+            last_seen_ns: clock.unix_ns_u64(value.last_seen_ns),
+            syn_ns: stamp(value.syn_ns),
+            syn_ack_ns: stamp(value.syn_ack_ns),
             client_evidence,
             server_evidence,
         })
@@ -173,7 +274,7 @@ impl FlowRecord {
         let sides = [&self.client_evidence, &self.server_evidence];
         let first = sides
             .iter()
-            .filter_map(|side| side.rst.map(|rst| rst.first_rst_ns))
+            .filter_map(|side| side.rst.map(|rst| rst.first_ns))
             .min();
         Some(first.unwrap_or(self.last_seen_ns))
     }
@@ -296,7 +397,7 @@ mod tests {
                 FIRST_SYN_HI
             };
         }
-        FlowRecord::new(&key, &value, None).unwrap()
+        FlowRecord::decode(&key, &value, None, &ClockSnapshot::unix()).unwrap()
     }
 
     fn endpoints(record: &FlowRecord) -> (String, String) {
@@ -320,7 +421,7 @@ mod tests {
             FlowKey::from_packet(FAMILY_IPV6, 1, v6(client), 51000, v6(server), 443);
         let mut value = FlowValue::default();
         value.sent_by[sender].syn = 1;
-        let record = FlowRecord::new(&key, &value, None).unwrap();
+        let record = FlowRecord::decode(&key, &value, None, &ClockSnapshot::unix()).unwrap();
         assert_eq!(record.client.to_string(), "[fd00::1]:51000");
         assert_eq!(record.server.to_string(), "[fd00::2:0:0:abcd]:443");
     }
@@ -331,7 +432,9 @@ mod tests {
             family: 5,
             ..FlowKey::default()
         };
-        assert!(FlowRecord::new(&key, &FlowValue::default(), None).is_err());
+        assert!(
+            FlowRecord::decode(&key, &FlowValue::default(), None, &ClockSnapshot::unix()).is_err()
+        );
     }
 
     #[test]
@@ -366,7 +469,7 @@ mod tests {
             first_syn_from: FIRST_SYN_NONE,
             ..FlowValue::default()
         };
-        let record = FlowRecord::new(&key, &value, None).unwrap();
+        let record = FlowRecord::decode(&key, &value, None, &ClockSnapshot::unix()).unwrap();
         assert_eq!(record.client.port(), 9000);
     }
 
@@ -419,35 +522,84 @@ mod tests {
         };
         value.sent_by[SENDER_HI].syn = 1;
         value.sent_by[SENDER_LO].rst = 1;
-        value.baseline[SENDER_HI] = Baseline {
+        value.baseline[SENDER_HI] = WireBaseline {
             ttl: 64,
             seen_on: tracer_common::SEEN_EGRESS,
-            ..Baseline::default()
+            ..WireBaseline::default()
         };
         let mut resets = ResetEvidence::default();
         resets.by_sender[SENDER_LO] = RstEvidence {
             first_rst_ns: 50,
             ttl: 61,
+            seen_on: tracer_common::SEEN_INGRESS,
             ..RstEvidence::default()
         };
-        let record = FlowRecord::new(&key, &value, Some(&resets)).unwrap();
+        let record =
+            FlowRecord::decode(&key, &value, Some(&resets), &ClockSnapshot::unix()).unwrap();
         assert_eq!(record.client.to_string(), "10.0.0.9:40000");
         assert_eq!(record.client_evidence.baseline.map(|b| b.ttl), Some(64));
         assert_eq!(record.client_evidence.rst, None);
+        assert_eq!(
+            record.client_evidence.baseline.map(|b| (b.hook, b.mac)),
+            Some((Hook::Egress, None))
+        );
         // A baseline the kernel never wrote (seen_on NONE) is no baseline.
         assert_eq!(record.server_evidence.baseline, None);
         assert_eq!(record.server_evidence.rst.map(|r| r.ttl), Some(61));
-        assert_eq!((record.syn_ns, record.syn_ack_ns), (10, 0));
+        assert_eq!((record.syn_ns, record.syn_ack_ns), (Some(10), None));
         assert_eq!(record.first_rst_ns(), Some(50));
 
         // Evicted evidence: the RST time falls back to the last packet's.
-        let record = FlowRecord::new(&key, &value, None).unwrap();
+        let record = FlowRecord::decode(&key, &value, None, &ClockSnapshot::unix()).unwrap();
         assert_eq!(record.first_rst_ns(), Some(70));
         value.sent_by[SENDER_LO].rst = 0;
         assert_eq!(
-            FlowRecord::new(&key, &value, None).unwrap().first_rst_ns(),
+            FlowRecord::decode(&key, &value, None, &ClockSnapshot::unix())
+                .unwrap()
+                .first_rst_ns(),
             None
         );
+    }
+
+    #[test]
+    fn stamps_become_unix_time_and_zeros_become_none() {
+        let (key, client) = FlowKey::from_packet(
+            FAMILY_IPV4,
+            1,
+            v4([10, 0, 0, 1]),
+            40000,
+            v4([10, 0, 0, 2]),
+            80,
+        );
+        let mut value = FlowValue {
+            first_seen_ns: 5_000,
+            last_seen_ns: 7_000,
+            syn_ns: 5_000,
+            syn_ack_ns: 0,
+            ..FlowValue::default()
+        };
+        value.sent_by[client].syn = 1;
+        let mut resets = ResetEvidence::default();
+        resets.by_sender[1 - client] = RstEvidence {
+            first_rst_ns: 6_000,
+            last_rst_ns: 6_500,
+            seen_on: tracer_common::SEEN_INGRESS,
+            ..RstEvidence::default()
+        };
+        // Monotonic 1_000 is Unix 1_000_000_000_000.
+        let clock = ClockSnapshot::new(1_000_000_000_000, 1_000);
+        let record = FlowRecord::decode(&key, &value, Some(&resets), &clock).unwrap();
+        let unix = |mono: u64| 1_000_000_000_000 - 1_000 + mono;
+        assert_eq!(
+            (record.first_seen_ns, record.last_seen_ns),
+            (unix(5_000), unix(7_000))
+        );
+        assert_eq!(
+            (record.syn_ns, record.syn_ack_ns),
+            (Some(unix(5_000)), None)
+        );
+        let rst = record.server_evidence.rst.unwrap();
+        assert_eq!((rst.first_ns, rst.last_ns), (unix(6_000), unix(6_500)));
     }
 
     #[test]

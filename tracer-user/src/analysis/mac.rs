@@ -32,6 +32,13 @@ impl fmt::Display for MacAddr {
     }
 }
 
+/// As flagtrace prints it, so that JSON says what the text says.
+impl serde::Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl FromStr for MacAddr {
     type Err = String;
 

@@ -2,8 +2,12 @@
 //! RSTs, and the gateway that handed us its packets. Pure functions of the records, shared by
 //! the live and offline paths.
 
+#[cfg(test)]
+pub mod fixtures;
 pub mod flow;
+pub mod hosts;
 pub mod mac;
+pub mod neighbours;
 pub mod oui;
 pub mod report;
 pub mod verdict;

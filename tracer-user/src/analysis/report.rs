@@ -1,16 +1,55 @@
-//! Everything flagtrace says about a flow: the kernel's record, the verdict on its RSTs, and the
-//! device that handed us its packets (MAC, vendor, IP address).
+//! Everything flagtrace says about a flow: where it was seen, the kernel's record, the verdict on
+//! its RSTs, and the device that handed us its packets (MAC, vendor, IP address).
 
-use tracer_common::{SEEN_EGRESS, SEEN_INGRESS};
+use std::fmt;
+
+use tracer_common::Hook;
 
 use crate::{
-    analysis::flow::FlowRecord,
+    analysis::flow::{Baseline, FlowRecord},
+    analysis::hosts::HostIndex,
     analysis::mac::MacAddr,
+    analysis::neighbours::{NeighbourIp, Neighbours},
     analysis::oui::{Vendor, Vendors},
-    analysis::verdict::{self, HostBaselines, Verdict},
-    source::neighbour::{NeighbourIp, Neighbours},
+    analysis::verdict::{self, Verdict},
     sys::pins::Attachment,
 };
+
+/// Where a source's flows were seen: an attachment's maps, or one interface of a capture file.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Origin {
+    Live(Attachment),
+    /// A capture; `iface` is the interface's pcapng name, or the file's name.
+    Capture {
+        iface: String,
+    },
+}
+
+impl Origin {
+    pub fn iface(&self) -> &str {
+        match self {
+            Origin::Live(attachment) => &attachment.iface,
+            Origin::Capture { iface } => iface,
+        }
+    }
+
+    /// The named network namespace of a live attachment; `None` for the host's and a capture.
+    pub fn netns(&self) -> Option<&str> {
+        match self {
+            Origin::Live(attachment) => attachment.netns.name(),
+            Origin::Capture { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Live(attachment) => attachment.fmt(f),
+            Origin::Capture { iface } => write!(f, "{iface} (capture)"),
+        }
+    }
+}
 
 /// The L2 neighbour a flow's packets come through.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,7 +62,7 @@ pub struct Gateway {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowReport {
-    pub attachment: Attachment,
+    pub origin: Origin,
     pub flow: FlowRecord,
     /// `None` for a flow without a RST.
     pub verdict: Option<Verdict>,
@@ -33,39 +72,36 @@ pub struct FlowReport {
 /// The device next to us on the path to the server: the L2 source of the server's packets that
 /// arrived; else the L2 destination of the client's packets that left; else that of a RST.
 pub fn gateway_mac(flow: &FlowRecord) -> Option<MacAddr> {
-    let server_in = flow
-        .server_evidence
-        .baseline
-        .filter(|b| b.seen_on == SEEN_INGRESS)
-        .map(|b| b.mac);
-    let client_out = flow
-        .client_evidence
-        .baseline
-        .filter(|b| b.seen_on == SEEN_EGRESS)
-        .map(|b| b.mac);
-    let rsts = [&flow.server_evidence, &flow.client_evidence].map(|side| side.rst.map(|r| r.mac));
+    let seen_on = |baseline: Option<Baseline>, hook: Hook| {
+        baseline.filter(|b| b.hook == hook).and_then(|b| b.mac)
+    };
+    let server_in = seen_on(flow.server_evidence.baseline, Hook::Ingress);
+    let client_out = seen_on(flow.client_evidence.baseline, Hook::Egress);
+    let rsts =
+        [&flow.server_evidence, &flow.client_evidence].map(|side| side.rst.and_then(|r| r.mac));
     [server_in, client_out]
         .into_iter()
         .chain(rsts)
         .flatten()
-        .find_map(MacAddr::known)
+        .next()
 }
 
-/// Reports on the flows of one attachment. The verdicts compare each flow with the others, so
-/// `flows` must be all of the attachment's flows. `neighbours` reads the attachment's neighbour
-/// table; it is called at most once, and only when some flow has a gateway MAC.
+/// Reports on the flows of one origin. The verdicts compare each flow with the others, so
+/// `flows` must be all of the origin's flows: they are indexed once ([`HostIndex`]), then each
+/// is judged in constant time. `neighbours` reads the origin's neighbour table; it is called at
+/// most once, and only when some flow has a gateway MAC.
 pub fn analyse(
-    attachment: &Attachment,
+    origin: &Origin,
     flows: Vec<FlowRecord>,
     vendors: &Vendors,
     neighbours: impl FnOnce() -> Option<Neighbours>,
 ) -> anyhow::Result<Vec<FlowReport>> {
-    let hosts = HostBaselines::new(&flows);
+    let hosts = HostIndex::new(&flows);
     let mut neighbours = Some(neighbours);
     let mut table: Option<Neighbours> = None;
     let mut reports = Vec::with_capacity(flows.len());
-    for flow in &flows {
-        let gateway = match gateway_mac(flow) {
+    for flow in flows {
+        let gateway = match gateway_mac(&flow) {
             Some(mac) => {
                 if let Some(read) = neighbours.take() {
                     table = read();
@@ -81,9 +117,9 @@ pub fn analyse(
             None => None,
         };
         reports.push(FlowReport {
-            attachment: attachment.clone(),
-            verdict: verdict::judge(flow, &hosts),
-            flow: flow.clone(),
+            origin: origin.clone(),
+            verdict: verdict::judge(&flow, &hosts),
+            flow,
             gateway,
         });
     }
@@ -92,11 +128,9 @@ pub fn analyse(
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::{Baseline, RstEvidence};
-
     use super::*;
     use crate::{
-        analysis::flow::{SideEvidence, State},
+        analysis::flow::{Baseline, RstSeen, SideEvidence, State},
         analysis::oui::OuiRegistry,
         analysis::verdict::ResetBy,
         sys::netns::Netns,
@@ -105,20 +139,18 @@ mod tests {
     const GATEWAY: [u8; 6] = [0x00, 0x01, 0xd7, 0x3c, 0x5e, 0x01];
     const OTHER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
 
-    fn side(baseline: Option<([u8; 6], u8)>, rst_mac: Option<[u8; 6]>) -> SideEvidence {
+    fn side(baseline: Option<([u8; 6], Hook)>, rst_mac: Option<[u8; 6]>) -> SideEvidence {
         SideEvidence {
-            baseline: baseline.map(|(mac, seen_on)| Baseline {
-                mac,
+            baseline: baseline.map(|(mac, hook)| Baseline {
+                hook,
+                mac: MacAddr::known(mac),
                 ttl: 64,
-                seen_on,
-                ..Baseline::default()
+                ip_id: 0,
             }),
-            rst: rst_mac.map(|mac| RstEvidence {
-                first_rst_ns: 5,
-                mac,
+            rst: rst_mac.map(|mac| RstSeen {
+                mac: MacAddr::known(mac),
                 ttl: 64,
-                seen_on: SEEN_INGRESS,
-                ..RstEvidence::default()
+                ..RstSeen::at(Hook::Ingress, 5)
             }),
         }
     }
@@ -132,8 +164,8 @@ mod tests {
             state: State::Attempted,
             first_seen_ns: 1,
             last_seen_ns: 5,
-            syn_ns: 1,
-            syn_ack_ns: 0,
+            syn_ns: Some(1),
+            syn_ack_ns: None,
             client_evidence: client,
             server_evidence: server,
         };
@@ -148,27 +180,27 @@ mod tests {
         let cases = [
             // The server's packets arrived through the gateway.
             (
-                side(Some((OTHER, SEEN_EGRESS)), None),
-                side(Some((GATEWAY, SEEN_INGRESS)), Some(OTHER)),
+                side(Some((OTHER, Hook::Egress)), None),
+                side(Some((GATEWAY, Hook::Ingress)), Some(OTHER)),
                 mac(GATEWAY),
             ),
             // Nothing arrived from it: where the client's packets went.
             (
-                side(Some((GATEWAY, SEEN_EGRESS)), None),
+                side(Some((GATEWAY, Hook::Egress)), None),
                 side(None, None),
                 mac(GATEWAY),
             ),
             // A server baseline seen leaving is not the gateway.
             (
                 side(None, None),
-                side(Some((OTHER, SEEN_EGRESS)), Some(GATEWAY)),
+                side(Some((OTHER, Hook::Egress)), Some(GATEWAY)),
                 mac(GATEWAY),
             ),
             // Only the RST.
             (side(None, None), side(None, Some(GATEWAY)), mac(GATEWAY)),
             // Zeros are no MAC.
             (
-                side(Some(([0; 6], SEEN_EGRESS)), None),
+                side(Some(([0; 6], Hook::Egress)), None),
                 side(None, Some(GATEWAY)),
                 mac(GATEWAY),
             ),
@@ -179,11 +211,11 @@ mod tests {
         }
     }
 
-    fn lab() -> Attachment {
-        Attachment {
+    fn lab() -> Origin {
+        Origin::Live(Attachment {
             netns: Netns::Named("lab".into()),
             iface: "veth0".into(),
-        }
+        })
     }
 
     fn f5_registry() -> Vendors {
@@ -196,12 +228,12 @@ mod tests {
     #[test]
     fn analyse_judges_against_the_other_flows_and_names_the_gateway() {
         let refused = flow(
-            side(Some((GATEWAY, SEEN_EGRESS)), None),
+            side(Some((GATEWAY, Hook::Egress)), None),
             side(None, Some(GATEWAY)),
         );
         let mut answered = flow(
-            side(Some((GATEWAY, SEEN_EGRESS)), None),
-            side(Some((GATEWAY, SEEN_INGRESS)), None),
+            side(Some((GATEWAY, Hook::Egress)), None),
+            side(Some((GATEWAY, Hook::Ingress)), None),
         );
         answered.server = "10.0.2.1:80".parse().unwrap();
         answered.server_evidence.baseline.as_mut().unwrap().ttl = 127;

@@ -2,15 +2,12 @@
 
 use std::path::Path;
 
-use anyhow::Context as _;
-
 use crate::{
     cli::FlowsArgs,
     cmd::sort_flows,
     output::Printer,
     source::live,
     sys::{
-        clock::ClockSnapshot,
         netns::Netns,
         pins::PinRoot,
         privileges::{self, CAP_BPF},
@@ -25,9 +22,8 @@ pub fn run(
 ) -> anyhow::Result<()> {
     privileges::require("flows", &[CAP_BPF])?;
     let mut reports = live::reports(root, netns, args.iface.as_deref(), oui_db)?;
-    let clock = ClockSnapshot::now().context("reading the clocks")?;
     sort_flows(&mut reports, args.sort);
     reports.truncate(args.limit.unwrap_or(usize::MAX));
-    Printer::stdout(args.output.format()).flows(&reports, &clock)?;
+    Printer::stdout(args.output.format()).flows(&reports)?;
     Ok(())
 }

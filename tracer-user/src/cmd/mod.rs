@@ -15,7 +15,6 @@ use crate::{
     analysis::{flow::FlowRecord, report::FlowReport},
     cli::SortKey,
     output::{OutputFormat, Printer},
-    sys::clock::ClockSnapshot,
 };
 
 /// Prints the flows of `reports` that have a verdict, in the order of their first RST (`resets`
@@ -23,7 +22,6 @@ use crate::{
 pub fn print_resets(
     mut reports: Vec<FlowReport>,
     format: OutputFormat,
-    clock: &ClockSnapshot,
     none: &str,
 ) -> anyhow::Result<()> {
     reports.retain(|report| report.verdict.is_some());
@@ -38,7 +36,7 @@ pub fn print_resets(
         // header below.
         log::info!("{none}");
     }
-    printer.resets(&reports, clock)?;
+    printer.resets(&reports)?;
     Ok(())
 }
 
@@ -59,7 +57,10 @@ mod tests {
     use tracer_common::{FlowKey, FlowValue, FAMILY_IPV4};
 
     use super::*;
-    use crate::sys::{netns::Netns, pins::Attachment};
+    use crate::{
+        analysis::report::Origin,
+        sys::{clock::ClockSnapshot, netns::Netns, pins::Attachment},
+    };
 
     /// A flow from 10.0.0.1:`port` whose client sent `syn` SYNs and `rst` RSTs, last seen at `last`.
     fn flow(port: u16, syn: u32, rst: u32, last: u64) -> FlowReport {
@@ -77,8 +78,8 @@ mod tests {
             iface: "eth0".into(),
         };
         FlowReport {
-            attachment,
-            flow: FlowRecord::new(&key, &value, None).unwrap(),
+            origin: Origin::Live(attachment),
+            flow: FlowRecord::decode(&key, &value, None, &ClockSnapshot::unix()).unwrap(),
             verdict: None,
             gateway: None,
         }

@@ -25,11 +25,11 @@ pub fn run(
     privileges::require("resets", &[CAP_BPF])?;
     let mut reports = live::reports(root, netns, None, oui_db)?;
     let clock = ClockSnapshot::now().context("reading the clocks")?;
-    let cutoff = args.since.map_or(0, |since| clock.monotonic_before(since));
+    let cutoff = args.since.map_or(0, |since| clock.unix_before(since));
     reports.retain(|report| report.flow.first_rst_ns().is_some_and(|at| at >= cutoff));
     let mut none = String::from("no resets");
     if let Some(since) = args.since {
         none += &format!(" in the last {}", format_duration(since));
     }
-    print_resets(reports, args.output.format(), &clock, &none)
+    print_resets(reports, args.output.format(), &none)
 }

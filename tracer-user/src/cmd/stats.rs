@@ -1,9 +1,10 @@
 //! `flagtrace stats`: each attachment's counters and flow-table fill.
 
 use crate::{
+    analysis::report::Origin,
     cli::StatsArgs,
-    output::{AttachmentStats, Printer},
-    source::live,
+    output::Printer,
+    source::{live, Stats},
     sys::{
         netns::Netns,
         pins::PinRoot,
@@ -16,11 +17,11 @@ pub fn run(root: &PinRoot, netns: Option<&Netns>, args: &StatsArgs) -> anyhow::R
     let stats = live::open_attachments(root, netns, None)?
         .into_iter()
         .map(|(attachment, maps)| {
-            Ok(AttachmentStats {
+            Ok(Stats {
                 counters: maps.counters()?,
                 flows: maps.flows()?.len(),
                 max_flows: Some(maps.capacity()),
-                attachment,
+                origin: Origin::Live(attachment),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

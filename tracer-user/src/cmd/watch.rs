@@ -359,7 +359,6 @@ impl Watcher {
         }
         due.sort_by_key(|(at, _)| *at);
         let mut reports: HashMap<usize, Vec<FlowReport>> = HashMap::new();
-        let clock = clock()?;
         for (_, flow) in due {
             self.pending.remove(&flow);
             let watched = &self.watched[flow.attachment];
@@ -379,8 +378,8 @@ impl Watcher {
                 continue;
             };
             self.output
-                .print(&Record::Verdict(FlowRow::new(report, &clock)), || {
-                    resets_text(slice::from_ref(report), &clock)
+                .print(&Record::Verdict(FlowRow::new(report)), || {
+                    resets_text(slice::from_ref(report))
                 })?;
         }
         Ok(())

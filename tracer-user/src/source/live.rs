@@ -8,12 +8,14 @@ use anyhow::Context as _;
 
 use crate::{
     analysis::{
+        flow::FlowRecord,
         oui::Vendors,
-        report::{self, FlowReport},
+        report::{self, FlowReport, Origin},
     },
     error::Failure,
-    source::neighbour::Neighbours,
+    source::neighbour,
     sys::{
+        clock::ClockSnapshot,
         maps::PinnedMaps,
         netns::Netns,
         pins::{Attachment, PinRoot},
@@ -36,6 +38,20 @@ pub fn reports(
     Ok(reports)
 }
 
+/// Every flow of an attachment's flow table as a record, with its reset evidence when it has
+/// some, its stamps turned into Unix time with a clock read now.
+pub fn flow_records(attachment: &Attachment, maps: &PinnedMaps) -> anyhow::Result<Vec<FlowRecord>> {
+    let context = || format!("reading the flow table of {attachment}");
+    let resets = maps.resets().with_context(context)?;
+    let flows = maps.flows().with_context(context)?;
+    let clock = ClockSnapshot::now().context("reading the clocks")?;
+    flows
+        .iter()
+        .map(|(key, value)| FlowRecord::decode(key, value, resets.get(key), &clock))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .with_context(context)
+}
+
 /// Reports on every flow of one attachment, judged together (`resets`, `flows`, and `watch`
 /// once a RST's evidence is in).
 pub fn attachment_reports(
@@ -43,17 +59,20 @@ pub fn attachment_reports(
     maps: &PinnedMaps,
     vendors: &Vendors,
 ) -> anyhow::Result<Vec<FlowReport>> {
-    let flows = maps
-        .flow_records()
-        .with_context(|| format!("reading the flow table of {attachment}"))?;
-    let neighbours = || match Neighbours::read(&attachment.netns, &attachment.iface) {
+    let flows = flow_records(attachment, maps)?;
+    let neighbours = || match neighbour::read(&attachment.netns, &attachment.iface) {
         Ok(table) => Some(table),
         Err(error) => {
             log::warn!("{error:#}; gateway IP addresses left out");
             None
         }
     };
-    report::analyse(attachment, flows, vendors, neighbours)
+    report::analyse(
+        &Origin::Live(attachment.clone()),
+        flows,
+        vendors,
+        neighbours,
+    )
 }
 
 /// The pinned maps of the attachments that match the filters; none is a [`Failure`].

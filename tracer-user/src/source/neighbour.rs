@@ -1,5 +1,6 @@
-//! The neighbour table and default routes of an attachment's namespace: which IP address a
-//! gateway MAC answers for, and whether that address is the default route's gateway.
+//! The neighbour table and default routes of an attachment's namespace, read into the
+//! analysis's [`Neighbours`]: which IP address a gateway MAC answers for, and whether that
+//! address is the default route's gateway.
 //!
 //! Read with iproute2's JSON output (`ip -n NS -j neigh show dev IF`, `ip -j route show default`)
 //! rather than a netlink crate: three short commands per attachment and query, no async
@@ -11,24 +12,9 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::{
-    analysis::mac::MacAddr,
+    analysis::neighbours::Neighbours,
     sys::netns::{run_ip, Netns},
 };
-
-/// The gateway's address as the neighbour table knows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NeighbourIp {
-    pub ip: IpAddr,
-    /// Whether it is the gateway of a default route through the interface.
-    pub is_default: bool,
-}
-
-/// One interface's neighbours and default gateways.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Neighbours {
-    entries: Vec<(IpAddr, MacAddr)>,
-    default_gateways: Vec<IpAddr>,
-}
 
 #[derive(Deserialize)]
 struct IpNeighbour {
@@ -52,77 +38,42 @@ struct IpNexthop {
     dev: Option<String>,
 }
 
-impl Neighbours {
-    /// Reads the neighbours of `iface` in `netns`, and the default routes through it.
-    pub fn read(netns: &Netns, iface: &str) -> anyhow::Result<Neighbours> {
-        let ip = |args: &[&str]| {
-            let mut full = netns.ip_args();
-            full.extend_from_slice(args);
-            run_ip(&full)
-                .with_context(|| format!("reading the neighbour table of {iface} in {netns}"))
-        };
-        let neighbours = ip(&["-j", "neigh", "show", "dev", iface])?;
-        let routes_v4 = ip(&["-j", "-4", "route", "show", "default"])?;
-        let routes_v6 = ip(&["-j", "-6", "route", "show", "default"])?;
-        Neighbours::parse(&neighbours, &[&routes_v4, &routes_v6], iface)
-            .with_context(|| format!("parsing `ip -j neigh`/`ip -j route` for {iface} in {netns}"))
-    }
+/// Reads the neighbours of `iface` in `netns`, and the default routes through it.
+pub fn read(netns: &Netns, iface: &str) -> anyhow::Result<Neighbours> {
+    let ip = |args: &[&str]| {
+        let mut full = netns.ip_args();
+        full.extend_from_slice(args);
+        run_ip(&full).with_context(|| format!("reading the neighbour table of {iface} in {netns}"))
+    };
+    let neighbours = ip(&["-j", "neigh", "show", "dev", iface])?;
+    let routes_v4 = ip(&["-j", "-4", "route", "show", "default"])?;
+    let routes_v6 = ip(&["-j", "-6", "route", "show", "default"])?;
+    parse(&neighbours, &[&routes_v4, &routes_v6], iface)
+        .with_context(|| format!("parsing `ip -j neigh`/`ip -j route` for {iface} in {netns}"))
+}
 
-    /// A table of known (address, MAC) pairs without routes, as a capture file shows them
-    /// (`flagtrace pcap`): no address is a default gateway.
-    pub fn from_entries(entries: impl IntoIterator<Item = (IpAddr, MacAddr)>) -> Neighbours {
-        Neighbours {
-            entries: entries.into_iter().collect(),
-            default_gateways: Vec::new(),
-        }
-    }
-
-    /// From `ip -j neigh show dev IFACE` and `ip -j route show default` outputs.
-    fn parse(neighbours: &[u8], routes: &[&[u8]], iface: &str) -> anyhow::Result<Neighbours> {
-        let neighbours: Vec<IpNeighbour> = parse_json_list(neighbours)?;
-        let entries = neighbours
-            .into_iter()
-            .filter_map(|n| Some((n.dst, n.lladdr?.parse().ok()?)))
-            .collect();
-        let mut default_gateways = Vec::new();
-        for output in routes {
-            for route in parse_json_list::<IpRoute>(output)? {
-                let hops = route.nexthops.into_iter().map(|hop| (hop.gateway, hop.dev));
-                for (gateway, dev) in std::iter::once((route.gateway, route.dev)).chain(hops) {
-                    if let Some(gateway) = gateway.filter(|_| dev.as_deref() == Some(iface)) {
-                        default_gateways.push(gateway);
-                    }
+/// From `ip -j neigh show dev IFACE` and `ip -j route show default` outputs.
+fn parse(neighbours: &[u8], routes: &[&[u8]], iface: &str) -> anyhow::Result<Neighbours> {
+    let neighbours: Vec<IpNeighbour> = parse_json_list(neighbours)?;
+    let entries = neighbours
+        .into_iter()
+        .filter_map(|n| Some((n.dst, n.lladdr?.parse().ok()?)))
+        .collect();
+    let mut default_gateways = Vec::new();
+    for output in routes {
+        for route in parse_json_list::<IpRoute>(output)? {
+            let hops = route.nexthops.into_iter().map(|hop| (hop.gateway, hop.dev));
+            for (gateway, dev) in std::iter::once((route.gateway, route.dev)).chain(hops) {
+                if let Some(gateway) = gateway.filter(|_| dev.as_deref() == Some(iface)) {
+                    default_gateways.push(gateway);
                 }
             }
         }
-        Ok(Neighbours {
-            entries,
-            default_gateways,
-        })
     }
-
-    /// The address `mac` answers for. Several may: prefer the family of `like` (the flow's),
-    /// then a default gateway, then an address that is not IPv6 link-local.
-    pub fn ip_of(&self, mac: MacAddr, like: IpAddr) -> Option<NeighbourIp> {
-        self.entries
-            .iter()
-            .filter(|(_, entry_mac)| *entry_mac == mac)
-            .map(|(ip, _)| NeighbourIp {
-                ip: *ip,
-                is_default: self.default_gateways.contains(ip),
-            })
-            .max_by_key(|candidate| {
-                let link_local = match candidate.ip {
-                    IpAddr::V6(v6) => v6.is_unicast_link_local(),
-                    IpAddr::V4(_) => false,
-                };
-                (
-                    candidate.ip.is_ipv4() == like.is_ipv4(),
-                    candidate.is_default,
-                    !link_local,
-                )
-            })
-    }
+    Ok(Neighbours {
+        entries,
+        default_gateways,
+    })
 }
 
 /// iproute2 prints nothing at all, rather than `[]`, for an empty list in some versions.
@@ -136,6 +87,7 @@ fn parse_json_list<T: for<'de> Deserialize<'de>>(output: &[u8]) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::neighbours::NeighbourIp;
 
     const F5: &str = "00:01:d7:3c:5e:01";
 
@@ -153,7 +105,7 @@ mod tests {
         let v6 = br#"[{"dst":"default","flags":[],"nexthops":[
             {"gateway":"fd00:1::fe","dev":"veth0","weight":1,"flags":[]},
             {"gateway":"fd00:1::fd","dev":"veth0","weight":1,"flags":[]}]}]"#;
-        Neighbours::parse(neighbours, &[v4, v6], "veth0").unwrap()
+        parse(neighbours, &[v4, v6], "veth0").unwrap()
     }
 
     fn ip(text: &str) -> IpAddr {
@@ -201,17 +153,18 @@ mod tests {
 
     #[test]
     fn empty_output_is_an_empty_table() {
-        let neighbours = Neighbours::parse(b"", &[b"[]", b"\n"], "veth0").unwrap();
+        let neighbours = parse(b"", &[b"[]", b"\n"], "veth0").unwrap();
         assert_eq!(neighbours, Neighbours::default());
-        assert!(Neighbours::parse(b"not json", &[], "veth0").is_err());
+        assert!(parse(b"not json", &[], "veth0").is_err());
     }
 
-    /// A real `ip` in a namespace of our own.
+    /// A real `ip` in a namespace of our own (root: `cargo xtask test` runs it).
     #[test]
+    #[ignore = "needs root to create a network namespace"]
     fn reads_a_real_namespace() {
         let lab = TestNetns::create();
         let netns = Netns::Named(lab.0.clone());
-        let neighbours = Neighbours::read(&netns, "ftv3n0").unwrap();
+        let neighbours = read(&netns, "ftv3n0").unwrap();
         assert_eq!(
             neighbours.ip_of(F5.parse().unwrap(), ip("10.77.2.1")),
             Some(NeighbourIp {
@@ -219,7 +172,7 @@ mod tests {
                 is_default: true
             })
         );
-        let missing = Neighbours::read(&netns, "nosuchif0").unwrap_err();
+        let missing = read(&netns, "nosuchif0").unwrap_err();
         assert!(format!("{missing:#}").contains("nosuchif0"), "{missing:#}");
     }
 

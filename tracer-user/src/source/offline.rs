@@ -25,7 +25,10 @@ use tracer_ebpf::{
     Packet,
 };
 
-use crate::{analysis::flow::FlowRecord, sys::maps::Counters};
+use crate::{
+    analysis::flow::FlowRecord,
+    sys::{clock::ClockSnapshot, maps::Counters},
+};
 
 /// The tables [`account`] works on, for one capture. Entries hand out raw pointers, as BPF map
 /// lookups do, so each lives in an [`UnsafeCell`] at an address that does not move: flow
@@ -93,7 +96,7 @@ impl HostTables {
     }
 
     /// Every flow as a record, with its reset evidence when the reset table has some: what
-    /// `PinnedMaps::flow_records` gives for an attachment.
+    /// [`super::live::flow_records`] gives for an attachment. The stamps are already Unix time.
     pub fn flow_records(&self) -> anyhow::Result<Vec<FlowRecord>> {
         // SAFETY: as in `counters`.
         let resets: HashMap<FlowKey, ResetEvidence> = self
@@ -106,7 +109,14 @@ impl HostTables {
         self.flows
             .borrow()
             .iter()
-            .map(|(key, value)| FlowRecord::new(key, unsafe { &*value.get() }, resets.get(key)))
+            .map(|(key, value)| {
+                FlowRecord::decode(
+                    key,
+                    unsafe { &*value.get() },
+                    resets.get(key),
+                    &ClockSnapshot::unix(),
+                )
+            })
             .collect()
     }
 }
@@ -293,10 +303,10 @@ mod tests {
             .rst
             .expect("the server's RST evidence");
         assert_eq!(
-            (rst.ttl, rst.seq, rst.ack, rst.seen_on),
-            (64, 901, 101, SEEN_INGRESS)
+            (rst.ttl, rst.seq, rst.ack, rst.hook),
+            (64, 901, 101, Hook::Ingress)
         );
-        assert_eq!((rst.first_rst_ns, rst.max_seq_before), (T + 2_000, 901));
+        assert_eq!((rst.first_ns, rst.max_seq_before), (T + 2_000, 901));
         assert_eq!((rst.packets_after, rst.bytes_beyond), (1, 4));
         assert!(record.client_evidence.rst.is_none());
 

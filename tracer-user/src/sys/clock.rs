@@ -65,9 +65,21 @@ impl ClockSnapshot {
         self.realtime_ns - (self.monotonic_ns - i128::from(monotonic_ns))
     }
 
+    /// [`ClockSnapshot::unix_ns`] as flow records keep it: 0 for a time before the epoch, which
+    /// no clock of this century gives.
+    pub fn unix_ns_u64(&self, monotonic_ns: u64) -> u64 {
+        self.unix_ns(monotonic_ns).clamp(0, i128::from(u64::MAX)) as u64
+    }
+
     /// The kernel (monotonic) timestamp `ago` before the snapshot (0 if that is before boot).
     pub fn monotonic_before(&self, ago: Duration) -> u64 {
         let before = self.monotonic_ns - ago.as_nanos() as i128;
+        before.clamp(0, i128::from(u64::MAX)) as u64
+    }
+
+    /// The Unix time `ago` before the snapshot (0 if that is before the epoch).
+    pub fn unix_before(&self, ago: Duration) -> u64 {
+        let before = self.realtime_ns - ago.as_nanos() as i128;
         before.clamp(0, i128::from(u64::MAX)) as u64
     }
 

@@ -17,7 +17,7 @@ use tracer_common::{
     EVENTS_MAP, EVENTS_RING_BYTES, FLOWS_MAP, HOOK_COUNT, RESETS_MAP, WATCH_MAP,
 };
 
-use crate::{analysis::flow::FlowRecord, error::Failure};
+use crate::error::Failure;
 
 /// What a pinned map must look like for this build to use it.
 struct MapSpec {
@@ -246,16 +246,6 @@ impl PinnedMaps {
             }
         }
         Ok(resets)
-    }
-
-    /// Every flow of the flow table as a record, with its reset evidence when it has some.
-    pub fn flow_records(&self) -> anyhow::Result<Vec<FlowRecord>> {
-        let resets = self.resets()?;
-        self.flows()?
-            .iter()
-            .map(|(key, value)| FlowRecord::new(key, value, resets.get(key)))
-            .collect::<anyhow::Result<Vec<_>>>()
-            .with_context(|| format!("reading {}", self.dir.join(FLOWS_MAP).display()))
     }
 
     /// The global counters per hook, summed over CPUs.

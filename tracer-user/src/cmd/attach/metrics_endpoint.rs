@@ -12,8 +12,12 @@ use prometheus::{Encoder as _, TextEncoder};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::{
-    analysis::{oui::Vendors, report},
+    analysis::{
+        oui::Vendors,
+        report::{self, Origin},
+    },
     output::metrics::{render, ResetFlow, Snapshot},
+    source::live,
     sys::{maps::PinnedMaps, pins::Attachment},
 };
 
@@ -121,9 +125,14 @@ impl Source {
     /// addresses are not exposed, so the neighbour table is not read.
     fn snapshot(&self) -> anyhow::Result<Snapshot> {
         let counters = self.maps.counters()?;
-        let flows = self.maps.flow_records()?;
+        let flows = live::flow_records(&self.attachment, &self.maps)?;
         let flow_count = flows.len();
-        let reports = report::analyse(&self.attachment, flows, &self.vendors, || None)?;
+        let reports = report::analyse(
+            &Origin::Live(self.attachment.clone()),
+            flows,
+            &self.vendors,
+            || None,
+        )?;
         Ok(Snapshot {
             counters,
             flows: flow_count,

@@ -9,6 +9,8 @@
 //! SIGINT or SIGTERM stop them at once. One watcher per attachment: a ring buffer has one reader,
 //! so a watcher finding a lease held by another refuses to start.
 
+mod pcap_writer;
+
 use std::{
     collections::{hash_map::Entry, HashMap},
     io::{self, Write as _},
@@ -34,7 +36,6 @@ use crate::{
     analysis::mac::MacAddr,
     analysis::oui::Vendors,
     analysis::report::FlowReport,
-    capture::PcapWriter,
     cli::WatchArgs,
     output::{resets_text, FlowRow},
     source::live,
@@ -44,6 +45,7 @@ use crate::{
     sys::pins::{Attachment, PinRoot},
     sys::privileges::{self, CAP_BPF},
 };
+use pcap_writer::PcapWriter;
 
 /// How far ahead of now each renewal sets the lease: a watcher that stops renewing (killed,
 /// stuck) stops the events this long after its last renewal.

@@ -10,7 +10,11 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::events::{flag_names, seen_on_name, Event};
-use crate::{output::FlowRow, sys::clock::ClockSnapshot, sys::pins::Attachment};
+use crate::{
+    output::{FlowRow, RecordFormat, RecordWriter},
+    sys::clock::ClockSnapshot,
+    sys::pins::Attachment,
+};
 
 /// What `watch` prints, one JSON object per line with `--json`; the `event` key says which.
 /// The keys are documented in the README and stable.
@@ -22,6 +26,14 @@ pub enum Record<'a> {
     Verdict(FlowRow<'a>),
     Dropped(DroppedRecord<'a>),
     End(EndRecord),
+}
+
+/// [`RecordWriter`] takes a CSV header from a row's default; `watch` writes no CSV, so any record
+/// will do.
+impl Default for Record<'_> {
+    fn default() -> Self {
+        Record::End(EndRecord::default())
+    }
 }
 
 /// A RST as it happened.
@@ -94,7 +106,7 @@ pub struct DroppedRecord<'a> {
 }
 
 /// The last line: why we stopped, and the totals.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct EndRecord {
     pub signal: &'static str,
     /// RSTs received.
@@ -112,14 +124,17 @@ impl Output {
     /// `record` as a JSON line, or `text()` for people.
     pub fn print(&self, record: &Record, text: impl FnOnce() -> String) -> anyhow::Result<()> {
         let mut out = io::stdout().lock();
-        if self.json {
-            serde_json::to_writer(&mut out, record).context("writing to stdout")?;
-            out.write_all(b"\n").context("writing to stdout")?;
+        let written = if self.json {
+            // A writer per record, as each record borrows what it describes for a lifetime of
+            // its own.
+            RecordWriter::new(&mut out, RecordFormat::Json).and_then(|mut records| {
+                records.write(record)?;
+                records.flush()
+            })
         } else {
-            out.write_all(text().as_bytes())
-                .context("writing to stdout")?;
-        }
-        out.flush().context("writing to stdout")
+            out.write_all(text().as_bytes()).and_then(|()| out.flush())
+        };
+        written.context("writing to stdout")
     }
 }
 

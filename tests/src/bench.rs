@@ -28,7 +28,7 @@ use tracer_common::{
     FlowKey, FlowValue, GlobalCounters, Hook, COUNTERS_MAP, FAMILY_IPV4, FLOWS_MAP, TCP_FIN,
     TCP_RST, TCP_SYN, XDP_PROGRAM,
 };
-use tracer_user::clock::KernelClock;
+use tracer_user::sys::clock::KernelClock;
 
 use crate::{
     oracle::{self, ipv4_words, Verdict},

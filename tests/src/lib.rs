@@ -42,11 +42,11 @@ pub fn kernel_clock_ns() -> u64 {
 
 /// How far a kernel timestamp may be from [`kernel_clock_ns`] read at the same moment. The
 /// programs compute their timestamps from jiffies with an offset measured at load
-/// (`tracer_user::clock::KernelClock`). Jiffies and the coarse clock step at the same ticks, but
+/// (`tracer_user::sys::clock::KernelClock`). Jiffies and the coarse clock step at the same ticks, but
 /// not always in the same order: a reading can find one of them a tick ahead (about 1 % of
 /// readings on the development machine). Two ticks bound that.
 pub fn kernel_clock_slack_ns() -> u64 {
-    let tick_ns = tracer_user::clock::KernelClock::calibrated()
+    let tick_ns = tracer_user::sys::clock::KernelClock::calibrated()
         .expect("calibrating the kernel clock")
         .tick_ns;
     2 * tick_ns

@@ -19,7 +19,7 @@ use tracer_common::{
     RESET_GATE_SECTION, RESET_GATE_SLOTS, RESET_SET_MASK_GLOBAL, TC_PROGRAM, WATCH_SECTION,
     XDP_PROGRAM,
 };
-use tracer_user::clock::KernelClock;
+use tracer_user::sys::clock::KernelClock;
 
 use crate::unique_name;
 

@@ -11,22 +11,21 @@ use anyhow::{bail, ensure, Context as _};
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader, Pod,
+    Ebpf, Pod,
 };
 use tracer_common::{
-    reset_set_mask, FlowKey, FlowValue, GlobalCounters, Hook, PacketEvent, ResetEntry,
-    ResetEvidence, WatchConfig, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, RESETS_MAP,
-    RESET_GATE_SECTION, RESET_GATE_SLOTS, RESET_SET_MASK_GLOBAL, TC_PROGRAM, WATCH_SECTION,
-    XDP_PROGRAM,
+    FlowKey, FlowValue, GlobalCounters, Hook, PacketEvent, ResetEntry, ResetEvidence, WatchConfig,
+    COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, RESETS_MAP, RESET_GATE_SECTION, RESET_GATE_SLOTS,
+    TC_PROGRAM, WATCH_SECTION, XDP_PROGRAM,
 };
-use tracer_user::sys::clock::KernelClock;
+use tracer_user::sys::loader::TracerLoader;
 
 use crate::unique_name;
 
 /// The reset gate's slots: the value of its one-entry map.
 pub type ResetGate = [u32; RESET_GATE_SLOTS as usize];
 
-/// Where bpffs is mounted; the maps are declared pinned by name, so loading needs it.
+/// Where bpffs is mounted; the maps load pinned, as `attach` loads them, so loading needs it.
 pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// What a tracer must return on XDP: always pass.
@@ -129,16 +128,12 @@ pub struct LoadedTracer {
 impl LoadedTracer {
     pub fn load(max_flows: u32) -> anyhow::Result<Self> {
         let pins = PinDir::create()?;
-        let clock = KernelClock::calibrated()?;
-        let mut loader = EbpfLoader::new();
-        clock.configure(&mut loader);
-        let mut ebpf = loader
-            .map_max_entries(FLOWS_MAP, max_flows)
-            .map_max_entries(RESETS_MAP, RESET_CAPACITY)
-            .override_global(RESET_SET_MASK_GLOBAL, &reset_set_mask(RESET_CAPACITY), true)
-            .default_map_pin_directory(pins.path())
-            .load(tracer_user::EBPF_OBJECT)
-            .context("loading tracer_user::EBPF_OBJECT")?;
+        let mut ebpf = TracerLoader {
+            max_flows,
+            max_resets: RESET_CAPACITY,
+            ..TracerLoader::new(pins.path())
+        }
+        .load()?;
         let xdp: &mut Xdp = program_mut(&mut ebpf, XDP_PROGRAM)?;
         xdp.load()
             .with_context(|| format!("loading {XDP_PROGRAM}"))?;

@@ -10,6 +10,7 @@ use std::{collections::HashMap, path::Path, time::Instant};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError};
 use etherparse::PacketBuilder;
 use flagtrace_tests::{
+    model::Tracer as _,
     oracle::ipv4_words,
     tracer::{test_run_ifindex, LoadedTracer, PinDir},
 };

@@ -28,7 +28,7 @@ use tracer_common::{
     FlowKey, FlowValue, GlobalCounters, Hook, COUNTERS_MAP, FAMILY_IPV4, FLOWS_MAP, TCP_FIN,
     TCP_RST, TCP_SYN, XDP_PROGRAM,
 };
-use tracer_user::sys::clock::KernelClock;
+use tracer_user::sys::loader::TracerLoader;
 
 use crate::{
     oracle::{self, ipv4_words, Verdict},
@@ -527,8 +527,9 @@ impl Report {
     }
 }
 
-/// Runs the whole bench. Needs root (it loads BPF programs) and bpffs (flagtrace's maps are
-/// declared pinned); pins go to a private directory, removed as soon as the maps exist.
+/// Runs the whole bench. Needs root (it loads BPF programs) and bpffs (flagtrace's maps load
+/// pinned, as `attach` loads them); pins go to a private directory, removed as soon as the maps
+/// exist.
 pub fn run(options: &Options) -> anyhow::Result<Report> {
     ensure!(
         options.repeat >= 1 && options.rounds >= 1 && options.fill >= 1,
@@ -581,17 +582,14 @@ impl Programs {
             .map_max_entries(REFERENCE_FLOWS_MAP, capacity)
             .load(tracer_user::REFERENCE_OBJECT)
             .context("loading tracer_user::REFERENCE_OBJECT")?;
-        // The maps are declared pinned by name; the pins are only needed while loading, and
-        // removing them at once leaves nothing behind even if the bench is killed.
+        // The maps load pinned, as `attach` loads them; the pins are only needed while loading,
+        // and removing them at once leaves nothing behind even if the bench is killed.
         let pins = PinDir::create()?;
-        let clock = KernelClock::calibrated()?;
-        let mut loader = EbpfLoader::new();
-        clock.configure(&mut loader);
-        let mut flagtrace = loader
-            .default_map_pin_directory(pins.path())
-            .map_max_entries(FLOWS_MAP, capacity)
-            .load(tracer_user::EBPF_OBJECT)
-            .context("loading tracer_user::EBPF_OBJECT")?;
+        let mut flagtrace = TracerLoader {
+            max_flows: capacity,
+            ..TracerLoader::new(pins.path())
+        }
+        .load()?;
         drop(pins);
         for program in Program::ALL {
             let ebpf = match program {

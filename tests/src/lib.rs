@@ -1,8 +1,10 @@
 //! Shared helpers for flagtrace's integration tests (tests/*.rs), which load the real kernel
-//! programs:
+//! programs (as root, with the `root-tests` feature) or run their accounting on the host:
 //! - [`tracer`]: the eBPF object loaded for BPF_PROG_TEST_RUN, with its maps read back;
+//! - [`host`]: the same accounting on `flagtrace pcap`'s host tables, read back alike;
 //! - [`oracle`]: what a packet should do to the maps, computed with etherparse;
-//! - [`model`]: the expected map contents, built from oracle verdicts and compared with the kernel;
+//! - [`model`]: the expected map contents, built from oracle verdicts and compared with either;
+//! - [`differential`]: random and mutated frames through either, checked against the model;
 //! - [`frame`]: a layer-by-layer frame builder for shapes etherparse's `PacketBuilder` cannot make;
 //! - [`lab`]: network namespaces (a veth pair, a routed path through a gateway, a flat segment
 //!   with a third box), background processes, and the `flagtrace` binary run in them;
@@ -14,8 +16,10 @@
 //! guard that removes it in `Drop`, so a failing test leaves nothing behind.
 
 pub mod bench;
+pub mod differential;
 pub mod forge;
 pub mod frame;
+pub mod host;
 pub mod lab;
 pub mod model;
 pub mod oracle;

@@ -1,7 +1,9 @@
-//! The map contents the kernel must have after a sequence of packets, built from oracle
-//! verdicts, and its comparison with what the kernel actually has: the flow table (counts, first
-//! SYN sender, per-sender baselines, handshake times), the reset evidence table, the reset gate
-//! and the global counters.
+//! The map contents the accounting must leave after a sequence of packets, built from oracle
+//! verdicts, and its comparison with what a [`Tracer`] actually has: the flow table (counts,
+//! first SYN sender, per-sender baselines, handshake times), the reset evidence table, the reset
+//! gate and the global counters. The tracer is the kernel programs
+//! ([`crate::tracer::LoadedTracer`], as root) or the same accounting on the host
+//! ([`crate::host::HostTracer`]).
 
 use std::collections::HashMap;
 
@@ -15,8 +17,39 @@ use tracer_common::{
 use crate::{
     kernel_clock_ns, kernel_clock_slack_ns,
     oracle::{Segment, Verdict},
-    tracer::{LoadedTracer, RESET_CAPACITY},
 };
+
+/// The accounting under test, and what the model reads back from it: its tables and the clock
+/// windows its timestamps lie in.
+pub trait Tracer {
+    /// The interface the accounting sees packets on.
+    fn ifindex(&self) -> u32;
+
+    /// Accounts `frame` as the `hook` program does, `gap_ns` after the previous frame (on a
+    /// clock the test sets; the kernel's runs on its own). Returns the window of the tracer's
+    /// clock that the frame's timestamps lie in, or `None` when the frame was refused before the
+    /// program ran; an error says what was wrong with the run.
+    fn account(&self, hook: Hook, frame: &[u8], gap_ns: u64) -> Result<Option<Window>, String>;
+
+    /// The hook's global counters, summed over CPUs.
+    fn counters(&self, hook: Hook) -> anyhow::Result<GlobalCounters>;
+
+    /// Every entry of the flow table.
+    fn flows(&self) -> anyhow::Result<HashMap<FlowKey, FlowValue>>;
+
+    /// Every flow of the reset evidence table, with its evidence.
+    fn resets(&self) -> anyhow::Result<HashMap<FlowKey, ResetEvidence>>;
+
+    /// Every slot of the reset gate, in slot order.
+    fn reset_gate(&self) -> anyhow::Result<Vec<u32>>;
+
+    /// Capacity of the reset table, which decides the set a flow's evidence goes to.
+    fn reset_capacity(&self) -> u32;
+
+    /// Forgets every flow: empties the flow and reset evidence tables and closes the reset gate
+    /// (the global counters keep counting).
+    fn clear_flows(&mut self) -> anyhow::Result<()>;
+}
 
 /// A kernel-clock interval around one program run, widened by [`kernel_clock_slack_ns`] on each
 /// side: a timestamp the run took lies inside.
@@ -82,28 +115,18 @@ pub struct ExpectedRst {
     pub max_seq_jump: Vec<u32>,
 }
 
-/// Expected maps and global counters of one loaded tracer.
+/// Expected maps and global counters of one tracer.
 #[derive(Debug)]
 pub struct FlowModel {
     flows: HashMap<FlowKey, ExpectedFlow>,
     resets: HashMap<FlowKey, [Option<ExpectedRst>; 2]>,
-    /// The flows holding each set of the reset table (of the loaded tracer's capacity).
+    /// Mask of the reset table's sets, from the tracer's capacity.
+    reset_set_mask: u32,
+    /// The flows holding each set of the reset table.
     reset_sets: HashMap<u32, Vec<FlowKey>>,
     /// Budget left in every slot of the reset gate.
     gate: Vec<u32>,
     counters: [GlobalCounters; HOOK_COUNT as usize],
-}
-
-impl Default for FlowModel {
-    fn default() -> Self {
-        Self {
-            flows: HashMap::new(),
-            resets: HashMap::new(),
-            reset_sets: HashMap::new(),
-            gate: vec![0; RESET_GATE_SLOTS as usize],
-            counters: Default::default(),
-        }
-    }
 }
 
 /// One TCP segment as a hook saw it.
@@ -157,8 +180,16 @@ fn seq_distance(a: u32, b: u32) -> u32 {
 }
 
 impl FlowModel {
-    pub fn new() -> Self {
-        Self::default()
+    /// The model of a tracer whose reset table has `reset_capacity` entries.
+    pub fn new(reset_capacity: u32) -> Self {
+        Self {
+            flows: HashMap::new(),
+            resets: HashMap::new(),
+            reset_set_mask: reset_set_mask(reset_capacity),
+            reset_sets: HashMap::new(),
+            gate: vec![0; RESET_GATE_SLOTS as usize],
+            counters: Default::default(),
+        }
     }
 
     /// Accounts one packet the `hook` program ran on during `window`, as the contract says:
@@ -270,8 +301,9 @@ impl FlowModel {
 
     fn record_reset(&mut self, seen: &Seen, hash: u32, max_seq_before: u32) {
         if !self.resets.contains_key(&seen.key) {
-            // Runs take far less than RESET_ENTRY_IDLE_NS, so a full set never gives way here.
-            let set = reset_set(hash, reset_set_mask(RESET_CAPACITY));
+            // The frames between two clears span far less than RESET_ENTRY_IDLE_NS, so a full
+            // set never gives way here.
+            let set = reset_set(hash, self.reset_set_mask);
             let occupants = self.reset_sets.entry(set).or_default();
             if occupants.len() == RESET_WAYS as usize {
                 self.counters[seen.hook as usize].resets_unrecorded += 1;
@@ -347,8 +379,8 @@ impl FlowModel {
         }
     }
 
-    /// Forgets the flows, their reset evidence and the reset gate, as
-    /// [`LoadedTracer::clear_flows`] does in the kernel.
+    /// Forgets the flows, their reset evidence and the reset gate, as [`Tracer::clear_flows`]
+    /// does.
     pub fn clear_flows(&mut self) {
         self.flows.clear();
         self.resets.clear();
@@ -366,7 +398,7 @@ impl FlowModel {
 
     /// Every difference between this model and the tracer's maps, one line each; empty when
     /// they match exactly.
-    pub fn mismatches(&self, tracer: &LoadedTracer) -> anyhow::Result<Vec<String>> {
+    pub fn mismatches(&self, tracer: &impl Tracer) -> anyhow::Result<Vec<String>> {
         let mut found = Vec::new();
         for hook in [Hook::Ingress, Hook::Egress] {
             let got = tracer.counters(hook)?;

@@ -11,22 +11,25 @@ use anyhow::{bail, ensure, Context as _};
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader, Pod,
+    Ebpf, Pod,
 };
 use tracer_common::{
-    reset_set_mask, FlowKey, FlowValue, GlobalCounters, Hook, PacketEvent, ResetEntry,
-    ResetEvidence, WatchConfig, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, RESETS_MAP,
-    RESET_GATE_SECTION, RESET_GATE_SLOTS, RESET_SET_MASK_GLOBAL, TC_PROGRAM, WATCH_SECTION,
-    XDP_PROGRAM,
+    FlowKey, FlowValue, GlobalCounters, Hook, PacketEvent, ResetEntry, ResetEvidence, WatchConfig,
+    COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, RESETS_MAP, RESET_GATE_SECTION, RESET_GATE_SLOTS,
+    TC_PROGRAM, WATCH_SECTION, XDP_PROGRAM,
 };
-use tracer_user::sys::clock::KernelClock;
+use tracer_user::sys::loader::TracerLoader;
 
-use crate::unique_name;
+use crate::{
+    hex,
+    model::{Tracer, Window},
+    unique_name,
+};
 
 /// The reset gate's slots: the value of its one-entry map.
 pub type ResetGate = [u32; RESET_GATE_SLOTS as usize];
 
-/// Where bpffs is mounted; the maps are declared pinned by name, so loading needs it.
+/// Where bpffs is mounted; the maps load pinned, as `attach` loads them, so loading needs it.
 pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// What a tracer must return on XDP: always pass.
@@ -124,27 +127,29 @@ pub const RESET_CAPACITY: u32 = 256;
 pub struct LoadedTracer {
     ebpf: Ebpf,
     pins: PinDir,
+    /// The interface BPF_PROG_TEST_RUN gives the programs: [`test_run_ifindex`].
+    ifindex: u32,
 }
 
 impl LoadedTracer {
     pub fn load(max_flows: u32) -> anyhow::Result<Self> {
         let pins = PinDir::create()?;
-        let clock = KernelClock::calibrated()?;
-        let mut loader = EbpfLoader::new();
-        clock.configure(&mut loader);
-        let mut ebpf = loader
-            .map_max_entries(FLOWS_MAP, max_flows)
-            .map_max_entries(RESETS_MAP, RESET_CAPACITY)
-            .override_global(RESET_SET_MASK_GLOBAL, &reset_set_mask(RESET_CAPACITY), true)
-            .default_map_pin_directory(pins.path())
-            .load(tracer_user::EBPF_OBJECT)
-            .context("loading tracer_user::EBPF_OBJECT")?;
+        let mut ebpf = TracerLoader {
+            max_flows,
+            max_resets: RESET_CAPACITY,
+            ..TracerLoader::new(pins.path())
+        }
+        .load()?;
         let xdp: &mut Xdp = program_mut(&mut ebpf, XDP_PROGRAM)?;
         xdp.load()
             .with_context(|| format!("loading {XDP_PROGRAM}"))?;
         let tc: &mut SchedClassifier = program_mut(&mut ebpf, TC_PROGRAM)?;
         tc.load().with_context(|| format!("loading {TC_PROGRAM}"))?;
-        Ok(Self { ebpf, pins })
+        Ok(Self {
+            ebpf,
+            pins,
+            ifindex: test_run_ifindex()?,
+        })
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -173,11 +178,6 @@ impl LoadedTracer {
         })
     }
 
-    /// Every entry of the flow table.
-    pub fn flows(&self) -> anyhow::Result<HashMap<FlowKey, FlowValue>> {
-        self.entries(FLOWS_MAP)
-    }
-
     /// Writes `value` as the flow table's entry for `key`, as a build before this one might have
     /// left it.
     pub fn set_flow(&mut self, key: &FlowKey, value: &FlowValue) -> anyhow::Result<()> {
@@ -186,15 +186,6 @@ impl LoadedTracer {
         flows
             .insert(key, value, 0)
             .with_context(|| format!("writing {FLOWS_MAP}"))
-    }
-
-    /// Every flow of the reset evidence table, with its evidence.
-    pub fn resets(&self) -> anyhow::Result<HashMap<FlowKey, ResetEvidence>> {
-        Ok(self
-            .reset_entries()?
-            .into_iter()
-            .map(|(_, entry)| (entry.key, entry.evidence))
-            .collect())
     }
 
     /// The reset table's entries in use, with their indexes.
@@ -210,34 +201,6 @@ impl LoadedTracer {
             }
         }
         Ok(used)
-    }
-
-    /// Every slot of the reset gate, in slot order.
-    pub fn reset_gate(&self) -> anyhow::Result<ResetGate> {
-        let gate: Array<&MapData, ResetGate> = self.map(RESET_GATE_SECTION)?.try_into()?;
-        gate.get(&0, 0)
-            .with_context(|| format!("reading {RESET_GATE_SECTION}"))
-    }
-
-    /// Forgets every flow: empties the flow and reset evidence tables and closes the reset gate
-    /// (the global counters keep counting).
-    pub fn clear_flows(&mut self) -> anyhow::Result<()> {
-        self.clear_entries::<FlowValue>(FLOWS_MAP)?;
-        let used: Vec<u32> = self
-            .reset_entries()?
-            .into_iter()
-            .map(|(index, _)| index)
-            .collect();
-        let mut resets: Array<&mut MapData, ResetEntry> = self.map_mut(RESETS_MAP)?.try_into()?;
-        for index in used {
-            resets
-                .set(index, ResetEntry::default(), 0)
-                .with_context(|| format!("clearing {RESETS_MAP}[{index}]"))?;
-        }
-        let mut gate: Array<&mut MapData, ResetGate> =
-            self.map_mut(RESET_GATE_SECTION)?.try_into()?;
-        gate.set(0, [0; RESET_GATE_SLOTS as usize], 0)
-            .with_context(|| format!("closing {RESET_GATE_SECTION}"))
     }
 
     /// Sets what `flagtrace watch` asks of the programs.
@@ -264,15 +227,6 @@ impl LoadedTracer {
             events.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const PacketEvent) });
         }
         Ok(events)
-    }
-
-    /// The hook's global counters, summed over CPUs.
-    pub fn counters(&self, hook: Hook) -> anyhow::Result<GlobalCounters> {
-        let counters: PerCpuArray<&MapData, GlobalCounters> = self.map(COUNTERS_MAP)?.try_into()?;
-        let per_cpu = counters
-            .get(&(hook as u32), 0)
-            .with_context(|| format!("reading {COUNTERS_MAP}[{hook:?}]"))?;
-        Ok(per_cpu.iter().copied().sum())
     }
 
     fn map(&self, name: &str) -> anyhow::Result<&aya::maps::Map> {
@@ -303,6 +257,82 @@ impl LoadedTracer {
                 .with_context(|| format!("deleting {key:?} from {name}"))?;
         }
         Ok(())
+    }
+}
+
+impl Tracer for LoadedTracer {
+    fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    fn account(&self, hook: Hook, frame: &[u8], _gap_ns: u64) -> Result<Option<Window>, String> {
+        let (run, window) = Window::around(|| self.run(hook, frame));
+        if !test_run_accepts(hook, frame) {
+            // Refused by the kernel before the program ran: nothing to count.
+            return match run {
+                Ok(_) => Err("test run accepted a frame it should refuse".to_owned()),
+                Err(_) => Ok(None),
+            };
+        }
+        let run = run.map_err(|error| format!("{error:#}"))?;
+        if run.return_value != pass_verdict(hook) {
+            return Err(format!("returned {}", run.return_value));
+        }
+        if run.data_out != frame {
+            return Err(format!("changed the frame to {}", hex(&run.data_out)));
+        }
+        Ok(Some(window))
+    }
+
+    fn counters(&self, hook: Hook) -> anyhow::Result<GlobalCounters> {
+        let counters: PerCpuArray<&MapData, GlobalCounters> = self.map(COUNTERS_MAP)?.try_into()?;
+        let per_cpu = counters
+            .get(&(hook as u32), 0)
+            .with_context(|| format!("reading {COUNTERS_MAP}[{hook:?}]"))?;
+        Ok(per_cpu.iter().copied().sum())
+    }
+
+    fn flows(&self) -> anyhow::Result<HashMap<FlowKey, FlowValue>> {
+        self.entries(FLOWS_MAP)
+    }
+
+    fn resets(&self) -> anyhow::Result<HashMap<FlowKey, ResetEvidence>> {
+        Ok(self
+            .reset_entries()?
+            .into_iter()
+            .map(|(_, entry)| (entry.key, entry.evidence))
+            .collect())
+    }
+
+    fn reset_gate(&self) -> anyhow::Result<Vec<u32>> {
+        let gate: Array<&MapData, ResetGate> = self.map(RESET_GATE_SECTION)?.try_into()?;
+        let slots = gate
+            .get(&0, 0)
+            .with_context(|| format!("reading {RESET_GATE_SECTION}"))?;
+        Ok(slots.to_vec())
+    }
+
+    fn reset_capacity(&self) -> u32 {
+        RESET_CAPACITY
+    }
+
+    fn clear_flows(&mut self) -> anyhow::Result<()> {
+        self.clear_entries::<FlowValue>(FLOWS_MAP)?;
+        let used: Vec<u32> = self
+            .reset_entries()?
+            .into_iter()
+            .map(|(index, _)| index)
+            .collect();
+        let mut resets: Array<&mut MapData, ResetEntry> = self.map_mut(RESETS_MAP)?.try_into()?;
+        for index in used {
+            resets
+                .set(index, ResetEntry::default(), 0)
+                .with_context(|| format!("clearing {RESETS_MAP}[{index}]"))?;
+        }
+        let mut gate: Array<&mut MapData, ResetGate> =
+            self.map_mut(RESET_GATE_SECTION)?.try_into()?;
+        gate.set(0, [0; RESET_GATE_SLOTS as usize], 0)
+            .with_context(|| format!("closing {RESET_GATE_SECTION}"))
     }
 }
 

@@ -20,7 +20,7 @@ use etherparse::{
 use flagtrace_tests::{
     frame::{Ext, FrameSpec, IpSpec, L4Spec, CLIENT_MAC, SERVER_MAC},
     hex, kernel_clock_ns, kernel_clock_slack_ns,
-    model::{FlowModel, Window},
+    model::{FlowModel, Tracer as _, Window},
     oracle::{self, Verdict},
     tracer::{pass_verdict, test_run_accepts, test_run_ifindex, LoadedTracer, RESET_CAPACITY},
 };
@@ -57,7 +57,7 @@ impl Harness {
     fn new(hook: Hook) -> Self {
         Self {
             tracer: LoadedTracer::load(1024).expect("loading the tracer"),
-            model: FlowModel::new(),
+            model: FlowModel::new(RESET_CAPACITY),
             hook,
             ifindex: test_run_ifindex().expect("loopback ifindex"),
         }

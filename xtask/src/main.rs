@@ -177,6 +177,8 @@ fn test(root: &Path, integration_args: &[OsString]) -> Result<()> {
         "--release",
         "-p",
         "flagtrace-tests",
+        "--features",
+        "root-tests",
         "--tests",
         "--",
         "--test-threads=1",

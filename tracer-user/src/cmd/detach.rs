@@ -10,8 +10,7 @@
 use std::{
     collections::HashSet,
     fmt, io,
-    mem::size_of_val,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
 use anyhow::{bail, Context as _};
@@ -30,6 +29,7 @@ use tracer_common::{TC_PROGRAM, XDP_PROGRAM};
 use crate::{
     cli::DetachArgs,
     error::Failure,
+    sys::bpf::bpf_u32,
     sys::netns::{run_ip, Netns},
     sys::pins::{Attachment, PinRoot},
     sys::privileges::{self, CAP_BPF, CAP_NET_ADMIN},
@@ -277,30 +277,11 @@ const BPF_LINK_DETACH: libc::c_int = 34;
 /// Detaches a link by id, whoever holds it: the link object lives on (pinned or held open) but no
 /// longer hooks anything.
 fn detach_link(link_id: u32) -> io::Result<()> {
-    let fd = bpf(BPF_LINK_GET_FD_BY_ID, link_id)?;
+    let fd = bpf_u32(BPF_LINK_GET_FD_BY_ID, link_id)?;
     // SAFETY: BPF_LINK_GET_FD_BY_ID returned a new file descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    bpf(BPF_LINK_DETACH, fd.as_raw_fd() as u32)?;
+    bpf_u32(BPF_LINK_DETACH, fd.as_raw_fd() as u32)?;
     Ok(())
-}
-
-/// A bpf(2) call whose attribute is a single leading u32 (`link_id` for BPF_LINK_GET_FD_BY_ID,
-/// `link_fd` for BPF_LINK_DETACH); the kernel zero-extends a short attribute.
-fn bpf(command: libc::c_int, first_field: u32) -> io::Result<RawFd> {
-    let attr: [u32; 3] = [first_field, 0, 0];
-    // SAFETY: attr is valid for reads of the size passed, and both commands only read it.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr.as_ptr(),
-            size_of_val(&attr) as libc::c_uint,
-        )
-    };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(result as RawFd)
 }
 
 #[cfg(test)]

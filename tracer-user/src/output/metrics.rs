@@ -44,121 +44,161 @@ pub struct ResetFlow {
     pub gateway: Option<(MacAddr, Vendor)>,
 }
 
-/// The text format of one attachment's metrics. Every series carries `iface`, and `netns` when
-/// the attachment is in a named namespace.
-pub fn render(attachment: &Attachment, snapshot: &Snapshot) -> anyhow::Result<String> {
-    let mut attachment_labels = HashMap::from([("iface".to_owned(), attachment.iface.clone())]);
-    if let Some(netns) = attachment.netns.name() {
-        attachment_labels.insert("netns".to_owned(), netns.to_owned());
-    }
-    let families = Families {
-        registry: Registry::new(),
-        attachment_labels,
-    };
-    let hooks = [
-        ("ingress", snapshot.counters.ingress),
-        ("egress", snapshot.counters.egress),
-    ];
-    let per_hook = |count: fn(&GlobalCounters) -> u64| {
-        hooks.map(|(direction, counters)| (vec![direction.to_owned()], count(&counters)))
-    };
-    let direction = &["direction"];
-    families.counters(
-        "flagtrace_packets_total",
-        "Packets seen by the hook: TCP, other, and those that failed to parse.",
-        direction,
-        per_hook(GlobalCounters::packets),
-    )?;
-    families.counters(
-        "flagtrace_tcp_packets_total",
-        "TCP packets seen by the hook.",
-        direction,
-        per_hook(|c| c.tcp()),
-    )?;
-    families.counters(
-        "flagtrace_tcp_flags_total",
-        "TCP packets by flag: SYN without ACK, SYN with ACK, any with FIN, any with RST.",
-        &["direction", "flag"],
-        hooks.iter().flat_map(|(direction, c)| {
-            [
-                ("syn", c.syn()),
-                ("syn_ack", c.syn_ack()),
-                ("fin", c.fin()),
-                ("rst", c.rst()),
-            ]
-            .map(|(flag, count)| (vec![direction.to_string(), flag.to_owned()], count))
-        }),
-    )?;
-    families.counters(
-        "flagtrace_resets_unrecorded_total",
-        "RSTs of flows that found no room in the reset evidence table: counted, never judged.",
-        direction,
-        per_hook(|c| c.resets_unrecorded),
-    )?;
-    families.counters(
-        "flagtrace_parse_errors_total",
-        "Packets whose headers were cut short or malformed.",
-        direction,
-        per_hook(|c| c.parse_errors),
-    )?;
-    families.counters(
-        "flagtrace_flows_created_total",
-        "Flow-table entries created by the hook.",
-        direction,
-        per_hook(|c| c.flows_created),
-    )?;
-    families.counters(
-        "flagtrace_watch_events_total",
-        "Packets sent to `flagtrace watch`.",
-        direction,
-        per_hook(|c| c.events),
-    )?;
-    families.counters(
-        "flagtrace_watch_events_dropped_total",
-        "Packets for `flagtrace watch` not sent: over the rate limit, or the ring buffer full.",
-        direction,
-        per_hook(|c| c.events_dropped),
-    )?;
-    families.gauges(
-        "flagtrace_flows",
-        "Entries in the flow table.",
-        &[],
-        [(vec![], snapshot.flows as u64)],
-    )?;
-    families.gauges(
-        "flagtrace_flow_table_capacity",
-        "Capacity of the flow table; when full, the least recently used flow makes room.",
-        &[],
-        [(vec![], u64::from(snapshot.flow_capacity))],
-    )?;
-    families.gauges(
-        "flagtrace_reset_flows",
-        "Flows in the flow table that carried a RST, by who sent it, as `flagtrace resets` judges.",
-        &["verdict"],
-        VERDICTS.map(|verdict| {
-            let count = snapshot
-                .resets
-                .iter()
-                .filter(|reset| reset.reset_by == verdict)
-                .count();
-            (vec![verdict.as_str().to_owned()], count as u64)
-        }),
-    )?;
-    families.gauges(
-        "flagtrace_reset_flows_by_gateway",
-        "flagtrace_reset_flows by gateway MAC and vendor: the gateways with the most, the rest \
-         as gateway_mac=\"other\", flows without a MAC as gateway_mac=\"none\".",
-        &["gateway_mac", "vendor", "verdict"],
-        gateway_samples(&snapshot.resets),
-    )?;
-    let mut text = String::new();
-    TextEncoder::new()
-        .encode_utf8(&families.registry.gather(), &mut text)
-        .context("encoding the metrics")?;
-    Ok(text)
+/// The metric families of one attachment, registered once; each [`Metrics::render`] sets them
+/// from a snapshot. Every series carries `iface`, and `netns` when the attachment is in a named
+/// namespace.
+pub struct Metrics {
+    registry: Registry,
+    packets: IntCounterVec,
+    tcp_packets: IntCounterVec,
+    tcp_flags: IntCounterVec,
+    resets_unrecorded: IntCounterVec,
+    parse_errors: IntCounterVec,
+    flows_created: IntCounterVec,
+    watch_events: IntCounterVec,
+    watch_events_dropped: IntCounterVec,
+    flows: IntGaugeVec,
+    flow_capacity: IntGaugeVec,
+    reset_flows: IntGaugeVec,
+    reset_flows_by_gateway: IntGaugeVec,
 }
 
-/// A registry of metric families that all carry the attachment's labels.
+impl Metrics {
+    pub fn new(attachment: &Attachment) -> anyhow::Result<Metrics> {
+        let mut attachment_labels = HashMap::from([("iface".to_owned(), attachment.iface.clone())]);
+        if let Some(netns) = attachment.netns.name() {
+            attachment_labels.insert("netns".to_owned(), netns.to_owned());
+        }
+        let families = Families {
+            registry: Registry::new(),
+            attachment_labels,
+        };
+        let direction = &["direction"];
+        Ok(Metrics {
+            packets: families.counters(
+                "flagtrace_packets_total",
+                "Packets seen by the hook: TCP, other, and those that failed to parse.",
+                direction,
+            )?,
+            tcp_packets: families.counters(
+                "flagtrace_tcp_packets_total",
+                "TCP packets seen by the hook.",
+                direction,
+            )?,
+            tcp_flags: families.counters(
+                "flagtrace_tcp_flags_total",
+                "TCP packets by flag: SYN without ACK, SYN with ACK, any with FIN, any with RST.",
+                &["direction", "flag"],
+            )?,
+            resets_unrecorded: families.counters(
+                "flagtrace_resets_unrecorded_total",
+                "RSTs of flows that found no room in the reset evidence table: counted, never \
+                 judged.",
+                direction,
+            )?,
+            parse_errors: families.counters(
+                "flagtrace_parse_errors_total",
+                "Packets whose headers were cut short or malformed.",
+                direction,
+            )?,
+            flows_created: families.counters(
+                "flagtrace_flows_created_total",
+                "Flow-table entries created by the hook.",
+                direction,
+            )?,
+            watch_events: families.counters(
+                "flagtrace_watch_events_total",
+                "Packets sent to `flagtrace watch`.",
+                direction,
+            )?,
+            watch_events_dropped: families.counters(
+                "flagtrace_watch_events_dropped_total",
+                "Packets for `flagtrace watch` not sent: over the rate limit, or the ring buffer \
+                 full.",
+                direction,
+            )?,
+            flows: families.gauges("flagtrace_flows", "Entries in the flow table.", &[])?,
+            flow_capacity: families.gauges(
+                "flagtrace_flow_table_capacity",
+                "Capacity of the flow table; when full, the least recently used flow makes room.",
+                &[],
+            )?,
+            reset_flows: families.gauges(
+                "flagtrace_reset_flows",
+                "Flows in the flow table that carried a RST, by who sent it, as `flagtrace \
+                 resets` judges.",
+                &["verdict"],
+            )?,
+            reset_flows_by_gateway: families.gauges(
+                "flagtrace_reset_flows_by_gateway",
+                "flagtrace_reset_flows by gateway MAC and vendor: the gateways with the most, the \
+                 rest as gateway_mac=\"other\", flows without a MAC as gateway_mac=\"none\".",
+                &["gateway_mac", "vendor", "verdict"],
+            )?,
+            registry: families.registry,
+        })
+    }
+
+    /// The text format of `snapshot`. Every family is set anew: the counters to the kernel's
+    /// totals, and the labelled series to this snapshot's only, so that a gateway that left the
+    /// top list does not linger.
+    pub fn render(&mut self, snapshot: &Snapshot) -> anyhow::Result<String> {
+        let hooks = [
+            ("ingress", snapshot.counters.ingress),
+            ("egress", snapshot.counters.egress),
+        ];
+        let per_hook = |count: fn(&GlobalCounters) -> u64| {
+            hooks.map(|(direction, counters)| (vec![direction.to_owned()], count(&counters)))
+        };
+        set_counters(&self.packets, per_hook(GlobalCounters::packets));
+        set_counters(&self.tcp_packets, per_hook(|c| c.tcp()));
+        set_counters(
+            &self.tcp_flags,
+            hooks.iter().flat_map(|(direction, c)| {
+                [
+                    ("syn", c.syn()),
+                    ("syn_ack", c.syn_ack()),
+                    ("fin", c.fin()),
+                    ("rst", c.rst()),
+                ]
+                .map(|(flag, count)| (vec![direction.to_string(), flag.to_owned()], count))
+            }),
+        );
+        set_counters(&self.resets_unrecorded, per_hook(|c| c.resets_unrecorded));
+        set_counters(&self.parse_errors, per_hook(|c| c.parse_errors));
+        set_counters(&self.flows_created, per_hook(|c| c.flows_created));
+        set_counters(&self.watch_events, per_hook(|c| c.events));
+        set_counters(&self.watch_events_dropped, per_hook(|c| c.events_dropped));
+        set_gauges(&self.flows, [(vec![], snapshot.flows as u64)]);
+        set_gauges(
+            &self.flow_capacity,
+            [(vec![], u64::from(snapshot.flow_capacity))],
+        );
+        set_gauges(
+            &self.reset_flows,
+            VERDICTS.map(|verdict| {
+                let count = snapshot
+                    .resets
+                    .iter()
+                    .filter(|reset| reset.reset_by == verdict)
+                    .count();
+                (vec![verdict.as_str().to_owned()], count as u64)
+            }),
+        );
+        set_gauges(
+            &self.reset_flows_by_gateway,
+            gateway_samples(&snapshot.resets),
+        );
+        let mut text = String::new();
+        TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut text)
+            .context("encoding the metrics")?;
+        Ok(text)
+    }
+}
+
+/// Creates the metric families of one attachment, each with the attachment's labels, in one
+/// registry.
 struct Families {
     registry: Registry,
     attachment_labels: HashMap<String, String>,
@@ -172,34 +212,35 @@ impl Families {
         Opts::new(name, help).const_labels(self.attachment_labels.clone())
     }
 
-    fn counters(
-        &self,
-        name: &str,
-        help: &str,
-        labels: &[&str],
-        samples: impl IntoIterator<Item = Sample>,
-    ) -> anyhow::Result<()> {
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> anyhow::Result<IntCounterVec> {
         let family = IntCounterVec::new(self.opts(name, help), labels)?;
-        for (values, count) in samples {
-            family.with_label_values(&values).inc_by(count);
-        }
-        Ok(self.registry.register(Box::new(family))?)
+        self.registry.register(Box::new(family.clone()))?;
+        Ok(family)
     }
 
-    fn gauges(
-        &self,
-        name: &str,
-        help: &str,
-        labels: &[&str],
-        samples: impl IntoIterator<Item = Sample>,
-    ) -> anyhow::Result<()> {
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> anyhow::Result<IntGaugeVec> {
         let family = IntGaugeVec::new(self.opts(name, help), labels)?;
-        for (values, count) in samples {
-            family
-                .with_label_values(&values)
-                .set(i64::try_from(count).unwrap_or(i64::MAX));
-        }
-        Ok(self.registry.register(Box::new(family))?)
+        self.registry.register(Box::new(family.clone()))?;
+        Ok(family)
+    }
+}
+
+/// Makes `samples` the series of a counter family. The kernel's counters are totals: a counter
+/// can only be added to, so the series start again from nothing.
+fn set_counters(family: &IntCounterVec, samples: impl IntoIterator<Item = Sample>) {
+    family.reset();
+    for (values, count) in samples {
+        family.with_label_values(&values).inc_by(count);
+    }
+}
+
+/// Makes `samples` the series of a gauge family.
+fn set_gauges(family: &IntGaugeVec, samples: impl IntoIterator<Item = Sample>) {
+    family.reset();
+    for (values, count) in samples {
+        family
+            .with_label_values(&values)
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 }
 
@@ -300,6 +341,11 @@ mod tests {
         vec![ResetFlow { reset_by, gateway }; count]
     }
 
+    /// What a fresh endpoint serves for `snapshot`.
+    fn render(attachment: &Attachment, snapshot: &Snapshot) -> String {
+        Metrics::new(attachment).unwrap().render(snapshot).unwrap()
+    }
+
     /// The samples of the text format: `name{labels} value` lines.
     fn samples(text: &str) -> Vec<&str> {
         text.lines().filter(|line| !line.starts_with('#')).collect()
@@ -337,7 +383,7 @@ mod tests {
             flow_capacity: 262_144,
             resets: Vec::new(),
         };
-        let text = render(&lab(), &snapshot).unwrap();
+        let text = render(&lab(), &snapshot);
         let expected = [
             (
                 r#"flagtrace_packets_total{direction="ingress",iface="veth0",netns="lab"}"#,
@@ -422,7 +468,7 @@ mod tests {
             resets: resets(None, ResetBy::Unknown, 1),
             ..Snapshot::default()
         };
-        let text = render(&lab(), &snapshot).unwrap();
+        let text = render(&lab(), &snapshot);
         let names: BTreeSet<&str> = samples(&text)
             .into_iter()
             .map(|line| line.split(['{', ' ']).next().unwrap())
@@ -446,7 +492,7 @@ mod tests {
             netns: Netns::Host,
             iface: "eth0".into(),
         };
-        let text = render(&host, &Snapshot::default()).unwrap();
+        let text = render(&host, &Snapshot::default());
         assert_eq!(
             value_of(&text, r#"flagtrace_flows{iface="eth0"}"#),
             Some("0")
@@ -470,7 +516,7 @@ mod tests {
             .concat(),
             ..Snapshot::default()
         };
-        let text = render(&lab(), &snapshot).unwrap();
+        let text = render(&lab(), &snapshot);
         let by_gateway = |mac: &str, vendor: &str, verdict: &str| {
             let series = format!(
                 "flagtrace_reset_flows_by_gateway{{gateway_mac=\"{mac}\",iface=\"veth0\",netns=\"lab\",vendor=\"{vendor}\",verdict=\"{verdict}\"}}"
@@ -534,5 +580,40 @@ mod tests {
         let samples = gateway_samples(&tied);
         assert_eq!(samples[0].0[0], mac(0).to_string());
         assert_eq!(samples[TOP_GATEWAYS].1, 5);
+    }
+
+    #[test]
+    fn each_scrape_renders_only_its_own_snapshot() {
+        let mut counters = Counters::default();
+        counters.ingress.count_tcp(TCP_RST, 9);
+        let busy = Snapshot {
+            counters,
+            flows: 9,
+            resets: [
+                resets(Some((mac(1), f5())), ResetBy::Middlebox, 3),
+                resets(Some((mac(2), f5())), ResetBy::Endpoint, 2),
+            ]
+            .concat(),
+            ..Snapshot::default()
+        };
+        let mut counters = Counters::default();
+        counters.egress.count_tcp(TCP_SYN, 1);
+        let quiet = Snapshot {
+            counters,
+            flows: 1,
+            resets: resets(Some((mac(2), f5())), ResetBy::Endpoint, 1),
+            ..Snapshot::default()
+        };
+        let mut endpoint = Metrics::new(&lab()).unwrap();
+        for snapshot in [&busy, &quiet, &busy, &Snapshot::default(), &quiet] {
+            assert_eq!(
+                endpoint.render(snapshot).unwrap(),
+                render(&lab(), snapshot),
+                "{snapshot:?}"
+            );
+        }
+        // The gateway that left has no series in the quiet scrape.
+        let quiet_text = endpoint.render(&quiet).unwrap();
+        assert!(!quiet_text.contains("00:01:d7:00:00:01"), "{quiet_text}");
     }
 }

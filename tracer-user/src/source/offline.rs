@@ -95,17 +95,46 @@ impl HostTables {
         self.flows.borrow().len()
     }
 
-    /// Every flow as a record, with its reset evidence when the reset table has some: what
-    /// [`super::live::flow_records`] gives for an attachment. The stamps are already Unix time.
-    pub fn flow_records(&self) -> anyhow::Result<Vec<FlowRecord>> {
+    /// Every flow, with its entry.
+    pub fn flows(&self) -> HashMap<FlowKey, FlowValue> {
         // SAFETY: as in `counters`.
-        let resets: HashMap<FlowKey, ResetEvidence> = self
-            .resets
+        self.flows
+            .borrow()
+            .iter()
+            .map(|(key, value)| (*key, unsafe { *value.get() }))
+            .collect()
+    }
+
+    /// Every flow in the reset table, with its evidence.
+    pub fn resets(&self) -> HashMap<FlowKey, ResetEvidence> {
+        // SAFETY: as in `counters`.
+        self.resets
             .iter()
             .map(|entry| unsafe { *entry.get() })
             .filter(|entry| !entry.is_empty())
             .map(|entry| (entry.key, entry.evidence))
-            .collect();
+            .collect()
+    }
+
+    /// Capacity of the reset table.
+    pub fn reset_capacity(&self) -> u32 {
+        self.resets.len() as u32
+    }
+
+    /// The reset gate's budgets, in slot order.
+    pub fn reset_gate(&self) -> Vec<u32> {
+        // SAFETY: as in `counters`.
+        self.gate
+            .iter()
+            .map(|slot| unsafe { *slot.get() })
+            .collect()
+    }
+
+    /// Every flow as a record, with its reset evidence when the reset table has some: what
+    /// [`super::live::flow_records`] gives for an attachment. The stamps are already Unix time.
+    pub fn flow_records(&self) -> anyhow::Result<Vec<FlowRecord>> {
+        let resets = self.resets();
+        // SAFETY: as in `counters`.
         self.flows
             .borrow()
             .iter()

@@ -1,23 +1,36 @@
 //! The pinned maps of one attachment: checking that a pin fits this build, and reading it.
+//!
+//! Whole tables are read in batches ([`bpf::lookup_all`]): a system call per few thousand
+//! entries, where aya's iterators make one or two per entry.
 
 use std::{
     collections::HashMap as StdHashMap,
     io,
     mem::size_of,
+    ops::Range,
     path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray, RingBuf},
+    maps::{
+        Array, HashMap, IterableMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray, RingBuf,
+    },
     sys::SyscallError,
+    Pod,
 };
 use tracer_common::{
-    FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, ResetEvidence, WatchConfig, COUNTERS_MAP,
-    EVENTS_MAP, EVENTS_RING_BYTES, FLOWS_MAP, HOOK_COUNT, RESETS_MAP, WATCH_MAP,
+    reset_set, reset_set_mask, FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, ResetEvidence,
+    WatchConfig, COUNTERS_MAP, EVENTS_MAP, EVENTS_RING_BYTES, FLOWS_MAP, HOOK_COUNT, RESETS_MAP,
+    RESET_WAYS, WATCH_MAP,
 };
 
+use super::bpf;
 use crate::error::Failure;
+
+/// Entries a batched read asks the kernel for at once: 4,096 flow entries are 600 KiB of
+/// buffers, and the default reset table (65,536 entries) takes 16 calls.
+const BATCH_ENTRIES: usize = 4096;
 
 /// What a pinned map must look like for this build to use it.
 struct MapSpec {
@@ -229,23 +242,65 @@ impl PinnedMaps {
         self.capacity
     }
 
-    /// Every entry of the flow table.
+    /// Every entry of the flow table. The kernel updates and evicts entries while it is read:
+    /// entries are deduplicated by key, and the read is bounded (see [`read_all`]).
     pub fn flows(&self) -> anyhow::Result<StdHashMap<FlowKey, FlowValue>> {
-        walk(&self.flows, self.capacity, &self.dir.join(FLOWS_MAP))
+        let mut flows = StdHashMap::new();
+        read_all(
+            &self.flows,
+            || self.flows.iter(),
+            2 * self.capacity as usize,
+            &self.dir.join(FLOWS_MAP),
+            |key, value| {
+                flows.insert(key, value);
+            },
+        )?;
+        Ok(flows)
+    }
+
+    /// The flow table's entry for `key`, if it has one.
+    pub fn flow(&self, key: &FlowKey) -> anyhow::Result<Option<FlowValue>> {
+        match self.flows.get(key, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(error).with_context(|| {
+                format!(
+                    "looking up {key:?} in {}",
+                    self.dir.join(FLOWS_MAP).display()
+                )
+            }),
+        }
     }
 
     /// Every flow in the reset evidence table, with its evidence.
     pub fn resets(&self) -> anyhow::Result<StdHashMap<FlowKey, ResetEvidence>> {
         let mut resets = StdHashMap::new();
-        for index in 0..self.resets_capacity {
+        read_all(
+            &self.resets,
+            || (0..self.resets_capacity).map(|index| Ok((index, self.resets.get(&index, 0)?))),
+            self.resets_capacity as usize,
+            &self.dir.join(RESETS_MAP),
+            |_, entry: ResetEntry| {
+                if !entry.is_empty() {
+                    resets.insert(entry.key, entry.evidence);
+                }
+            },
+        )?;
+        Ok(resets)
+    }
+
+    /// The reset evidence of the flow `key`, if the reset table has some: only the entries of
+    /// its set are read.
+    pub fn reset_evidence(&self, key: &FlowKey) -> anyhow::Result<Option<ResetEvidence>> {
+        for index in reset_slots(key, self.resets_capacity) {
             let entry = self.resets.get(&index, 0).with_context(|| {
                 format!("reading {}[{index}]", self.dir.join(RESETS_MAP).display())
             })?;
-            if !entry.is_empty() {
-                resets.insert(entry.key, entry.evidence);
+            if entry.key == *key {
+                return Ok(Some(entry.evidence));
             }
         }
-        Ok(resets)
+        Ok(None)
     }
 
     /// The global counters per hook, summed over CPUs.
@@ -286,26 +341,82 @@ impl WatchMaps {
     }
 }
 
-/// Every entry of the flow table (an LRU hash). The kernel keeps updating and evicting while we
-/// walk the table, and the walk restarts from the first key when its current key is evicted:
-/// dedupe by key, and bound the walk so that a table under heavy churn cannot keep us here.
-fn walk(
-    table: &HashMap<MapData, FlowKey, FlowValue>,
-    capacity: u32,
+/// Reads every entry of `map` (at most `limit`) into `keep`: in batches where the kernel can,
+/// else through `walk`, aya's entry-by-entry read. A walk of an LRU hash restarts from the first
+/// key when the key it stands on is evicted, so under churn it could go on for ever and see
+/// entries twice: `limit` bounds it, and `keep` must not mind a key seen twice.
+fn read_all<K: Pod, V: Pod, W: Iterator<Item = Result<(K, V), MapError>>>(
+    map: &impl IterableMap<K, V>,
+    walk: impl FnOnce() -> W,
+    limit: usize,
     path: &Path,
-) -> anyhow::Result<StdHashMap<FlowKey, FlowValue>> {
-    let max_steps = 2 * capacity as usize;
-    let mut entries = StdHashMap::new();
-    for entry in table.iter().take(max_steps) {
-        let (key, value) = entry.with_context(|| format!("reading {}", path.display()))?;
-        entries.insert(key, value);
+    mut keep: impl FnMut(K, V),
+) -> anyhow::Result<()> {
+    let batched = bpf::lookup_all(map, BATCH_ENTRIES, limit, |key, value| keep(*key, *value))
+        .with_context(|| format!("reading {} in batches", path.display()))?;
+    if batched {
+        return Ok(());
     }
-    Ok(entries)
+    log::debug!(
+        "{}: this kernel reads no batches of it, reading entry by entry",
+        path.display()
+    );
+    for entry in walk().take(limit) {
+        let (key, value) = entry.with_context(|| format!("reading {}", path.display()))?;
+        keep(key, value);
+    }
+    Ok(())
+}
+
+/// The entries of the reset table (of `capacity` entries) that the flow `key` may occupy: its
+/// set, [`RESET_WAYS`] adjacent entries from [`reset_set`] of its flow hash, where the kernel
+/// programs put it (tracer-ebpf/src/account.rs).
+fn reset_slots(key: &FlowKey, capacity: u32) -> Range<u32> {
+    let set = reset_set(key.flow_hash(), reset_set_mask(capacity));
+    set..set + RESET_WAYS
 }
 
 #[cfg(test)]
 mod tests {
+    use etherparse::PacketBuilder;
+    use tracer_common::{reset_capacity, DEFAULT_MAX_RESETS, FAMILY_IPV4};
+    use tracer_ebpf::account::Tables as _;
+
     use super::*;
+    use crate::source::offline::HostTables;
+
+    #[test]
+    fn a_reset_entry_lies_in_its_flows_slots() {
+        // The kernel programs' accounting, run on the host, places the entries.
+        let tables = HostTables::new();
+        let capacity = reset_capacity(DEFAULT_MAX_RESETS);
+        let (client, server) = ([10, 0, 0, 1], [192, 0, 2, 7]);
+        for port in 40_000..40_200 {
+            let mut rst = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4(server, client, 64)
+                .tcp(443, port, 1, 0)
+                .rst()
+                .write(&mut rst, &[])
+                .unwrap();
+            tables.account(&rst, 3, Hook::Ingress, 1);
+            let word = |ip: [u8; 4]| [u32::from_ne_bytes(ip), 0, 0, 0];
+            let (key, _) =
+                FlowKey::from_packet(FAMILY_IPV4, 3, word(server), 443, word(client), port);
+            let holding: Vec<u32> = (0..capacity)
+                .filter(|&index| {
+                    let entry = tables.reset_entry(index).expect("an entry in range");
+                    // SAFETY: nothing is accounted while this reads.
+                    unsafe { (*entry).key == key }
+                })
+                .collect();
+            assert_eq!(holding.len(), 1, "{key:?} in {holding:?}");
+            assert!(
+                reset_slots(&key, capacity).contains(&holding[0]),
+                "{key:?} at {holding:?}"
+            );
+        }
+    }
 
     fn counters(base: u64) -> GlobalCounters {
         GlobalCounters {

@@ -1,6 +1,7 @@
 //! `attach --metrics ADDR:PORT`: serves `/metrics`. Each scrape reads the pinned maps anew and
 //! judges the resets with the code behind `flagtrace stats` and `resets`, then renders them in
-//! the Prometheus text format ([`crate::output::metrics`]).
+//! the Prometheus text format ([`crate::output::metrics`]) through metric families the endpoint
+//! builds once.
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -16,7 +17,7 @@ use crate::{
         oui::Vendors,
         report::{self, Origin},
     },
-    output::metrics::{render, ResetFlow, Snapshot},
+    output::metrics::{Metrics, ResetFlow, Snapshot},
     source::live,
     sys::{maps::PinnedMaps, pins::Attachment},
 };
@@ -47,13 +48,14 @@ impl Endpoint {
         self.addr
     }
 
-    /// Answers requests on a thread of its own until the process exits.
+    /// Answers requests on a thread of its own until the process exits, one at a time.
     pub fn serve(self, source: Source) -> anyhow::Result<()> {
+        let mut metrics = Metrics::new(&source.attachment)?;
         thread::Builder::new()
             .name("metrics".to_owned())
             .spawn(move || {
                 for request in self.server.incoming_requests() {
-                    respond(request, &source);
+                    respond(request, &source, &mut metrics);
                 }
             })
             .with_context(|| format!("starting the metrics endpoint on {}", self.addr))?;
@@ -61,10 +63,10 @@ impl Endpoint {
     }
 }
 
-fn respond(request: Request, source: &Source) {
+fn respond(request: Request, source: &Source, metrics: &mut Metrics) {
     let path = request.url().split('?').next().unwrap_or_default();
     let response = match (request.method(), path) {
-        (Method::Get | Method::Head, "/metrics") => match source.scrape() {
+        (Method::Get | Method::Head, "/metrics") => match source.scrape(metrics) {
             Ok(text) => text_response(200, text, &format!("{}; charset=utf-8", source.format)),
             Err(error) => {
                 log::warn!("metrics for {}: {error:#}", source.attachment);
@@ -117,8 +119,8 @@ impl Source {
         }
     }
 
-    fn scrape(&self) -> anyhow::Result<String> {
-        render(&self.attachment, &self.snapshot()?)
+    fn scrape(&self, metrics: &mut Metrics) -> anyhow::Result<String> {
+        metrics.render(&self.snapshot()?)
     }
 
     /// Reads the maps and judges the resets, as `flagtrace stats` and `resets` do. Gateway IP

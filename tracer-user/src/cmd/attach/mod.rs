@@ -17,23 +17,21 @@ use aya::{
         Program, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     util::KernelVersion,
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use tracer_common::{
-    reset_capacity, reset_set_mask, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, FLOWS_MAP, PINNED_MAPS,
-    RESETS_MAP, RESET_SET_MASK_GLOBAL, TC_PROGRAM, WATCH_GLOBAL, XDP_PROGRAM,
+    reset_capacity, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, TC_PROGRAM, XDP_PROGRAM,
 };
 
 use crate::{
     analysis::oui::Vendors,
     cli::{AttachArgs, XdpModeArg},
-    sys::clock::KernelClock,
+    sys::loader::TracerLoader,
     sys::maps::{self, PinnedMaps},
     sys::netns::Netns,
     sys::pins::{Attachment, PinRoot},
     sys::privileges::{self, CAP_BPF, CAP_NET_ADMIN},
     sys::signals::TerminationSignals,
-    EBPF_OBJECT,
 };
 
 pub fn run(
@@ -79,20 +77,14 @@ pub fn run(
         args.max_resets.map(reset_capacity),
         DEFAULT_MAX_RESETS,
     );
-    let clock = KernelClock::calibrated()?;
-    let mut loader = EbpfLoader::new();
-    for (map, pin) in PINNED_MAPS {
-        loader.map_pin_path(map, dir.join(pin));
+    let mut ebpf = TracerLoader {
+        max_flows,
+        max_resets,
+        watch: pinned.watch,
+        ..TracerLoader::new(&dir)
     }
-    clock.configure(&mut loader);
-    let reset_set_mask = reset_set_mask(max_resets);
-    let mut ebpf = loader
-        .map_max_entries(FLOWS_MAP, max_flows)
-        .map_max_entries(RESETS_MAP, max_resets)
-        .override_global(RESET_SET_MASK_GLOBAL, &reset_set_mask, true)
-        .override_global(WATCH_GLOBAL, &pinned.watch, true)
-        .load(EBPF_OBJECT)
-        .with_context(|| format!("loading the eBPF object for {attachment}"))?;
+    .load()
+    .with_context(|| format!("loading the eBPF object for {attachment}"))?;
 
     // On any error from here on, dropping `ebpf` detaches whatever was attached.
     let (xdp_link, xdp_mode) =

@@ -125,6 +125,7 @@ fn assert_flow(
         "last_seen": flow["last_seen"],
         "reset_by": reset.0,
         "evidence": reset.1,
+        "signals": reset.2,
         "gateway_mac": lab.server.mac(),
         "gateway_vendor": null,
         "gateway_ip": server_ip.to_string(),
@@ -155,10 +156,11 @@ fn terminate_and_check_detached(loader: Loader, netns: &Netns, iface: &str) {
 
 /// The verdict fields a flow must carry. A closed flow has none. A refusal is an honest one
 /// here: `endpoint` when another flow gave the server a baseline, `unknown` when none did, and
-/// never `middlebox`; its evidence says which (resets.rs checks the sentences themselves).
-fn verdict_of(flow: &Value, state: &str) -> (Value, Value) {
+/// never `middlebox`; its evidence says which (resets.rs checks the sentences themselves), one
+/// signal for each sentence.
+fn verdict_of(flow: &Value, state: &str) -> (Value, Value, Value) {
     if state == "closed" {
-        return (Value::Null, json!([]));
+        return (Value::Null, json!([]), json!([]));
     }
     let reset_by = flow["reset_by"].clone();
     assert!(
@@ -172,7 +174,13 @@ fn verdict_of(flow: &Value, state: &str) -> (Value, Value) {
             .is_some_and(|sentences| !sentences.is_empty()),
         "a reset without evidence: {flow}"
     );
-    (reset_by, evidence)
+    let signals = flow["signals"].clone();
+    assert_eq!(
+        signals.as_array().map(Vec::len),
+        evidence.as_array().map(Vec::len),
+        "one signal per sentence: {flow}"
+    );
+    (reset_by, evidence, signals)
 }
 
 /// A timestamp field of a flow line, in seconds since the Unix epoch.

@@ -1,11 +1,12 @@
-//! What the flows of one source say about each host, built once per snapshot in one pass over
-//! its flows, so that every question the verdict asks of it is answered in constant time: how a
-//! host's normal packets look on each hook (the usual TTL, MAC and IP ID), and how many
-//! connections a server answered promptly. Answers leave out the flow being judged, which is no
-//! baseline for itself.
+//! What the flows of one source say about each host: how its normal packets look on each hook
+//! (the usual TTL and MAC), and how many connections a server answered promptly. Built in one
+//! pass over a snapshot's flows, and kept up to date one flow at a time by `watch`; every
+//! question the verdict asks of it is answered in constant time, whatever the number of flows.
+//! Answers leave out the flow being judged, which is no baseline for itself.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{HashMap, HashSet},
+    hash::Hash,
     net::{IpAddr, SocketAddr},
 };
 
@@ -22,132 +23,181 @@ pub const PROMPT_ANSWER_NS: u64 = 1_000_000_000;
 /// One flow, as a key among the flows of a source.
 type FlowId = (SocketAddr, SocketAddr);
 
+/// One side's sample of one flow (the flag says which side: the client's).
+type SampleId = (FlowId, bool);
+
 fn flow_id(flow: &FlowRecord) -> FlowId {
     (flow.client, flow.server)
 }
 
-/// A host's normal packets on one flow.
-#[derive(Clone, Copy, Debug)]
-struct Sample {
-    flow: FlowId,
-    baseline: Baseline,
-    last_seen_ns: u64,
-}
-
-/// How a host's normal packets look on one hook, over the flows that carried them.
+/// How a host's normal packets look on one hook, over the other flows that carried them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Profile {
     /// The most common TTL (hop limit); a tie goes to the one seen most recently.
     pub ttl: u8,
     /// The most common known MAC, likewise; `None` when no flow had one.
     pub mac: Option<MacAddr>,
-    /// The IP ID of the flow seen most recently.
-    pub ip_id: u16,
     /// How many flows it comes from.
     pub flows: usize,
 }
 
-impl Profile {
-    /// `None` for no samples.
-    fn of<'a>(samples: impl Iterator<Item = &'a Sample> + Clone) -> Option<Profile> {
-        let latest = samples.clone().max_by_key(|sample| sample.last_seen_ns)?;
-        Some(Profile {
-            ttl: most_common(samples.clone().map(|s| (s.baseline.ttl, s.last_seen_ns)))?,
-            mac: most_common(
-                samples
-                    .clone()
-                    .filter_map(|s| s.baseline.mac.map(|mac| (mac, s.last_seen_ns))),
-            ),
-            ip_id: latest.baseline.ip_id,
-            flows: samples.count(),
-        })
+/// How often each value was seen, and when last.
+#[derive(Debug)]
+struct Tally<T>(HashMap<T, (usize, u64)>);
+
+impl<T> Default for Tally<T> {
+    fn default() -> Self {
+        Tally(HashMap::new())
     }
 }
 
-/// The most frequent value; a tie goes to the value seen most recently, then to the larger value
-/// (so that the answer never depends on a hash order).
-fn most_common<T: Copy + Ord>(values: impl Iterator<Item = (T, u64)>) -> Option<T> {
-    let mut tally: BTreeMap<T, (usize, u64)> = BTreeMap::new();
-    for (value, seen_ns) in values {
-        let entry = tally.entry(value).or_default();
+impl<T: Copy + Eq + Hash + Ord> Tally<T> {
+    fn add(&mut self, value: T, seen_ns: u64) {
+        let entry = self.0.entry(value).or_default();
         entry.0 += 1;
         entry.1 = entry.1.max(seen_ns);
     }
-    tally
-        .into_iter()
-        .max_by_key(|(_, count_and_latest)| *count_and_latest)
-        .map(|(value, _)| value)
+
+    /// Takes one sighting of `value` back. When it was the latest, the latest stays: only a
+    /// tie between equally common values can tell, and the flow that left was seen then.
+    fn remove(&mut self, value: T) {
+        if let Some(entry) = self.0.get_mut(&value) {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                self.0.remove(&value);
+            }
+        }
+    }
+
+    /// The most frequent value, leaving out one sighting of each of `except`; a tie goes to the
+    /// value seen most recently, then to the larger value (so that no hash order decides).
+    fn most_common(&self, except: &[T]) -> Option<T> {
+        self.0
+            .iter()
+            .map(|(value, &(count, latest))| {
+                let left_out = except.iter().filter(|e| *e == value).count();
+                (count - left_out, latest, *value)
+            })
+            .filter(|(count, _, _)| *count > 0)
+            .max()
+            .map(|(_, _, value)| value)
+    }
+}
+
+/// A host's normal packets on one hook: the latest of each flow's side, and their tallies.
+#[derive(Debug, Default)]
+struct HostSamples {
+    by_side: HashMap<SampleId, Baseline>,
+    ttls: Tally<u8>,
+    macs: Tally<MacAddr>,
+}
+
+impl HostSamples {
+    fn insert(&mut self, side: SampleId, baseline: Baseline, seen_ns: u64) {
+        self.remove(&side);
+        self.ttls.add(baseline.ttl, seen_ns);
+        if let Some(mac) = baseline.mac {
+            self.macs.add(mac, seen_ns);
+        }
+        self.by_side.insert(side, baseline);
+    }
+
+    fn remove(&mut self, side: &SampleId) {
+        if let Some(old) = self.by_side.remove(side) {
+            self.ttls.remove(old.ttl);
+            if let Some(mac) = old.mac {
+                self.macs.remove(mac);
+            }
+        }
+    }
+
+    /// The profile of every flow but `flow` (both its sides are left out: only a flow whose
+    /// ends share an address has two here).
+    fn profile_without(&self, flow: FlowId) -> Option<Profile> {
+        let own: Vec<&Baseline> = [true, false]
+            .iter()
+            .filter_map(|client| self.by_side.get(&(flow, *client)))
+            .collect();
+        let flows = self.by_side.len() - own.len();
+        if flows == 0 {
+            return None;
+        }
+        let own_ttls: Vec<u8> = own.iter().map(|b| b.ttl).collect();
+        let own_macs: Vec<MacAddr> = own.iter().filter_map(|b| b.mac).collect();
+        Some(Profile {
+            ttl: self.ttls.most_common(&own_ttls)?,
+            mac: self.macs.most_common(&own_macs),
+            flows,
+        })
+    }
 }
 
 /// The index of one source's hosts.
 #[derive(Debug, Default)]
 pub struct HostIndex {
-    /// Every sample by host and hook, kept for the rare flow whose both ends are one address
-    /// (it is then in its own host's samples and must be left out of them).
-    samples: HashMap<(IpAddr, Hook), Vec<Sample>>,
-    profiles: HashMap<(IpAddr, Hook), Profile>,
-    /// Connections answered within [`PROMPT_ANSWER_NS`], by server address.
-    prompt_answers: HashMap<IpAddr, usize>,
+    samples: HashMap<(IpAddr, Hook), HostSamples>,
+    /// The connections answered within [`PROMPT_ANSWER_NS`], by server address.
+    prompt_answers: HashMap<IpAddr, HashSet<FlowId>>,
 }
 
 impl HostIndex {
-    /// One pass over the flows, then one over the samples.
+    /// The index of `flows`, in one pass.
     pub fn new<'a>(flows: impl IntoIterator<Item = &'a FlowRecord>) -> HostIndex {
         let mut index = HostIndex::default();
         for flow in flows {
-            let sides = [
-                (flow.client, &flow.client_evidence),
-                (flow.server, &flow.server_evidence),
-            ];
-            for (addr, side) in sides {
-                if let Some(baseline) = side.baseline {
-                    index
-                        .samples
-                        .entry((addr.ip(), baseline.hook))
-                        .or_default()
-                        .push(Sample {
-                            flow: flow_id(flow),
-                            baseline,
-                            last_seen_ns: flow.last_seen_ns,
-                        });
+            index.insert(flow);
+        }
+        index
+    }
+
+    /// Adds a flow, or replaces what an earlier record of it said.
+    pub fn insert(&mut self, flow: &FlowRecord) {
+        let id = flow_id(flow);
+        let sides = [
+            (true, flow.client, &flow.client_evidence),
+            (false, flow.server, &flow.server_evidence),
+        ];
+        for (is_client, addr, side) in sides {
+            let sample = (id, is_client);
+            // A side's latest packet is on one hook: its sample there, none on the other.
+            for hook in [Hook::Ingress, Hook::Egress] {
+                let key = (addr.ip(), hook);
+                match side.baseline.filter(|b| b.hook == hook) {
+                    Some(baseline) => self.samples.entry(key).or_default().insert(
+                        sample,
+                        baseline,
+                        flow.last_seen_ns,
+                    ),
+                    None => {
+                        if let Some(samples) = self.samples.get_mut(&key) {
+                            samples.remove(&sample);
+                        }
+                    }
                 }
             }
-            if answered_promptly(flow) {
-                *index.prompt_answers.entry(flow.server.ip()).or_default() += 1;
-            }
         }
-        index.profiles = index
-            .samples
-            .iter()
-            .filter_map(|(key, samples)| Some((*key, Profile::of(samples.iter())?)))
-            .collect();
-        index
+        let answers = self.prompt_answers.entry(flow.server.ip()).or_default();
+        if answered_promptly(flow) {
+            answers.insert(id);
+        } else {
+            answers.remove(&id);
+        }
     }
 
     /// How `host`'s normal packets look on `hook` on flows other than `flow`.
     pub fn profile(&self, flow: &FlowRecord, host: IpAddr, hook: Hook) -> Option<Profile> {
-        let key = (host, hook);
-        let is_member = |side_addr: SocketAddr, baseline: Option<Baseline>| {
-            side_addr.ip() == host && baseline.is_some_and(|b| b.hook == hook)
-        };
-        let flow_is_a_sample = is_member(flow.client, flow.client_evidence.baseline)
-            || is_member(flow.server, flow.server_evidence.baseline);
-        if !flow_is_a_sample {
-            return self.profiles.get(&key).copied();
-        }
-        let id = flow_id(flow);
-        let others = self.samples.get(&key)?.iter().filter(|s| s.flow != id);
-        Profile::of(others)
+        self.samples
+            .get(&(host, hook))?
+            .profile_without(flow_id(flow))
     }
 
     /// How many connections other than `flow` its server answered within [`PROMPT_ANSWER_NS`].
     pub fn prompt_answers(&self, flow: &FlowRecord) -> usize {
-        let all = self
-            .prompt_answers
+        self.prompt_answers
             .get(&flow.server.ip())
-            .copied()
-            .unwrap_or(0);
-        all - usize::from(answered_promptly(flow))
+            .map_or(0, |answers| {
+                answers.len() - usize::from(answers.contains(&flow_id(flow)))
+            })
     }
 }
 
@@ -202,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn profile_is_the_most_common_ttl_and_mac_and_the_latest_ip_id() {
+    fn profile_is_the_most_common_ttl_and_mac() {
         let flows = [
             flow(1, "10.0.2.1:80", baseline(127, Some(MAC_A), 10), 5),
             flow(2, "10.0.2.1:81", baseline(127, Some(MAC_B), 20), 9),
@@ -216,22 +266,68 @@ mod tests {
             Some(Profile {
                 ttl: 127,
                 mac: Some(MAC_A),
-                ip_id: 20,
                 flows: 3
             })
         );
         assert_eq!(index.profile(&judged, server_ip(), Hook::Egress), None);
     }
 
+    fn tally(values: &[(u8, u64)]) -> Tally<u8> {
+        let mut tally = Tally::default();
+        for (value, seen_ns) in values {
+            tally.add(*value, *seen_ns);
+        }
+        tally
+    }
+
     #[test]
     fn ties_go_to_the_most_recent_then_the_larger_value() {
         assert_eq!(
-            most_common([(1, 10), (2, 30), (1, 5), (2, 1)].into_iter()),
+            tally(&[(1, 10), (2, 30), (1, 5), (2, 1)]).most_common(&[]),
             Some(2)
         );
-        assert_eq!(most_common([(1, 10), (2, 5)].into_iter()), Some(1));
-        assert_eq!(most_common([(1, 10), (2, 10)].into_iter()), Some(2));
-        assert_eq!(most_common(std::iter::empty::<(u8, u64)>()), None);
+        assert_eq!(tally(&[(1, 10), (2, 5)]).most_common(&[]), Some(1));
+        assert_eq!(tally(&[(1, 10), (2, 10)]).most_common(&[]), Some(2));
+        assert_eq!(tally(&[]).most_common(&[]), None);
+        // Leaving one sighting out can turn the answer.
+        assert_eq!(
+            tally(&[(1, 10), (1, 11), (2, 5), (2, 6)]).most_common(&[]),
+            Some(1)
+        );
+        assert_eq!(
+            tally(&[(1, 10), (1, 11), (2, 5), (2, 6)]).most_common(&[1]),
+            Some(2)
+        );
+        assert_eq!(tally(&[(1, 10)]).most_common(&[1]), None);
+    }
+
+    #[test]
+    fn a_flow_inserted_again_replaces_its_samples() {
+        let first = flow(1, "10.0.2.1:80", baseline(64, Some(MAC_A), 1), 5);
+        let judged = flow(9, "10.0.2.1:443", baseline(1, None, 0), 1);
+        let mut index = HostIndex::new([&first]);
+        // The same flow, its server's latest packet now with another TTL and MAC.
+        let again = flow(1, "10.0.2.1:80", baseline(127, Some(MAC_B), 2), 9);
+        index.insert(&again);
+        assert_eq!(
+            index.profile(&judged, server_ip(), Hook::Ingress),
+            Some(Profile {
+                ttl: 127,
+                mac: Some(MAC_B),
+                flows: 1
+            })
+        );
+        // Now seen leaving: nothing is left on ingress.
+        let mut egress = again.clone();
+        egress.server_evidence.baseline.as_mut().unwrap().hook = Hook::Egress;
+        index.insert(&egress);
+        assert_eq!(index.profile(&judged, server_ip(), Hook::Ingress), None);
+        assert_eq!(
+            index
+                .profile(&judged, server_ip(), Hook::Egress)
+                .map(|p| p.flows),
+            Some(1)
+        );
     }
 
     #[test]

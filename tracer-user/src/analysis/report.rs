@@ -86,6 +86,57 @@ pub fn gateway_mac(flow: &FlowRecord) -> Option<MacAddr> {
         .next()
 }
 
+/// Names the gateways of one origin's flows: the MAC's vendor, and its address in the neighbour
+/// table, read at most once, and only when some flow has a gateway MAC.
+pub struct Gateways<'a, F: FnOnce() -> Option<Neighbours>> {
+    vendors: &'a Vendors,
+    read_neighbours: Option<F>,
+    neighbours: Option<Neighbours>,
+}
+
+impl<'a, F: FnOnce() -> Option<Neighbours>> Gateways<'a, F> {
+    pub fn new(vendors: &'a Vendors, read_neighbours: F) -> Self {
+        Gateways {
+            vendors,
+            read_neighbours: Some(read_neighbours),
+            neighbours: None,
+        }
+    }
+
+    /// The device that handed us `flow`'s packets; `None` when no MAC was seen.
+    pub fn of(&mut self, flow: &FlowRecord) -> anyhow::Result<Option<Gateway>> {
+        let Some(mac) = gateway_mac(flow) else {
+            return Ok(None);
+        };
+        if let Some(read) = self.read_neighbours.take() {
+            self.neighbours = read();
+        }
+        Ok(Some(Gateway {
+            mac,
+            vendor: self.vendors.vendor(mac)?,
+            neighbour: self
+                .neighbours
+                .as_ref()
+                .and_then(|table| table.ip_of(mac, flow.server.ip())),
+        }))
+    }
+}
+
+/// Everything said about one flow: its verdict against `hosts`, and its gateway.
+pub fn report<F: FnOnce() -> Option<Neighbours>>(
+    origin: &Origin,
+    flow: FlowRecord,
+    hosts: &HostIndex,
+    gateways: &mut Gateways<F>,
+) -> anyhow::Result<FlowReport> {
+    Ok(FlowReport {
+        origin: origin.clone(),
+        verdict: verdict::judge(&flow, hosts),
+        gateway: gateways.of(&flow)?,
+        flow,
+    })
+}
+
 /// Reports on the flows of one origin. The verdicts compare each flow with the others, so
 /// `flows` must be all of the origin's flows: they are indexed once ([`HostIndex`]), then each
 /// is judged in constant time. `neighbours` reads the origin's neighbour table; it is called at
@@ -97,33 +148,11 @@ pub fn analyse(
     neighbours: impl FnOnce() -> Option<Neighbours>,
 ) -> anyhow::Result<Vec<FlowReport>> {
     let hosts = HostIndex::new(&flows);
-    let mut neighbours = Some(neighbours);
-    let mut table: Option<Neighbours> = None;
-    let mut reports = Vec::with_capacity(flows.len());
-    for flow in flows {
-        let gateway = match gateway_mac(&flow) {
-            Some(mac) => {
-                if let Some(read) = neighbours.take() {
-                    table = read();
-                }
-                Some(Gateway {
-                    mac,
-                    vendor: vendors.vendor(mac)?,
-                    neighbour: table
-                        .as_ref()
-                        .and_then(|table| table.ip_of(mac, flow.server.ip())),
-                })
-            }
-            None => None,
-        };
-        reports.push(FlowReport {
-            origin: origin.clone(),
-            verdict: verdict::judge(&flow, &hosts),
-            flow,
-            gateway,
-        });
-    }
-    Ok(reports)
+    let mut gateways = Gateways::new(vendors, neighbours);
+    flows
+        .into_iter()
+        .map(|flow| report(origin, flow, &hosts, &mut gateways))
+        .collect()
 }
 
 #[cfg(test)]

@@ -252,7 +252,9 @@ struct SenderVerdict {
 struct Reference {
     ttl: u8,
     mac: Option<MacAddr>,
-    ip_id: u16,
+    /// The IP ID, on this connection only: Linux numbers each connection's packets from its
+    /// own random start, so other connections' IDs are no sequence to be out of line with.
+    ip_id: Option<u16>,
     of: BaselineOf,
 }
 
@@ -273,7 +275,7 @@ fn reference(
         return Some(Reference {
             ttl: own.ttl,
             mac: own.mac,
-            ip_id: own.ip_id,
+            ip_id: Some(own.ip_id),
             of: BaselineOf::ThisConnection,
         });
     }
@@ -281,7 +283,7 @@ fn reference(
     Some(Reference {
         ttl: others.ttl,
         mac: others.mac,
-        ip_id: others.ip_id,
+        ip_id: None,
         of: BaselineOf::OtherConnections {
             count: others.flows,
         },
@@ -323,9 +325,7 @@ fn judge_sender(flow: &FlowRecord, role: Role, rst: &RstSeen, hosts: &HostIndex)
             if let Some(kind) = mac_difference(rst, reference) {
                 add(Weight::Strong, kind);
             }
-            // Only against this connection: Linux numbers each connection's packets from its
-            // own random start, so other connections' IDs are no sequence to be out of line with.
-            if sender.is_ipv4() && reference.of == BaselineOf::ThisConnection {
+            if sender.is_ipv4() {
                 if let Some(kind) = ip_id_out_of_line(rst, reference) {
                     add(Weight::Supporting, kind);
                 }
@@ -407,10 +407,7 @@ fn mac_difference(rst: &RstSeen, reference: &Reference) -> Option<SignalKind> {
 /// baseline ID of 0 gives nothing to compare with: Linux, for one, zeroes the ID of DF packets
 /// it sends without a connected socket (SYN/ACKs among them).
 fn ip_id_out_of_line(rst: &RstSeen, reference: &Reference) -> Option<SignalKind> {
-    let usual = reference.ip_id;
-    if usual == 0 {
-        return None;
-    }
+    let usual = reference.ip_id.filter(|id| *id != 0)?;
     let distance = if rst.ip_id == 0 {
         None
     } else {

@@ -2,15 +2,21 @@
 //! `stats`, `watch` and the metrics endpoint read. Only map reads: nothing here touches packets
 //! or hooks.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
+use tracer_common::FlowKey;
 
 use crate::{
     analysis::{
         flow::FlowRecord,
+        hosts::HostIndex,
+        neighbours::Neighbours,
         oui::Vendors,
-        report::{self, FlowReport, Origin},
+        report::{self, FlowReport, Gateways, Origin},
     },
     error::Failure,
     source::neighbour,
@@ -60,19 +66,111 @@ pub fn attachment_reports(
     vendors: &Vendors,
 ) -> anyhow::Result<Vec<FlowReport>> {
     let flows = flow_records(attachment, maps)?;
-    let neighbours = || match neighbour::read(&attachment.netns, &attachment.iface) {
+    report::analyse(&Origin::Live(attachment.clone()), flows, vendors, || {
+        neighbours(attachment)
+    })
+}
+
+/// The attachment's neighbour table; `None`, with a warning, when it cannot be read.
+fn neighbours(attachment: &Attachment) -> Option<Neighbours> {
+    match neighbour::read(&attachment.netns, &attachment.iface) {
         Ok(table) => Some(table),
         Err(error) => {
             log::warn!("{error:#}; gateway IP addresses left out");
             None
         }
-    };
-    report::analyse(
-        &Origin::Live(attachment.clone()),
-        flows,
-        vendors,
-        neighbours,
-    )
+    }
+}
+
+/// One attachment whose flows are judged one at a time (`watch`), each with two point lookups
+/// and constant work whatever the size of its tables. Its host index comes from one read of the
+/// maps, is kept current with every flow looked up since, and is read anew every
+/// [`INDEX_MAX_AGE`], which forgets the flows the kernel evicted and learns the baselines that
+/// only the whole table holds (those that FINs and data after a RST set).
+pub struct FlowJudge {
+    attachment: Attachment,
+    index: HostIndex,
+    indexed_at: Instant,
+    /// The neighbour table and when it was read: at most once a [`NEIGHBOURS_MAX_AGE`], however
+    /// many verdicts need it.
+    neighbours: Option<(Instant, Option<Neighbours>)>,
+}
+
+/// How long a [`FlowJudge`]'s index is kept before it is read anew from the maps.
+pub const INDEX_MAX_AGE: Duration = Duration::from_secs(60);
+/// How long a [`FlowJudge`]'s neighbour table is kept.
+const NEIGHBOURS_MAX_AGE: Duration = Duration::from_secs(1);
+
+impl FlowJudge {
+    pub fn new(attachment: &Attachment, maps: &PinnedMaps) -> anyhow::Result<FlowJudge> {
+        Ok(FlowJudge {
+            attachment: attachment.clone(),
+            index: HostIndex::new(&flow_records(attachment, maps)?),
+            indexed_at: Instant::now(),
+            neighbours: None,
+        })
+    }
+
+    /// Reads the whole table again when the index is older than [`INDEX_MAX_AGE`].
+    pub fn refresh(&mut self, maps: &PinnedMaps) -> anyhow::Result<()> {
+        if self.indexed_at.elapsed() >= INDEX_MAX_AGE {
+            self.index = HostIndex::new(&flow_records(&self.attachment, maps)?);
+            self.indexed_at = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// The flow's record as the maps hold it now; `None` once the kernel evicted it.
+    fn lookup(&self, maps: &PinnedMaps, key: &FlowKey) -> anyhow::Result<Option<FlowRecord>> {
+        let context = || format!("looking up a flow of {}", self.attachment);
+        let Some(value) = maps.flow(key).with_context(context)? else {
+            return Ok(None);
+        };
+        let resets = maps.reset_evidence(key).with_context(context)?;
+        let clock = ClockSnapshot::now().context("reading the clocks")?;
+        FlowRecord::decode(key, &value, resets.as_ref(), &clock)
+            .map(Some)
+            .with_context(context)
+    }
+
+    /// Learns what the flow's entry says of its hosts (a SYN/ACK just passed).
+    pub fn learn(&mut self, maps: &PinnedMaps, key: &FlowKey) -> anyhow::Result<()> {
+        if let Some(flow) = self.lookup(maps, key)? {
+            self.index.insert(&flow);
+        }
+        Ok(())
+    }
+
+    /// The report on one flow; `None` when the table no longer holds it.
+    pub fn report(
+        &mut self,
+        maps: &PinnedMaps,
+        key: &FlowKey,
+        vendors: &Vendors,
+    ) -> anyhow::Result<Option<FlowReport>> {
+        let Some(flow) = self.lookup(maps, key)? else {
+            return Ok(None);
+        };
+        self.index.insert(&flow);
+        let table = match report::gateway_mac(&flow) {
+            Some(_) => self.neighbours(),
+            None => None,
+        };
+        let mut gateways = Gateways::new(vendors, || table);
+        let origin = Origin::Live(self.attachment.clone());
+        report::report(&origin, flow, &self.index, &mut gateways).map(Some)
+    }
+
+    /// The neighbour table, read anew when older than [`NEIGHBOURS_MAX_AGE`].
+    fn neighbours(&mut self) -> Option<Neighbours> {
+        let fresh = |(read_at, _): &(Instant, _)| read_at.elapsed() < NEIGHBOURS_MAX_AGE;
+        if !self.neighbours.as_ref().is_some_and(fresh) {
+            self.neighbours = Some((Instant::now(), neighbours(&self.attachment)));
+        }
+        self.neighbours
+            .as_ref()
+            .and_then(|(_, table)| table.clone())
+    }
 }
 
 /// The pinned maps of the attachments that match the filters; none is a [`Failure`].

@@ -3,7 +3,7 @@
 
 use std::{mem, net::SocketAddr, ptr};
 
-use tracer_common::{PacketEvent, EVENT_SNAP_LEN, SEEN_EGRESS, SEEN_INGRESS, TCP_RST, TCP_SYN};
+use tracer_common::{FlowKey, Hook, PacketEvent, EVENT_SNAP_LEN, SEEN_EGRESS, TCP_RST, TCP_SYN};
 use tracer_ebpf::{Packet, TcpSegment};
 
 use crate::analysis::{flow::ip_addr, mac::MacAddr};
@@ -23,6 +23,8 @@ pub struct Captured {
 #[derive(Debug)]
 pub struct Event {
     pub packet: Captured,
+    /// Its flow's key in the flow table.
+    pub key: FlowKey,
     pub seen_on: u8,
     pub src: SocketAddr,
     pub dst: SocketAddr,
@@ -57,7 +59,16 @@ impl Event {
             } else {
                 segment.eth.src
             };
+            let (key, _) = FlowKey::from_packet(
+                segment.family(),
+                event.ifindex,
+                segment.src(),
+                segment.src_port(),
+                segment.dst(),
+                segment.dst_port(),
+            );
             Some(Event {
+                key,
                 src: SocketAddr::new(ip(&segment.src())?, segment.src_port()),
                 dst: SocketAddr::new(ip(&segment.dst())?, segment.dst_port()),
                 flags: segment.flags(),
@@ -100,11 +111,7 @@ pub fn flag_names(flags: u8) -> String {
 
 /// The hook that saw the packet, by name.
 pub fn seen_on_name(seen_on: u8) -> &'static str {
-    match seen_on {
-        SEEN_INGRESS => "ingress",
-        SEEN_EGRESS => "egress",
-        _ => "unknown",
-    }
+    Hook::from_seen_on(seen_on).map_or("unknown", Hook::name)
 }
 
 #[cfg(test)]
@@ -114,7 +121,7 @@ pub mod tests {
     use std::slice;
 
     use etherparse::PacketBuilder;
-    use tracer_common::TCP_ACK;
+    use tracer_common::{SEEN_INGRESS, TCP_ACK};
 
     use super::*;
 
@@ -169,6 +176,15 @@ pub mod tests {
         assert_eq!(event.packet.packet_len, frame.len() as u32);
         assert_eq!(event.packet.frame, frame[..EVENT_SNAP_LEN]);
         assert_eq!(event.packet.time_ns, 5_000);
+        let (key, _) = FlowKey::from_packet(
+            tracer_common::FAMILY_IPV4,
+            7,
+            [u32::from_ne_bytes([10, 0, 2, 1]), 0, 0, 0],
+            443,
+            [u32::from_ne_bytes([10, 0, 1, 1]), 0, 0, 0],
+            40000,
+        );
+        assert_eq!(event.key, key);
 
         // Leaving: the neighbour is the destination.
         let event = Event::parse(&event_bytes(&frame, 5_000, SEEN_EGRESS)).unwrap();

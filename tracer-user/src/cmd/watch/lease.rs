@@ -9,7 +9,10 @@ use aya::maps::{Array, MapData, RingBuf};
 use tracer_common::WatchConfig;
 
 use super::{clock, kernel_now};
-use crate::sys::{maps::PinnedMaps, pins::Attachment};
+use crate::{
+    source::live::FlowJudge,
+    sys::{maps::PinnedMaps, pins::Attachment},
+};
 
 /// How far ahead of now each renewal sets the lease: a watcher that stops renewing (killed,
 /// stuck) stops the events this long after its last renewal.
@@ -27,6 +30,8 @@ pub struct RateLimit {
 pub struct Watched {
     pub attachment: Attachment,
     pub maps: PinnedMaps,
+    /// Judges its flows one at a time.
+    pub judge: FlowJudge,
     switch: Array<MapData, WatchConfig>,
     pub events: RingBuf<MapData>,
     /// The attachment's `events_dropped` when we started, and when we last reported it.
@@ -41,6 +46,7 @@ impl Watched {
     pub fn new(
         attachment: Attachment,
         maps: PinnedMaps,
+        judge: FlowJudge,
         switch: Array<MapData, WatchConfig>,
         events: RingBuf<MapData>,
         events_dropped: u64,
@@ -48,6 +54,7 @@ impl Watched {
         Watched {
             attachment,
             maps,
+            judge,
             switch,
             events,
             dropped_at_start: events_dropped,

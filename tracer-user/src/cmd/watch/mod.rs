@@ -22,7 +22,7 @@ mod records;
 mod signals;
 
 use std::{
-    collections::{hash_map::Entry, HashMap},
+    collections::HashMap,
     io,
     net::SocketAddr,
     os::fd::{AsFd as _, AsRawFd as _},
@@ -32,14 +32,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tracer_common::TCP_RST;
+use tracer_common::{FlowKey, TCP_ACK, TCP_RST, TCP_SYN};
 
 use crate::{
     analysis::oui::Vendors,
-    analysis::report::FlowReport,
     cli::WatchArgs,
     output::{resets_text, FlowRow},
-    source::live,
+    source::live::{self, FlowJudge},
     sys::clock::ClockSnapshot,
     sys::maps::{PinnedMaps, WatchMaps},
     sys::netns::Netns,
@@ -77,7 +76,10 @@ pub fn run(
         let WatchMaps { switch, events } = WatchMaps::open(&dir, &root.purge_command(&attachment))
             .with_context(|| format!("opening the event maps of {attachment}"))?;
         let dropped = dropped_events(&attachment, &maps)?;
-        watched.push(Watched::new(attachment, maps, switch, events, dropped));
+        let judge = FlowJudge::new(&attachment, &maps)?;
+        watched.push(Watched::new(
+            attachment, maps, judge, switch, events, dropped,
+        ));
     }
     let pcap = args.pcap.as_deref().map(PcapWriter::create).transpose()?;
     let mut watcher = Watcher {
@@ -132,8 +134,8 @@ struct Watcher {
     output: Output,
     pcap: Option<PcapWriter>,
     handshakes: Handshakes,
-    /// Flows with a RST, and when to judge them.
-    pending: HashMap<FlowId, Instant>,
+    /// Flows with a RST: when to judge them, and their key in the flow table.
+    pending: HashMap<FlowId, (Instant, FlowKey)>,
     vendors: Vendors,
     /// RSTs received.
     resets: u64,
@@ -150,8 +152,9 @@ impl Watcher {
             let wake = self
                 .pending
                 .values()
+                .map(|(due, _)| *due)
                 .min()
-                .map_or(next_renewal, |due| (*due).min(next_renewal));
+                .map_or(next_renewal, |due| due.min(next_renewal));
             let mut fds: Vec<libc::pollfd> = [signals.as_fd().as_raw_fd()]
                 .into_iter()
                 .chain(self.watched.iter().map(|w| w.events.as_fd().as_raw_fd()))
@@ -170,6 +173,9 @@ impl Watcher {
                 lease::renew(&mut self.watched, self.rate_limit)?;
                 self.report_drops()?;
                 self.handshakes.expire(kernel_now(&clock()?));
+                for watched in &mut self.watched {
+                    watched.judge.refresh(&watched.maps)?;
+                }
                 next_renewal = Instant::now() + RENEWAL_INTERVAL;
             }
             let now = Instant::now();
@@ -234,6 +240,11 @@ impl Watcher {
     fn handle(&mut self, index: usize, event: Event, clock: &ClockSnapshot) -> anyhow::Result<()> {
         let flow = FlowId::new(index, event.src, event.dst);
         if event.flags & TCP_RST == 0 {
+            // A SYN/ACK tells how its server's packets look, for the verdicts to come.
+            if event.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+                let watched = &mut self.watched[index];
+                watched.judge.learn(&watched.maps, &event.key)?;
+            }
             // A SYN or SYN/ACK: kept in case its flow is reset.
             if self.pcap.is_some() {
                 self.handshakes.keep(flow, event.packet);
@@ -256,7 +267,7 @@ impl Watcher {
         if self.pending.len() < MAX_FLOWS || self.pending.contains_key(&flow) {
             self.pending
                 .entry(flow)
-                .or_insert_with(|| Instant::now() + VERDICT_DELAY);
+                .or_insert_with(|| (Instant::now() + VERDICT_DELAY, event.key));
         } else if !self.verdicts_skipped {
             self.verdicts_skipped = true;
             log::warn!(
@@ -268,40 +279,26 @@ impl Watcher {
     }
 
     /// Prints the verdicts of the pending flows whose time `is_due`, in the order of their
-    /// RSTs. One read of the maps per attachment, for all its flows at once.
+    /// RSTs. Each costs two lookups in its attachment's maps, whatever their size.
     fn judge(&mut self, is_due: impl Fn(Instant) -> bool) -> anyhow::Result<()> {
-        let mut due: Vec<(Instant, FlowId)> = self
+        let mut due: Vec<(Instant, FlowId, FlowKey)> = self
             .pending
             .iter()
-            .filter(|(_, at)| is_due(**at))
-            .map(|(flow, at)| (*at, *flow))
+            .filter(|(_, (at, _))| is_due(*at))
+            .map(|(flow, (at, key))| (*at, *flow, *key))
             .collect();
-        if due.is_empty() {
-            return Ok(());
-        }
-        due.sort_by_key(|(at, _)| *at);
-        let mut reports: HashMap<usize, Vec<FlowReport>> = HashMap::new();
-        for (_, flow) in due {
+        due.sort_by_key(|(at, _, _)| *at);
+        for (_, flow, key) in due {
             self.pending.remove(&flow);
-            let watched = &self.watched[flow.attachment];
-            let of_attachment = match reports.entry(flow.attachment) {
-                Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) => entry.insert(live::attachment_reports(
-                    &watched.attachment,
-                    &watched.maps,
-                    &self.vendors,
-                )?),
-            };
+            let watched = &mut self.watched[flow.attachment];
+            let report = watched.judge.report(&watched.maps, &key, &self.vendors)?;
             // Gone from the flow table (evicted) or without a RST on record: nothing to say.
-            let Some(report) = of_attachment.iter().find(|report| {
-                report.verdict.is_some()
-                    && FlowId::new(flow.attachment, report.flow.client, report.flow.server) == flow
-            }) else {
+            let Some(report) = report.filter(|report| report.verdict.is_some()) else {
                 continue;
             };
             self.output
-                .print(&Record::Verdict(FlowRow::new(report)), || {
-                    resets_text(slice::from_ref(report))
+                .print(&Record::Verdict(FlowRow::new(&report)), || {
+                    resets_text(slice::from_ref(&report))
                 })?;
         }
         Ok(())

@@ -243,7 +243,7 @@ impl PinnedMaps {
     }
 
     /// Every entry of the flow table. The kernel updates and evicts entries while it is read:
-    /// entries are deduplicated by key, and the read is bounded (see [`read_all`]).
+    /// entries are deduplicated by key, and the read is bounded (see `read_all`).
     pub fn flows(&self) -> anyhow::Result<StdHashMap<FlowKey, FlowValue>> {
         let mut flows = StdHashMap::new();
         read_all(

@@ -10,7 +10,8 @@
 //!   with a third box), background processes, and the `flagtrace` binary run in them;
 //! - [`forge`]: the forged resets of the lab tool `ft-lab` (src/bin/ft-lab.rs), on raw sockets;
 //! - [`seed_story`]: the lab that `ft-lab demo` (`cargo xtask demo`) and the reset tests share;
-//! - [`bench`]: `cargo xtask bench`, the per-packet cost against reference programs.
+//! - [`bench`]: `cargo xtask bench`, the per-packet cost against reference programs;
+//! - [`soak`]: `cargo xtask soak`, the user side's commands on large tables and captures.
 //!
 //! Everything that creates a kernel object (namespace, pin directory, loader process) is a RAII
 //! guard that removes it in `Drop`, so a failing test leaves nothing behind.
@@ -24,9 +25,13 @@ pub mod lab;
 pub mod model;
 pub mod oracle;
 pub mod seed_story;
+pub mod soak;
 pub mod tracer;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 /// A name no other test (in this or a concurrent test process) uses: `<prefix>-<pid>-<n>`.
 pub fn unique_name(prefix: &str) -> String {
@@ -36,6 +41,30 @@ pub fn unique_name(prefix: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// A file of its own in the temporary directory, `<prefix>-<pid>-<n>.<extension>`, removed on
+/// drop.
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    pub fn new(prefix: &str, extension: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("{}.{extension}", unique_name(prefix))))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temporary path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of the kernel programs' timestamps, to within

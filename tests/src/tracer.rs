@@ -134,10 +134,24 @@ pub struct LoadedTracer {
 impl LoadedTracer {
     pub fn load(max_flows: u32) -> anyhow::Result<Self> {
         let pins = PinDir::create()?;
+        let pin_dir = pins.path().to_owned();
+        Self::load_into(pins, &pin_dir, max_flows, RESET_CAPACITY)
+    }
+
+    /// Loaded with its maps pinned in `pin_dir`, somewhere under `pins`: a directory laid out as
+    /// `attach` lays out a pin root (`<root>/host/<iface>`) lets `flagtrace` read the tables.
+    pub fn load_into(
+        pins: PinDir,
+        pin_dir: &Path,
+        max_flows: u32,
+        max_resets: u32,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(pin_dir)
+            .with_context(|| format!("creating {}", pin_dir.display()))?;
         let mut ebpf = TracerLoader {
             max_flows,
-            max_resets: RESET_CAPACITY,
-            ..TracerLoader::new(pins.path())
+            max_resets,
+            ..TracerLoader::new(pin_dir)
         }
         .load()?;
         let xdp: &mut Xdp = program_mut(&mut ebpf, XDP_PROGRAM)?;

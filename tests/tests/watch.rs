@@ -13,7 +13,7 @@ use std::{
     io::ErrorKind,
     net::{IpAddr, SocketAddr, TcpStream},
     os::fd::AsRawFd,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::mpsc,
     thread,
@@ -29,7 +29,7 @@ use flagtrace_tests::{
     },
     seed_story::{GATEWAY_MAC, HELD_PORT, OPEN_PORT, SERVER_INITIAL_TTL},
     tracer::PinDir,
-    unique_name,
+    TempFile,
 };
 use serde_json::Value;
 use tracer_common::{WatchConfig, WATCH_MAP};
@@ -106,25 +106,6 @@ fn interrupt(watch: &mut Daemon) -> (Vec<Value>, Value) {
             watch.log()
         );
         thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A file in the temporary directory, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(extension: &str) -> Self {
-        Self(std::env::temp_dir().join(format!("{}.{extension}", unique_name("ft-watch"))))
-    }
-
-    fn as_str(&self) -> &str {
-        self.0.to_str().expect("UTF-8 temporary path")
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -258,7 +239,7 @@ fn each_reset_streams_with_its_verdict_and_lands_in_the_pcap() {
     ));
     let pins = PinDir::create().expect("pin root");
     let _loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
-    let pcap = TempFile::new("pcap");
+    let pcap = TempFile::new("ft-watch", "pcap");
     let mut watch = start_watch(pins.path(), &["--json", "--pcap", pcap.as_str()]);
 
     let server_ttl = SERVER_INITIAL_TTL - 1;

@@ -5,6 +5,7 @@ mod bench;
 mod command;
 mod demo;
 mod setup;
+mod soak;
 mod system;
 
 use std::ffi::OsString;
@@ -46,6 +47,17 @@ enum Task {
     /// programs (as root); prints a table and writes target/bench/report.json.
     Bench {
         /// Passed to the benchmark, e.g. `cargo xtask bench -- --rounds 9`.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// Set up and build, then run flagtrace's commands on large pinned tables and captures (as
+    /// root); prints a table of medians.
+    Soak {
+        /// Passed to the soak, e.g. `cargo xtask soak -- --flows 250000 --runs 3`.
         #[arg(
             trailing_var_arg = true,
             allow_hyphen_values = true,
@@ -100,6 +112,7 @@ fn run_task(task: Task) -> Result<()> {
         }
         Task::Test { args } => test(&root, &args),
         Task::Bench { args } => bench::bench(&root, &args),
+        Task::Soak { args } => soak::soak(&root, &args),
     }
 }
 
@@ -162,6 +175,10 @@ fn test(root: &Path, integration_args: &[OsString]) -> Result<()> {
         "tracer-user",
         "-p",
         "xtask",
+        "--",
+        // The unit tests that need root (a network namespace) are ignored by a plain
+        // `cargo test`; as root, run them too.
+        "--include-ignored",
     ])
     .run(root)
     .context("step `host unit tests` failed")?;

@@ -3,7 +3,7 @@
 
 use std::{mem, net::SocketAddr, ptr};
 
-use tracer_common::{FlowKey, Hook, PacketEvent, EVENT_SNAP_LEN, SEEN_EGRESS, TCP_RST, TCP_SYN};
+use tracer_common::{FlowKey, Hook, PacketEvent, EVENT_SNAP_LEN, TCP_RST, TCP_SYN};
 use tracer_ebpf::{Packet, TcpSegment};
 
 use crate::analysis::{flow::ip_addr, mac::MacAddr};
@@ -25,7 +25,8 @@ pub struct Event {
     pub packet: Captured,
     /// Its flow's key in the flow table.
     pub key: FlowKey,
-    pub seen_on: u8,
+    /// The hook that saw it; `None` for a value no build writes.
+    pub hook: Option<Hook>,
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub flags: u8,
@@ -54,7 +55,8 @@ impl Event {
         let packet = Packet::new(start, start + frame.len());
         tracer_ebpf::parse(packet, |segment: TcpSegment| {
             let ip = |words| ip_addr(segment.family(), words).ok();
-            let mac = if event.seen_on == SEEN_EGRESS {
+            let hook = Hook::from_seen_on(event.seen_on);
+            let mac = if hook == Some(Hook::Egress) {
                 segment.eth.dst
             } else {
                 segment.eth.src
@@ -77,7 +79,7 @@ impl Event {
                 ttl: segment.ttl(),
                 ip_id: segment.ip_id(),
                 mac: MacAddr(mac),
-                seen_on: event.seen_on,
+                hook,
                 packet: Captured {
                     time_ns: event.time_ns,
                     packet_len: event.packet_len,
@@ -110,8 +112,8 @@ pub fn flag_names(flags: u8) -> String {
 }
 
 /// The hook that saw the packet, by name.
-pub fn seen_on_name(seen_on: u8) -> &'static str {
-    Hook::from_seen_on(seen_on).map_or("unknown", Hook::name)
+pub fn hook_name(hook: Option<Hook>) -> &'static str {
+    hook.map_or("unknown", Hook::name)
 }
 
 #[cfg(test)]
@@ -121,7 +123,7 @@ pub mod tests {
     use std::slice;
 
     use etherparse::PacketBuilder;
-    use tracer_common::{SEEN_INGRESS, TCP_ACK};
+    use tracer_common::{SEEN_EGRESS, SEEN_INGRESS, TCP_ACK};
 
     use super::*;
 
@@ -173,6 +175,7 @@ pub mod tests {
         assert_eq!(event.flags, TCP_RST | TCP_ACK);
         assert_eq!((event.seq, event.ack, event.ttl), (0, 1_000_001, 63));
         assert_eq!(event.mac, MacAddr(GATEWAY_MAC));
+        assert_eq!(event.hook, Some(Hook::Ingress));
         assert_eq!(event.packet.packet_len, frame.len() as u32);
         assert_eq!(event.packet.frame, frame[..EVENT_SNAP_LEN]);
         assert_eq!(event.packet.time_ns, 5_000);
@@ -189,6 +192,7 @@ pub mod tests {
         // Leaving: the neighbour is the destination.
         let event = Event::parse(&event_bytes(&frame, 5_000, SEEN_EGRESS)).unwrap();
         assert_eq!(event.mac, MacAddr(CLIENT_MAC));
+        assert_eq!(event.hook, Some(Hook::Egress));
 
         let v6 = PacketBuilder::ethernet2(CLIENT_MAC, GATEWAY_MAC)
             .ipv6([0xfd; 16], [0xfe; 16], 64)

@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 use serde::Serialize;
 
-use super::events::{flag_names, seen_on_name, Event};
+use super::events::{flag_names, hook_name, Event};
 use crate::{
     output::{FlowRow, RecordFormat, RecordWriter},
     sys::clock::ClockSnapshot,
@@ -72,7 +72,7 @@ impl<'a> RstRecord<'a> {
             ttl: event.ttl,
             ip_id: event.ip_id,
             mac: event.mac.to_string(),
-            seen_on: seen_on_name(event.seen_on),
+            seen_on: hook_name(event.hook),
             packet_len: event.packet.packet_len,
         }
     }
@@ -87,7 +87,7 @@ pub fn rst_text(attachment: &Attachment, event: &Event, clock: &ClockSnapshot) -
         flag_names(event.flags),
         event.src,
         event.dst,
-        seen_on_name(event.seen_on),
+        hook_name(event.hook),
         event.ttl,
         event.mac
     )

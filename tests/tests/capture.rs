@@ -1,4 +1,4 @@
-//! Real tcpdump captures read back by flagtrace's capture reader (tracer-user/src/capture.rs):
+//! Real tcpdump captures read back by flagtrace's capture reader (tracer-user/src/capture/):
 //! TCP connections on the loopback of a fresh network namespace, captured as Ethernet (`-i lo`,
 //! microsecond and nanosecond files) and as Linux cooked v1 and v2 (`-i any`). Every packet must
 //! come out as an Ethernet frame that the kernel programs' parser and the etherparse oracle read

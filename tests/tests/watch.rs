@@ -40,7 +40,7 @@ const CLOSED: u16 = 9;
 const ABORT: u16 = 8082;
 /// What `watch` prints (on stderr) once it holds its leases.
 const WATCH_READY: &str = "flagtrace: watching";
-/// How long a lease outlives its last renewal (tracer-user/src/watch.rs).
+/// How long a lease outlives its last renewal (tracer-user/src/cmd/watch/lease.rs).
 const LEASE: Duration = Duration::from_secs(3);
 
 /// `flagtrace --pin-root ROOT watch ARGS`, started once it holds its leases.

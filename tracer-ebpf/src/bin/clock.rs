@@ -1,6 +1,6 @@
 //! The clock probe: reads `bpf_jiffies64` and `bpf_ktime_get_coarse_ns` together and writes them
 //! at the start of its packet, as a [`ClockSample`]. User space runs it with BPF_PROG_TEST_RUN to
-//! learn how jiffies map onto CLOCK_MONOTONIC_COARSE (tracer-user/src/clock.rs), which the real
+//! learn how jiffies map onto CLOCK_MONOTONIC_COARSE (tracer-user/src/sys/clock.rs), which the real
 //! programs need before they load; so it is an object of its own. Never attached.
 #![no_std]
 #![no_main]

@@ -4,7 +4,7 @@
 use tracer_common::{FlagCounts, Hook};
 
 use crate::analysis::{
-    flow::{Baseline, FlowRecord, RstSeen, SideEvidence, State},
+    flow::{Baseline, FlowRecord, PacketRole, RstSeen, SideEvidence, State},
     hosts::HostIndex,
     mac::MacAddr,
     verdict::{judge, Verdict},
@@ -23,12 +23,22 @@ pub fn counts(syn: u32, syn_ack: u32, rst: u32) -> FlagCounts {
     }
 }
 
+/// A baseline from a packet after the handshake (a FIN), seen on `hook`.
 pub fn baseline(ttl: u8, mac: MacAddr, hook: Hook) -> Baseline {
     Baseline {
         hook,
         mac: Some(mac),
         ttl,
         ip_id: 0,
+        role: PacketRole::AfterHandshake,
+    }
+}
+
+/// A baseline from the side's handshake packet (its SYN/ACK), seen on `hook`.
+pub fn handshake(ttl: u8, mac: MacAddr, hook: Hook) -> Baseline {
+    Baseline {
+        role: PacketRole::Handshake,
+        ..baseline(ttl, mac, hook)
     }
 }
 

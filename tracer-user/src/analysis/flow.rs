@@ -83,6 +83,18 @@ impl fmt::Display for State {
     }
 }
 
+/// Which of a side's packets its baseline comes from. The kernel examines only SYN, SYN/ACK and
+/// FIN packets for a baseline (plain packets touch no table), so a side's baseline is its
+/// handshake packet until the side sends a FIN, and its FIN after that.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PacketRole {
+    /// Its SYN or SYN/ACK: what a SYN proxy or a full proxy may send in the host's name.
+    Handshake,
+    /// Its FIN: the host's own packet, after the handshake.
+    AfterHandshake,
+}
+
 /// A host's latest normal (non-RST) packet on a flow, as the kernel recorded it: what its RSTs
 /// are compared with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,12 +107,18 @@ pub struct Baseline {
     pub ttl: u8,
     /// IPv4 identification (0 for IPv6).
     pub ip_id: u16,
+    pub role: PacketRole,
 }
 
 impl Baseline {
-    /// `None` for a baseline the kernel never wrote.
-    fn decode(wire: &WireBaseline) -> Option<Baseline> {
+    /// `None` for a baseline the kernel never wrote. `sent` is what the side sent.
+    fn decode(wire: &WireBaseline, sent: &FlagCounts) -> Option<Baseline> {
         Some(Baseline {
+            role: if sent.fin > 0 {
+                PacketRole::AfterHandshake
+            } else {
+                PacketRole::Handshake
+            },
             hook: Hook::from_seen_on(wire.seen_on)?,
             mac: MacAddr::known(wire.mac),
             ttl: wire.ttl,
@@ -235,7 +253,7 @@ impl FlowRecord {
                 SocketAddr::new(ip_addr(key.family, addr)?, port),
                 value.sent_by[sender],
                 SideEvidence {
-                    baseline: Baseline::decode(&value.baseline[sender]),
+                    baseline: Baseline::decode(&value.baseline[sender], &value.sent_by[sender]),
                     rst: resets
                         .and_then(|resets| RstSeen::decode(&resets.by_sender[sender], clock)),
                 },
@@ -540,8 +558,19 @@ mod tests {
         assert_eq!(record.client_evidence.baseline.map(|b| b.ttl), Some(64));
         assert_eq!(record.client_evidence.rst, None);
         assert_eq!(
-            record.client_evidence.baseline.map(|b| (b.hook, b.mac)),
-            Some((Hook::Egress, None))
+            record
+                .client_evidence
+                .baseline
+                .map(|b| (b.hook, b.mac, b.role)),
+            Some((Hook::Egress, None, PacketRole::Handshake))
+        );
+        // Once the side sent a FIN, its baseline is that FIN: after the handshake.
+        let mut closed = value;
+        closed.sent_by[SENDER_HI].fin = 1;
+        let closed = FlowRecord::decode(&key, &closed, None, &ClockSnapshot::unix()).unwrap();
+        assert_eq!(
+            closed.client_evidence.baseline.map(|b| b.role),
+            Some(PacketRole::AfterHandshake)
         );
         // A baseline the kernel never wrote (seen_on NONE) is no baseline.
         assert_eq!(record.server_evidence.baseline, None);

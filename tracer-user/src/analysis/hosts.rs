@@ -1,5 +1,6 @@
 //! What the flows of one source say about each host: how its normal packets look on each hook
-//! (the usual TTL and MAC), and how many connections a server answered promptly. Built in one
+//! (the usual TTL and MAC), all of them and those after the handshake apart, and how many
+//! connections a server answered promptly. Built in one
 //! pass over a snapshot's flows, and kept up to date one flow at a time by `watch`; every
 //! question the verdict asks of it is answered in constant time, whatever the number of flows.
 //! Answers leave out the flow being judged, which is no baseline for itself.
@@ -13,7 +14,7 @@ use std::{
 use tracer_common::Hook;
 
 use crate::analysis::{
-    flow::{Baseline, FlowRecord},
+    flow::{Baseline, FlowRecord, PacketRole},
     mac::MacAddr,
 };
 
@@ -132,10 +133,34 @@ impl HostSamples {
     }
 }
 
+/// Samples by host and hook.
+type SamplesByHost = HashMap<(IpAddr, Hook), HostSamples>;
+
+/// Puts `side`'s sample at `key`, or takes it away (`None`).
+fn place(
+    map: &mut SamplesByHost,
+    key: (IpAddr, Hook),
+    side: SampleId,
+    sample: Option<(Baseline, u64)>,
+) {
+    match sample {
+        Some((baseline, seen_ns)) => map.entry(key).or_default().insert(side, baseline, seen_ns),
+        None => {
+            if let Some(samples) = map.get_mut(&key) {
+                samples.remove(&side);
+            }
+        }
+    }
+}
+
 /// The index of one source's hosts.
 #[derive(Debug, Default)]
 pub struct HostIndex {
-    samples: HashMap<(IpAddr, Hook), HostSamples>,
+    /// Every flow's baseline of each host.
+    samples: SamplesByHost,
+    /// Only the baselines from packets after the handshake (FINs): the host's own, where a SYN
+    /// proxy or a full proxy may have answered the handshakes.
+    after_handshake: SamplesByHost,
     /// The connections answered within [`PROMPT_ANSWER_NS`], by server address.
     prompt_answers: HashMap<IpAddr, HashSet<FlowId>>,
 }
@@ -162,18 +187,13 @@ impl HostIndex {
             // A side's latest packet is on one hook: its sample there, none on the other.
             for hook in [Hook::Ingress, Hook::Egress] {
                 let key = (addr.ip(), hook);
-                match side.baseline.filter(|b| b.hook == hook) {
-                    Some(baseline) => self.samples.entry(key).or_default().insert(
-                        sample,
-                        baseline,
-                        flow.last_seen_ns,
-                    ),
-                    None => {
-                        if let Some(samples) = self.samples.get_mut(&key) {
-                            samples.remove(&sample);
-                        }
-                    }
-                }
+                let here = side
+                    .baseline
+                    .filter(|b| b.hook == hook)
+                    .map(|b| (b, flow.last_seen_ns));
+                place(&mut self.samples, key, sample, here);
+                let after = here.filter(|(b, _)| b.role == PacketRole::AfterHandshake);
+                place(&mut self.after_handshake, key, sample, after);
             }
         }
         let answers = self.prompt_answers.entry(flow.server.ip()).or_default();
@@ -187,6 +207,19 @@ impl HostIndex {
     /// How `host`'s normal packets look on `hook` on flows other than `flow`.
     pub fn profile(&self, flow: &FlowRecord, host: IpAddr, hook: Hook) -> Option<Profile> {
         self.samples
+            .get(&(host, hook))?
+            .profile_without(flow_id(flow))
+    }
+
+    /// How `host`'s packets after the handshake (its FINs) look on `hook` on flows other than
+    /// `flow`: the host's own, even where a proxy answered its handshakes.
+    pub fn profile_after_handshake(
+        &self,
+        flow: &FlowRecord,
+        host: IpAddr,
+        hook: Hook,
+    ) -> Option<Profile> {
+        self.after_handshake
             .get(&(host, hook))?
             .profile_without(flow_id(flow))
     }
@@ -224,6 +257,7 @@ mod tests {
             mac,
             ttl,
             ip_id,
+            role: PacketRole::AfterHandshake,
         }
     }
 
@@ -343,6 +377,37 @@ mod tests {
         assert_eq!((profile.ttl, profile.flows), (127, 1));
         let alone = HostIndex::new([&own]);
         assert_eq!(alone.profile(&own, server_ip(), Hook::Ingress), None);
+    }
+
+    #[test]
+    fn packets_after_the_handshake_have_a_profile_of_their_own() {
+        let mut handshake_only = baseline(64, Some(MAC_A), 1);
+        handshake_only.role = crate::analysis::flow::PacketRole::Handshake;
+        let flows = [
+            flow(1, "10.0.2.1:443", handshake_only, 5),
+            flow(2, "10.0.2.1:443", handshake_only, 6),
+            flow(3, "10.0.2.1:80", baseline(127, Some(MAC_A), 2), 7),
+        ];
+        let index = HostIndex::new(&flows);
+        let judged = flow(9, "10.0.2.1:443", baseline(1, None, 0), 1);
+        let ttl = |profile: Option<Profile>| profile.map(|p| (p.ttl, p.flows));
+        assert_eq!(
+            ttl(index.profile(&judged, server_ip(), Hook::Ingress)),
+            Some((64, 3))
+        );
+        assert_eq!(
+            ttl(index.profile_after_handshake(&judged, server_ip(), Hook::Ingress)),
+            Some((127, 1))
+        );
+        // The flow's FIN leaves with a new record: the handshake-only sample goes away.
+        let mut again = flows[0].clone();
+        again.server_evidence.baseline = Some(baseline(127, Some(MAC_A), 3));
+        let mut index = index;
+        index.insert(&again);
+        assert_eq!(
+            ttl(index.profile_after_handshake(&judged, server_ip(), Hook::Ingress)),
+            Some((127, 2))
+        );
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub fn analyse(
 mod tests {
     use super::*;
     use crate::{
-        analysis::flow::{Baseline, RstSeen, SideEvidence, State},
+        analysis::flow::{Baseline, PacketRole, RstSeen, SideEvidence, State},
         analysis::oui::OuiRegistry,
         analysis::verdict::ResetBy,
         sys::netns::Netns,
@@ -175,6 +175,7 @@ mod tests {
                 mac: MacAddr::known(mac),
                 ttl: 64,
                 ip_id: 0,
+                role: PacketRole::Handshake,
             }),
             rst: rst_mac.map(|mac| RstSeen {
                 mac: MacAddr::known(mac),

@@ -19,8 +19,8 @@ use serde::{Serialize, Serializer};
 use tracer_common::{Hook, BACK_TO_BACK_NS};
 
 use crate::analysis::{
-    flow::{FlowRecord, RstSeen},
-    hosts::{HostIndex, PROMPT_ANSWER_NS},
+    flow::{FlowRecord, PacketRole, RstSeen},
+    hosts::{HostIndex, Profile, PROMPT_ANSWER_NS},
     mac::MacAddr,
 };
 
@@ -69,6 +69,17 @@ impl Serialize for ResetBy {
     }
 }
 
+/// What the middlebox that sent a RST had to do with the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MiddleboxRole {
+    /// It had terminated the connection: it answered the handshake, and reset.
+    Proxy,
+    /// The endpoints had the connection (or no handshake was answered), and a box on the path
+    /// sent the RST in an endpoint's name: a firewall's reject, an idle timeout, an injector.
+    OnPath,
+}
+
 /// A side of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -90,6 +101,8 @@ impl fmt::Display for Role {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub reset_by: ResetBy,
+    /// For a middlebox's RST, what the box had to do with the connection.
+    pub middlebox_role: Option<MiddleboxRole>,
     /// The side the deciding RST claims to come from.
     pub rst_from: Role,
     /// What the verdict rests on, the deciding signals first: the first one sums it up.
@@ -131,7 +144,7 @@ pub enum BaselineOf {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "signal", rename_all = "snake_case")]
 pub enum SignalKind {
-    /// The RST's TTL against the sender's usual one (strong when they differ).
+    /// The RST's TTL against the sender's usual one (strong at another hop distance).
     TtlComparison {
         #[serde(serialize_with = "hook_name")]
         hook: Hook,
@@ -140,6 +153,40 @@ pub enum SignalKind {
         usual_ttl: u8,
         usual_hops: u8,
         baseline: BaselineOf,
+        relation: TtlRelation,
+    },
+    /// The RST differs from this connection's SYN/ACK, and agrees with the host's packets after
+    /// a handshake on other connections: a SYN proxy answered the handshake, the host reset.
+    SynProxyHandshake {
+        #[serde(serialize_with = "hook_name")]
+        hook: Hook,
+        handshake_ttl: u8,
+        handshake_hops: u8,
+        rst_ttl: u8,
+        rst_hops: u8,
+        connections: usize,
+    },
+    /// The RST agrees with this connection's SYN/ACK, and the host's packets after a handshake
+    /// on other connections come from another distance: a proxy answered this connection (its
+    /// handshake and its RST) in the host's name.
+    ProxyAnswered {
+        #[serde(serialize_with = "hook_name")]
+        hook: Hook,
+        proxy_ttl: u8,
+        proxy_hops: u8,
+        host_ttl: u8,
+        host_hops: u8,
+        connections: usize,
+    },
+    /// The RST differs from this connection's SYN/ACK, and no packet of the host after a
+    /// handshake was seen to tell a SYN proxy's handshake from a forged RST.
+    HandshakeOnlyDiffers {
+        #[serde(serialize_with = "hook_name")]
+        hook: Hook,
+        rst_ttl: u8,
+        rst_hops: u8,
+        handshake_ttl: u8,
+        handshake_hops: u8,
     },
     /// The RST came from (or went to) another L2 neighbour than the sender's packets.
     MacDifference {
@@ -212,6 +259,7 @@ pub fn judge(flow: &FlowRecord, hosts: &HostIndex) -> Option<Verdict> {
         };
         return Some(Verdict {
             reset_by: ResetBy::Unknown,
+            middlebox_role: None,
             rst_from,
             signals: vec![Signal::new(
                 rst_from,
@@ -229,8 +277,14 @@ pub fn judge(flow: &FlowRecord, hosts: &HostIndex) -> Option<Verdict> {
     // reset it, and later ones are reactions to it. (A stable sort keeps the time order.)
     judged.sort_by_key(|sender| sender.reset_by != ResetBy::Middlebox);
     let (reset_by, rst_from) = (judged[0].reset_by, judged[0].role);
+    let middlebox_role =
+        (reset_by == ResetBy::Middlebox).then(|| match judged[0].signals[0].kind {
+            SignalKind::ProxyAnswered { .. } => MiddleboxRole::Proxy,
+            _ => MiddleboxRole::OnPath,
+        });
     Some(Verdict {
         reset_by,
+        middlebox_role,
         rst_from,
         signals: judged
             .into_iter()
@@ -256,6 +310,9 @@ struct Reference {
     /// own random start, so other connections' IDs are no sequence to be out of line with.
     ip_id: Option<u16>,
     of: BaselineOf,
+    /// This connection's baseline is its handshake packet, which a SYN proxy or a full proxy may
+    /// have sent in the host's name.
+    handshake_only: bool,
 }
 
 /// The sender's normal packets seen on the RST's hook: this flow's when there are any, else the
@@ -277,6 +334,7 @@ fn reference(
             mac: own.mac,
             ip_id: Some(own.ip_id),
             of: BaselineOf::ThisConnection,
+            handshake_only: own.role == PacketRole::Handshake,
         });
     }
     let others = hosts.profile(flow, sender.ip(), rst.hook)?;
@@ -287,7 +345,41 @@ fn reference(
         of: BaselineOf::OtherConnections {
             count: others.flows,
         },
+        handshake_only: false,
     })
+}
+
+/// How a RST's TTL stands to another packet's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TtlRelation {
+    /// Within [`TTL_TOLERANCE`]: one sender, or a route change.
+    Agrees,
+    /// Another hop distance: another box.
+    OtherDistance,
+    /// The same distance from another initial TTL: another host there (a load balancer's
+    /// backend) or a transparent box; never a middlebox on that alone.
+    OtherInitialTtl,
+}
+
+impl TtlRelation {
+    fn of(rst_ttl: u8, usual_ttl: u8) -> TtlRelation {
+        if rst_ttl.abs_diff(usual_ttl) <= TTL_TOLERANCE {
+            TtlRelation::Agrees
+        } else if hops(rst_ttl) == hops(usual_ttl) {
+            TtlRelation::OtherInitialTtl
+        } else {
+            TtlRelation::OtherDistance
+        }
+    }
+
+    /// A comparison that finds another distance is enough to call the RST a middlebox's.
+    fn weight(self) -> Weight {
+        match self {
+            TtlRelation::OtherDistance => Weight::Strong,
+            TtlRelation::Agrees | TtlRelation::OtherInitialTtl => Weight::Comparison,
+        }
+    }
 }
 
 /// Hops from the sender, counted down from the next common initial TTL at or above `ttl`.
@@ -304,15 +396,21 @@ fn judge_sender(flow: &FlowRecord, role: Role, rst: &RstSeen, hosts: &HostIndex)
     let reference = reference(flow, sender, role, rst, hosts);
     let mut signals = Vec::new();
     let mut add = |weight: Weight, kind: SignalKind| signals.push(Signal::new(role, weight, kind));
+    // Whether the RST agrees with what it was compared with: `endpoint` needs that, when no
+    // strong signal calls it a middlebox's.
+    let mut agrees = false;
     match &reference {
+        Some(reference) if reference.handshake_only => {
+            let later = hosts.profile_after_handshake(flow, sender.ip(), rst.hook);
+            let (weight, kind, agreeing) = against_handshake(rst, reference, later);
+            agrees = agreeing;
+            add(weight, kind);
+        }
         Some(reference) => {
-            let differs = rst.ttl.abs_diff(reference.ttl) > TTL_TOLERANCE;
+            let relation = TtlRelation::of(rst.ttl, reference.ttl);
+            agrees = relation == TtlRelation::Agrees;
             add(
-                if differs {
-                    Weight::Strong
-                } else {
-                    Weight::Comparison
-                },
+                relation.weight(),
                 SignalKind::TtlComparison {
                     hook: rst.hook,
                     rst_ttl: rst.ttl,
@@ -320,6 +418,7 @@ fn judge_sender(flow: &FlowRecord, role: Role, rst: &RstSeen, hosts: &HostIndex)
                     usual_ttl: reference.ttl,
                     usual_hops: hops(reference.ttl),
                     baseline: reference.of,
+                    relation,
                 },
             );
             if let Some(kind) = mac_difference(rst, reference) {
@@ -381,7 +480,7 @@ fn judge_sender(flow: &FlowRecord, role: Role, rst: &RstSeen, hosts: &HostIndex)
     signals.sort_by_key(|signal| signal.weight);
     let reset_by = if signals[0].weight == Weight::Strong {
         ResetBy::Middlebox
-    } else if reference.is_some() {
+    } else if agrees {
         ResetBy::Endpoint
     } else {
         ResetBy::Unknown
@@ -390,6 +489,88 @@ fn judge_sender(flow: &FlowRecord, role: Role, rst: &RstSeen, hosts: &HostIndex)
         role,
         reset_by,
         signals,
+    }
+}
+
+/// A RST set against this connection's handshake answer (its SYN/ACK), which a SYN proxy or a
+/// full proxy may have sent, and against the host's own packets after a handshake on other
+/// connections (`later`), which no such proxy sends. Returns the signal, its weight, and whether
+/// the RST agrees with the host.
+fn against_handshake(
+    rst: &RstSeen,
+    handshake: &Reference,
+    later: Option<Profile>,
+) -> (Weight, SignalKind, bool) {
+    let with_handshake = TtlRelation::of(rst.ttl, handshake.ttl);
+    let comparison =
+        |usual_ttl: u8, baseline: BaselineOf, relation: TtlRelation| SignalKind::TtlComparison {
+            hook: rst.hook,
+            rst_ttl: rst.ttl,
+            rst_hops: hops(rst.ttl),
+            usual_ttl,
+            usual_hops: hops(usual_ttl),
+            baseline,
+            relation,
+        };
+    let Some(later) = later else {
+        return match with_handshake {
+            // Nothing tells the handshake's sender from the host: as with any baseline.
+            TtlRelation::Agrees => (
+                Weight::Comparison,
+                comparison(handshake.ttl, BaselineOf::ThisConnection, with_handshake),
+                true,
+            ),
+            _ => (
+                Weight::Comparison,
+                SignalKind::HandshakeOnlyDiffers {
+                    hook: rst.hook,
+                    rst_ttl: rst.ttl,
+                    rst_hops: hops(rst.ttl),
+                    handshake_ttl: handshake.ttl,
+                    handshake_hops: hops(handshake.ttl),
+                },
+                false,
+            ),
+        };
+    };
+    let host = BaselineOf::OtherConnections { count: later.flows };
+    let with_host = TtlRelation::of(rst.ttl, later.ttl);
+    match (with_handshake, with_host) {
+        (TtlRelation::Agrees, TtlRelation::Agrees) => (
+            Weight::Comparison,
+            comparison(handshake.ttl, BaselineOf::ThisConnection, with_handshake),
+            true,
+        ),
+        (TtlRelation::Agrees, TtlRelation::OtherDistance) => (
+            Weight::Strong,
+            SignalKind::ProxyAnswered {
+                hook: rst.hook,
+                proxy_ttl: rst.ttl,
+                proxy_hops: hops(rst.ttl),
+                host_ttl: later.ttl,
+                host_hops: hops(later.ttl),
+                connections: later.flows,
+            },
+            false,
+        ),
+        (_, TtlRelation::Agrees) => (
+            Weight::Comparison,
+            SignalKind::SynProxyHandshake {
+                hook: rst.hook,
+                handshake_ttl: handshake.ttl,
+                handshake_hops: hops(handshake.ttl),
+                rst_ttl: rst.ttl,
+                rst_hops: hops(rst.ttl),
+                connections: later.flows,
+            },
+            true,
+        ),
+        // Another host at the host's distance; or a RST that agrees with neither.
+        (_, relation) => (
+            relation.weight(),
+            comparison(later.ttl, host, relation),
+            false,
+        ),
     }
 }
 
@@ -461,6 +642,7 @@ mod tests {
             usual_ttl,
             usual_hops: hops(usual_ttl),
             baseline,
+            relation: TtlRelation::of(rst_ttl, usual_ttl),
         }
     }
 
@@ -528,7 +710,10 @@ mod tests {
             (128, 127, ResetBy::Endpoint),
             (255, 252, ResetBy::Middlebox),
             (254, 255, ResetBy::Endpoint),
-            (64, 128, ResetBy::Middlebox),
+            // The same distance from another initial TTL: another host there, or a
+            // transparent box; never a middlebox on that alone.
+            (64, 128, ResetBy::Unknown),
+            (127, 63, ResetBy::Unknown),
         ] {
             let mut flow = reset_by_server(flow(40001, "10.0.2.1:443"), rst(rst_ttl, SERVER_MAC));
             flow.server_evidence.baseline = Some(baseline(usual, SERVER_MAC, Hook::Ingress));
@@ -841,6 +1026,7 @@ mod tests {
                     usual_ttl: 64,
                     usual_hops: 0,
                     baseline: THIS,
+                    relation: TtlRelation::Agrees,
                 },
             }]
         );
@@ -907,6 +1093,109 @@ mod tests {
         assert_eq!(kinds(&verdict), [&SignalKind::EvidenceLost]);
     }
 
+    /// A connection whose handshake answer arrived with `handshake_ttl` (no FIN from the server
+    /// yet), reset by a RST with `rst_ttl`; and `closed` connections to the server's port 80
+    /// whose FINs arrived with `host_ttl`.
+    fn behind_a_handshake(handshake_ttl: u8, rst_ttl: u8, host_ttl: u8, closed: u16) -> Verdict {
+        let mut reset = reset_by_server(flow(40001, "10.0.2.1:443"), rst(rst_ttl, SERVER_MAC));
+        reset.server_evidence.baseline = Some(handshake(handshake_ttl, SERVER_MAC, Hook::Ingress));
+        let mut flows = vec![reset];
+        flows.extend((0..closed).map(|i| answered(40100 + i, "10.0.2.1:80", host_ttl, 5)));
+        judge_first(&flows)
+    }
+
+    #[test]
+    fn a_syn_proxys_handshake_is_no_baseline_for_the_servers_reset() {
+        // The proxy answered at 0 hops; the server's RST and its FINs elsewhere at 1 hop.
+        let verdict = behind_a_handshake(64, 127, 127, 2);
+        assert_eq!(
+            (verdict.reset_by, verdict.middlebox_role),
+            (ResetBy::Endpoint, None)
+        );
+        assert_eq!(
+            verdict.signals[0].kind,
+            SignalKind::SynProxyHandshake {
+                hook: Hook::Ingress,
+                handshake_ttl: 64,
+                handshake_hops: 0,
+                rst_ttl: 127,
+                rst_hops: 1,
+                connections: 2
+            }
+        );
+        // Nothing of the server after a handshake: it cannot be told, never a middlebox.
+        let alone = behind_a_handshake(64, 127, 127, 0);
+        assert_eq!(alone.reset_by, ResetBy::Unknown);
+        assert!(matches!(
+            alone.signals[0].kind,
+            SignalKind::HandshakeOnlyDiffers { .. }
+        ));
+    }
+
+    #[test]
+    fn a_proxy_that_answered_the_handshake_and_reset_is_a_middlebox() {
+        // The seed story: the gateway answered port 443 itself (0 hops) and reset; the server's
+        // port 80 is 1 hop away.
+        let verdict = behind_a_handshake(64, 64, 127, 1);
+        assert_eq!(
+            (verdict.reset_by, verdict.middlebox_role),
+            (ResetBy::Middlebox, Some(MiddleboxRole::Proxy))
+        );
+        assert_eq!(
+            verdict.signals[0],
+            Signal {
+                from: Role::Server,
+                weight: Weight::Strong,
+                kind: SignalKind::ProxyAnswered {
+                    hook: Hook::Ingress,
+                    proxy_ttl: 64,
+                    proxy_hops: 0,
+                    host_ttl: 127,
+                    host_hops: 1,
+                    connections: 1
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn a_handshake_and_reset_that_agree_with_the_host_are_the_hosts() {
+        let verdict = behind_a_handshake(127, 127, 127, 3);
+        assert_eq!(verdict.reset_by, ResetBy::Endpoint);
+        assert_eq!(kinds(&verdict), [&ttl_comparison(127, 127, THIS)]);
+        // Without other connections, as with any baseline.
+        assert_eq!(
+            behind_a_handshake(127, 127, 127, 0).reset_by,
+            ResetBy::Endpoint
+        );
+    }
+
+    #[test]
+    fn another_host_at_the_same_distance_is_unknown() {
+        // A load balancer's backend answered this port from initial TTL 128, the host's other
+        // ports come from initial TTL 64, both 1 hop away.
+        let verdict = behind_a_handshake(127, 127, 63, 2);
+        assert_eq!(verdict.reset_by, ResetBy::Unknown);
+        assert_eq!(kinds(&verdict), [&ttl_comparison(127, 63, others(2))]);
+    }
+
+    #[test]
+    fn a_rst_unlike_both_the_handshake_and_the_host_is_a_middlebox_on_the_path() {
+        let verdict = behind_a_handshake(127, 250, 127, 2);
+        assert_eq!(
+            (verdict.reset_by, verdict.middlebox_role),
+            (ResetBy::Middlebox, Some(MiddleboxRole::OnPath))
+        );
+        assert_eq!(kinds(&verdict), [&ttl_comparison(250, 127, others(2))]);
+    }
+
+    #[test]
+    fn a_middlebox_that_answered_no_handshake_is_on_the_path() {
+        let reset = reset_by_server(flow(40001, "10.0.2.1:443"), rst(64, SERVER_MAC));
+        let verdict = judge_first(&[reset, answered(40002, "10.0.2.1:80", 127, 5)]);
+        assert_eq!(verdict.middlebox_role, Some(MiddleboxRole::OnPath));
+    }
+
     #[test]
     fn signals_serialize_with_their_kind_and_numbers() {
         let signal = Signal {
@@ -919,7 +1208,8 @@ mod tests {
             serde_json::json!({
                 "from": "server", "weight": "strong", "signal": "ttl_comparison",
                 "hook": "ingress", "rst_ttl": 64, "rst_hops": 0, "usual_ttl": 127,
-                "usual_hops": 1, "baseline": {"of": "other_connections", "count": 2}
+                "usual_hops": 1, "baseline": {"of": "other_connections", "count": 2},
+                "relation": "other_distance"
             })
         );
         let mac = Signal {

@@ -6,7 +6,7 @@ use tracer_common::Hook;
 
 use crate::analysis::{
     flow::FlowRecord,
-    verdict::{BaselineOf, Role, Signal, SignalKind, Verdict, Weight},
+    verdict::{BaselineOf, Role, Signal, SignalKind, TtlRelation, Verdict},
 };
 
 /// Every signal of the verdict as a sentence, the deciding ones first.
@@ -114,17 +114,81 @@ pub fn sentence(flow: &FlowRecord, signal: &Signal) -> String {
             usual_ttl,
             usual_hops,
             baseline,
+            relation,
         } => {
             let say = Words::new(flow, *hook);
             let word = say.ttl;
+            let another_host = match relation {
+                TtlRelation::OtherInitialTtl => format!(
+                    ": the same distance from another initial {word}, another host (a load \
+                     balancer's backend?) or a transparent box"
+                ),
+                TtlRelation::Agrees | TtlRelation::OtherDistance => String::new(),
+            };
             format!(
                 "RST {} with {word} {rst_ttl} ({}); the {role}'s packets {} with {word} \
-                 {usual_ttl} ({}){}",
+                 {usual_ttl} ({}){}{another_host}",
                 say.rst_moved(),
                 hops_text(*rst_hops),
                 say.packets_move(),
                 hops_text(*usual_hops),
                 baseline_source(*baseline)
+            )
+        }
+        SignalKind::SynProxyHandshake {
+            hook,
+            handshake_ttl,
+            handshake_hops,
+            rst_ttl,
+            rst_hops,
+            connections,
+        } => {
+            let say = Words::new(flow, *hook);
+            let word = say.ttl;
+            format!(
+                "this connection's handshake was answered with {word} {handshake_ttl} ({}), \
+                 its RST with {word} {rst_ttl} ({}) like the {role}'s packets after a handshake \
+                 on {}: a SYN proxy answered the handshake, the {role} reset",
+                hops_text(*handshake_hops),
+                hops_text(*rst_hops),
+                plural(*connections as u64, "other connection", "other connections")
+            )
+        }
+        SignalKind::ProxyAnswered {
+            hook,
+            proxy_ttl,
+            proxy_hops,
+            host_ttl,
+            host_hops,
+            connections,
+        } => {
+            let say = Words::new(flow, *hook);
+            let word = say.ttl;
+            format!(
+                "this connection's handshake and its RST came with {word} {proxy_ttl} ({}), \
+                 the {role}'s packets after a handshake on {} with {word} {host_ttl} ({}): a \
+                 proxy answered this connection in the {role}'s name",
+                hops_text(*proxy_hops),
+                plural(*connections as u64, "other connection", "other connections"),
+                hops_text(*host_hops)
+            )
+        }
+        SignalKind::HandshakeOnlyDiffers {
+            hook,
+            rst_ttl,
+            rst_hops,
+            handshake_ttl,
+            handshake_hops,
+        } => {
+            let say = Words::new(flow, *hook);
+            let word = say.ttl;
+            format!(
+                "RST {} with {word} {rst_ttl} ({}), this connection's handshake answer with \
+                 {word} {handshake_ttl} ({}); a SYN proxy answers handshakes in the {role}'s \
+                 name, and no packet of the {role} after a handshake was seen to tell",
+                say.rst_moved(),
+                hops_text(*rst_hops),
+                hops_text(*handshake_hops)
             )
         }
         SignalKind::MacDifference {
@@ -222,13 +286,13 @@ fn signal_summary(flow: &FlowRecord, signal: &Signal) -> Option<String> {
             rst_hops,
             usual_ttl,
             usual_hops,
+            relation,
             ..
         } => {
             let word = Words::new(flow, *hook).ttl;
-            let relation = if signal.weight == Weight::Strong {
-                "vs"
-            } else {
-                "agrees with"
+            let relation = match relation {
+                TtlRelation::Agrees => "agrees with",
+                TtlRelation::OtherDistance | TtlRelation::OtherInitialTtl => "vs",
             };
             format!(
                 "RST {word} {rst_ttl} ({}) {relation} {role} {word} {usual_ttl} ({})",
@@ -239,6 +303,37 @@ fn signal_summary(flow: &FlowRecord, signal: &Signal) -> Option<String> {
         SignalKind::MacDifference {
             rst_mac, usual_mac, ..
         } => format!("RST MAC {rst_mac} vs {role} MAC {usual_mac}"),
+        SignalKind::SynProxyHandshake {
+            hook,
+            handshake_ttl,
+            rst_ttl,
+            ..
+        } => {
+            let word = Words::new(flow, *hook).ttl;
+            format!(
+                "a SYN proxy answered the handshake ({word} {handshake_ttl}), the {role} reset \
+                 ({word} {rst_ttl})"
+            )
+        }
+        SignalKind::ProxyAnswered {
+            hook,
+            proxy_ttl,
+            proxy_hops,
+            host_ttl,
+            host_hops,
+            ..
+        } => {
+            let word = Words::new(flow, *hook).ttl;
+            format!(
+                "a proxy answered and reset ({word} {proxy_ttl}, {}), the {role} is at {word} \
+                 {host_ttl} ({})",
+                hops_text(*proxy_hops),
+                hops_text(*host_hops)
+            )
+        }
+        SignalKind::HandshakeOnlyDiffers { .. } => {
+            format!("the RST differs only from the {role}'s handshake answer")
+        }
         SignalKind::NoBaseline { .. } => format!("no baseline for the {role}"),
         SignalKind::DataAfterRst { bytes_beyond, .. } => format!(
             "{role} kept sending {} past its RST",
@@ -258,7 +353,7 @@ fn signal_summary(flow: &FlowRecord, signal: &Signal) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{fixtures::*, mac::MacAddr};
+    use crate::analysis::{fixtures::*, mac::MacAddr, verdict::Weight};
 
     fn v4() -> FlowRecord {
         flow(40001, "10.0.2.1:443")
@@ -277,13 +372,21 @@ mod tests {
     }
 
     fn ttl(hook: Hook, rst_ttl: u8, usual_ttl: u8, baseline: BaselineOf) -> SignalKind {
+        let hops = crate::analysis::verdict::hops;
         SignalKind::TtlComparison {
             hook,
             rst_ttl,
-            rst_hops: crate::analysis::verdict::hops(rst_ttl),
+            rst_hops: hops(rst_ttl),
             usual_ttl,
-            usual_hops: crate::analysis::verdict::hops(usual_ttl),
+            usual_hops: hops(usual_ttl),
             baseline,
+            relation: if rst_ttl.abs_diff(usual_ttl) <= 2 {
+                TtlRelation::Agrees
+            } else if hops(rst_ttl) == hops(usual_ttl) {
+                TtlRelation::OtherInitialTtl
+            } else {
+                TtlRelation::OtherDistance
+            },
         }
     }
 
@@ -548,6 +651,102 @@ mod tests {
                  evicted it; see attach --max-resets)"
                     .to_owned(),
                 Some("no reset evidence kept".to_owned())
+            )
+        );
+    }
+
+    #[test]
+    fn another_initial_ttl_at_the_same_distance() {
+        let other = BaselineOf::OtherConnections { count: 2 };
+        let lb = server(Weight::Comparison, ttl(Hook::Ingress, 127, 63, other));
+        assert_eq!(
+            said(&v4(), &lb),
+            (
+                "RST arrived with TTL 127 (1 hop); the server's packets arrive with TTL 63 \
+                 (1 hop) on 2 other connections: the same distance from another initial TTL, \
+                 another host (a load balancer's backend?) or a transparent box"
+                    .to_owned(),
+                Some("RST TTL 127 (1 hop) vs server TTL 63 (1 hop)".to_owned())
+            )
+        );
+    }
+
+    #[test]
+    fn a_syn_proxy_answered_the_handshake() {
+        let proxy = server(
+            Weight::Comparison,
+            SignalKind::SynProxyHandshake {
+                hook: Hook::Ingress,
+                handshake_ttl: 64,
+                handshake_hops: 0,
+                rst_ttl: 127,
+                rst_hops: 1,
+                connections: 2,
+            },
+        );
+        assert_eq!(
+            said(&v4(), &proxy),
+            (
+                "this connection's handshake was answered with TTL 64 (0 hops), its RST with \
+                 TTL 127 (1 hop) like the server's packets after a handshake on 2 other \
+                 connections: a SYN proxy answered the handshake, the server reset"
+                    .to_owned(),
+                Some(
+                    "a SYN proxy answered the handshake (TTL 64), the server reset (TTL 127)"
+                        .to_owned()
+                )
+            )
+        );
+    }
+
+    #[test]
+    fn a_proxy_answered_the_connection() {
+        let proxy = server(
+            Weight::Strong,
+            SignalKind::ProxyAnswered {
+                hook: Hook::Ingress,
+                proxy_ttl: 64,
+                proxy_hops: 0,
+                host_ttl: 127,
+                host_hops: 1,
+                connections: 1,
+            },
+        );
+        assert_eq!(
+            said(&v4(), &proxy),
+            (
+                "this connection's handshake and its RST came with TTL 64 (0 hops), the \
+                 server's packets after a handshake on 1 other connection with TTL 127 (1 hop): \
+                 a proxy answered this connection in the server's name"
+                    .to_owned(),
+                Some(
+                    "a proxy answered and reset (TTL 64, 0 hops), the server is at TTL 127 (1 hop)"
+                        .to_owned()
+                )
+            )
+        );
+    }
+
+    #[test]
+    fn a_rst_that_differs_only_from_the_handshake() {
+        let only = server(
+            Weight::Comparison,
+            SignalKind::HandshakeOnlyDiffers {
+                hook: Hook::Ingress,
+                rst_ttl: 127,
+                rst_hops: 1,
+                handshake_ttl: 64,
+                handshake_hops: 0,
+            },
+        );
+        assert_eq!(
+            said(&v6(), &only),
+            (
+                "RST arrived with hop limit 127 (1 hop), this connection's handshake answer \
+                 with hop limit 64 (0 hops); a SYN proxy answers handshakes in the server's \
+                 name, and no packet of the server after a handshake was seen to tell"
+                    .to_owned(),
+                Some("the RST differs only from the server's handshake answer".to_owned())
             )
         );
     }

@@ -9,7 +9,7 @@ use tracer_common::{FlagCounts, GlobalCounters};
 use crate::{
     analysis::{
         report::FlowReport,
-        verdict::{ResetBy, Signal},
+        verdict::{MiddleboxRole, ResetBy, Signal},
     },
     output::evidence,
     source::Stats,
@@ -54,6 +54,7 @@ pub struct FlowRow<'a> {
     first_seen: String,
     last_seen: String,
     reset_by: Option<ResetBy>,
+    middlebox_role: Option<MiddleboxRole>,
     /// The verdict's signals as sentences ([`evidence`]), the deciding ones first.
     evidence: Vec<String>,
     /// The same signals as data.
@@ -81,6 +82,7 @@ impl<'a> FlowRow<'a> {
             first_seen: format_rfc3339_utc(flow.first_seen_ns.into()),
             last_seen: format_rfc3339_utc(flow.last_seen_ns.into()),
             reset_by: verdict.map(|verdict| verdict.reset_by),
+            middlebox_role: verdict.and_then(|verdict| verdict.middlebox_role),
             evidence: verdict.map_or_else(Vec::new, |verdict| evidence::sentences(flow, verdict)),
             signals: verdict.map_or(&[], |verdict| verdict.signals.as_slice()),
             gateway_mac: gateway.map(|gateway| gateway.mac.to_string()),

@@ -17,7 +17,10 @@ use crate::{
         neighbours::NeighbourIp,
         oui::Vendor,
         report::{Gateway, Origin},
-        verdict::{BaselineOf, ResetBy, Role, Signal, SignalKind, Verdict, Weight},
+        verdict::{
+            BaselineOf, MiddleboxRole, ResetBy, Role, Signal, SignalKind, TtlRelation, Verdict,
+            Weight,
+        },
     },
     source::Stats,
     sys::{clock::ClockSnapshot, maps::Counters, netns::Netns, pins::Attachment},
@@ -81,6 +84,7 @@ fn middlebox_signal() -> Signal {
             usual_ttl: 127,
             usual_hops: 1,
             baseline: BaselineOf::OtherConnections { count: 1 },
+            relation: TtlRelation::OtherDistance,
         },
     }
 }
@@ -88,6 +92,7 @@ fn middlebox_signal() -> Signal {
 fn middlebox() -> Verdict {
     Verdict {
         reset_by: ResetBy::Middlebox,
+        middlebox_role: Some(MiddleboxRole::OnPath),
         rst_from: Role::Server,
         signals: vec![middlebox_signal()],
     }
@@ -139,11 +144,13 @@ fn flow_json_has_the_documented_shape() {
             "first_seen": "2023-11-14T22:13:10.000000Z",
             "last_seen": "2023-11-14T22:13:10.001500Z",
             "reset_by": "middlebox",
+            "middlebox_role": "on_path",
             "evidence": ["RST arrived with TTL 64 (0 hops); the server's packets arrive with TTL 127 (1 hop) on 1 other connection"],
             "signals": [{
                 "from": "server", "weight": "strong", "signal": "ttl_comparison",
                 "hook": "ingress", "rst_ttl": 64, "rst_hops": 0, "usual_ttl": 127,
-                "usual_hops": 1, "baseline": {"of": "other_connections", "count": 1}
+                "usual_hops": 1, "baseline": {"of": "other_connections", "count": 1},
+                "relation": "other_distance"
             }],
             "gateway_mac": "00:01:d7:3c:5e:01",
             "gateway_vendor": "F5 Networks, Inc.",
@@ -232,11 +239,13 @@ fn resets_group_by_gateway_and_server() {
             usual_ttl: 64,
             usual_hops: 0,
             baseline: BaselineOf::ThisConnection,
+            relation: TtlRelation::Agrees,
         },
         ..middlebox_signal()
     };
     let endpoint = Verdict {
         reset_by: ResetBy::Endpoint,
+        middlebox_role: None,
         signals: vec![agreeing],
         ..middlebox()
     };
@@ -249,6 +258,7 @@ fn resets_group_by_gateway_and_server() {
     };
     let unknown = Verdict {
         reset_by: ResetBy::Unknown,
+        middlebox_role: None,
         signals: vec![no_baseline],
         ..middlebox()
     };
@@ -379,7 +389,7 @@ fn stats_json_csv_and_text() {
 }
 
 /// The CSV columns of `flows` and `resets`, as documented in the README: stable.
-const FLOW_COLUMNS: [&str; 26] = [
+const FLOW_COLUMNS: [&str; 27] = [
     "iface",
     "netns",
     "client",
@@ -400,6 +410,7 @@ const FLOW_COLUMNS: [&str; 26] = [
     "first_seen",
     "last_seen",
     "reset_by",
+    "middlebox_role",
     "evidence",
     "signals",
     "gateway_mac",
@@ -498,11 +509,12 @@ fn csv_quotes_commas_and_quotes_and_matches_the_json() {
         lines[1],
         concat!(
             "veth0,lab,10.0.0.1:40000,10.0.0.2:80,1,0,0,1,1,0,0,0,0,0,0,1,refused,",
-            "2023-11-14T22:13:10.000000Z,2023-11-14T22:13:10.001500Z,middlebox,",
+            "2023-11-14T22:13:10.000000Z,2023-11-14T22:13:10.001500Z,middlebox,on_path,",
             r#""[""RST arrived with TTL 64 (0 hops); the server's packets arrive with TTL 127 (1 hop) on 1 other connection"","#,
             r#"""the server sent 2 packets after its RST (sequence 7), none with data at or beyond the RST's sequence""]","#,
             r#""[{""from"":""server"",""weight"":""strong"",""signal"":""ttl_comparison"",""hook"":""ingress"","#,
-            r#"""rst_ttl"":64,""rst_hops"":0,""usual_ttl"":127,""usual_hops"":1,""baseline"":{""of"":""other_connections"",""count"":1}},"#,
+            r#"""rst_ttl"":64,""rst_hops"":0,""usual_ttl"":127,""usual_hops"":1,""baseline"":{""of"":""other_connections"",""count"":1},"#,
+            r#"""relation"":""other_distance""},"#,
             r#"{""from"":""server"",""weight"":""supporting"",""signal"":""packets_after_rst"",""rst_seq"":7,""packets_after"":2}]","#,
             r#"00:01:d7:3c:5e:01,"ACME ""Best"", Inc.",10.0.0.254,true"#
         )

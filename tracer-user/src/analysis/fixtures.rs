@@ -31,6 +31,7 @@ pub fn baseline(ttl: u8, mac: MacAddr, hook: Hook) -> Baseline {
         ttl,
         ip_id: 0,
         role: PacketRole::AfterHandshake,
+        seq_end: 0,
     }
 }
 

@@ -108,6 +108,9 @@ pub struct Baseline {
     /// IPv4 identification (0 for IPv6).
     pub ip_id: u16,
     pub role: PacketRole,
+    /// The highest sequence end (sequence number + payload + SYN + FIN) of the side's examined
+    /// packets: one past its initial sequence number while its baseline is its handshake.
+    pub seq_end: u32,
 }
 
 impl Baseline {
@@ -123,6 +126,7 @@ impl Baseline {
             mac: MacAddr::known(wire.mac),
             ttl: wire.ttl,
             ip_id: wire.ip_id,
+            seq_end: wire.max_seq_end,
         })
     }
 }

@@ -258,6 +258,7 @@ mod tests {
             ttl,
             ip_id,
             role: PacketRole::AfterHandshake,
+            seq_end: 0,
         }
     }
 

@@ -9,5 +9,6 @@ pub mod hosts;
 pub mod mac;
 pub mod neighbours;
 pub mod oui;
+pub mod phase;
 pub mod report;
 pub mod verdict;

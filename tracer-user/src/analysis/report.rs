@@ -11,6 +11,7 @@ use crate::{
     analysis::mac::MacAddr,
     analysis::neighbours::{NeighbourIp, Neighbours},
     analysis::oui::{Vendor, Vendors},
+    analysis::phase::{self, Phase},
     analysis::verdict::{self, Verdict},
     sys::pins::Attachment,
 };
@@ -66,6 +67,8 @@ pub struct FlowReport {
     pub flow: FlowRecord,
     /// `None` for a flow without a RST.
     pub verdict: Option<Verdict>,
+    /// When the deciding RST came; `None` without a RST, or when it cannot be told.
+    pub phase: Option<Phase>,
     pub gateway: Option<Gateway>,
 }
 
@@ -129,9 +132,13 @@ pub fn report<F: FnOnce() -> Option<Neighbours>>(
     hosts: &HostIndex,
     gateways: &mut Gateways<F>,
 ) -> anyhow::Result<FlowReport> {
+    let verdict = verdict::judge(&flow, hosts);
     Ok(FlowReport {
         origin: origin.clone(),
-        verdict: verdict::judge(&flow, hosts),
+        phase: verdict
+            .as_ref()
+            .and_then(|verdict| phase::phase(&flow, verdict.rst_from)),
+        verdict,
         gateway: gateways.of(&flow)?,
         flow,
     })
@@ -176,6 +183,7 @@ mod tests {
                 ttl: 64,
                 ip_id: 0,
                 role: PacketRole::Handshake,
+                seq_end: 0,
             }),
             rst: rst_mac.map(|mac| RstSeen {
                 mac: MacAddr::known(mac),

@@ -81,6 +81,7 @@ mod tests {
             origin: Origin::Live(attachment),
             flow: FlowRecord::decode(&key, &value, None, &ClockSnapshot::unix()).unwrap(),
             verdict: None,
+            phase: None,
             gateway: None,
         }
     }

@@ -8,6 +8,7 @@ use tracer_common::{FlagCounts, GlobalCounters};
 
 use crate::{
     analysis::{
+        phase::Phase,
         report::FlowReport,
         verdict::{MiddleboxRole, ResetBy, Signal},
     },
@@ -55,6 +56,7 @@ pub struct FlowRow<'a> {
     last_seen: String,
     reset_by: Option<ResetBy>,
     middlebox_role: Option<MiddleboxRole>,
+    reset_phase: Option<Phase>,
     /// The verdict's signals as sentences ([`evidence`]), the deciding ones first.
     evidence: Vec<String>,
     /// The same signals as data.
@@ -83,6 +85,7 @@ impl<'a> FlowRow<'a> {
             last_seen: format_rfc3339_utc(flow.last_seen_ns.into()),
             reset_by: verdict.map(|verdict| verdict.reset_by),
             middlebox_role: verdict.and_then(|verdict| verdict.middlebox_role),
+            reset_phase: report.phase,
             evidence: verdict.map_or_else(Vec::new, |verdict| evidence::sentences(flow, verdict)),
             signals: verdict.map_or(&[], |verdict| verdict.signals.as_slice()),
             gateway_mac: gateway.map(|gateway| gateway.mac.to_string()),

@@ -16,6 +16,7 @@ use crate::{
         flow::{FlowRecord, RstSeen},
         neighbours::NeighbourIp,
         oui::Vendor,
+        phase::Phase,
         report::{Gateway, Origin},
         verdict::{
             BaselineOf, MiddleboxRole, ResetBy, Role, Signal, SignalKind, TtlRelation, Verdict,
@@ -104,6 +105,7 @@ fn refused_report(iface: &str) -> FlowReport {
         origin: lab(iface),
         flow: refused_flow(),
         verdict: Some(middlebox()),
+        phase: Some(Phase::Syn),
         gateway: Some(f5_gateway(Some("10.0.0.254"))),
     }
 }
@@ -145,6 +147,7 @@ fn flow_json_has_the_documented_shape() {
             "last_seen": "2023-11-14T22:13:10.001500Z",
             "reset_by": "middlebox",
             "middlebox_role": "on_path",
+            "reset_phase": "syn",
             "evidence": ["RST arrived with TTL 64 (0 hops); the server's packets arrive with TTL 127 (1 hop) on 1 other connection"],
             "signals": [{
                 "from": "server", "weight": "strong", "signal": "ttl_comparison",
@@ -170,6 +173,7 @@ fn flow_json_without_reset_or_gateway() {
         }),
         flow: refused_flow(),
         verdict: None,
+        phase: None,
         gateway: None,
     };
     let value: serde_json::Value = serde_json::from_str(&flow_json(&host)).unwrap();
@@ -227,6 +231,7 @@ fn resets_group_by_gateway_and_server() {
             origin: lab("veth0"),
             flow,
             verdict: Some(verdict),
+            phase: Some(Phase::Syn),
             gateway,
         }
     };
@@ -389,7 +394,7 @@ fn stats_json_csv_and_text() {
 }
 
 /// The CSV columns of `flows` and `resets`, as documented in the README: stable.
-const FLOW_COLUMNS: [&str; 27] = [
+const FLOW_COLUMNS: [&str; 28] = [
     "iface",
     "netns",
     "client",
@@ -411,6 +416,7 @@ const FLOW_COLUMNS: [&str; 27] = [
     "last_seen",
     "reset_by",
     "middlebox_role",
+    "reset_phase",
     "evidence",
     "signals",
     "gateway_mac",
@@ -509,7 +515,7 @@ fn csv_quotes_commas_and_quotes_and_matches_the_json() {
         lines[1],
         concat!(
             "veth0,lab,10.0.0.1:40000,10.0.0.2:80,1,0,0,1,1,0,0,0,0,0,0,1,refused,",
-            "2023-11-14T22:13:10.000000Z,2023-11-14T22:13:10.001500Z,middlebox,on_path,",
+            "2023-11-14T22:13:10.000000Z,2023-11-14T22:13:10.001500Z,middlebox,on_path,syn,",
             r#""[""RST arrived with TTL 64 (0 hops); the server's packets arrive with TTL 127 (1 hop) on 1 other connection"","#,
             r#"""the server sent 2 packets after its RST (sequence 7), none with data at or beyond the RST's sequence""]","#,
             r#""[{""from"":""server"",""weight"":""strong"",""signal"":""ttl_comparison"",""hook"":""ingress"","#,

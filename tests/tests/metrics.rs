@@ -431,13 +431,21 @@ fn prometheus_scrapes_what_flagtrace_counted() {
 
     // The refusal is the one reset, judged as `flagtrace resets` judges it; every verdict has
     // a series, and the per-gateway series add up to the same.
-    let reset_by = flows
+    let refused = flows
         .iter()
-        .find_map(|flow| flow["reset_by"].as_str())
+        .find(|flow| flow["reset_by"].is_string())
         .expect("the refused flow has a verdict");
-    for verdict in ["endpoint", "middlebox", "unknown"] {
-        let expected = u64::from(verdict == reset_by);
-        let at = [("verdict", verdict)];
+    let reset_by = refused["reset_by"].as_str().unwrap();
+    let role = refused["middlebox_role"].as_str().unwrap_or("none");
+    let verdict_roles = [
+        ("endpoint", "none"),
+        ("middlebox", "proxy"),
+        ("middlebox", "on_path"),
+        ("unknown", "none"),
+    ];
+    for (verdict, verdict_role) in verdict_roles {
+        let expected = u64::from(verdict == reset_by && verdict_role == role);
+        let at = [("verdict", verdict), ("role", verdict_role)];
         assert_eq!(
             value(text, "flagtrace_reset_flows", &at),
             expected,
@@ -491,7 +499,10 @@ fn prometheus_scrapes_what_flagtrace_counted() {
             stats["egress"]["flows_created"].as_u64().unwrap(),
         ),
         (
-            selector("flagtrace_reset_flows", &[("verdict", reset_by)]),
+            selector(
+                "flagtrace_reset_flows",
+                &[("verdict", reset_by), ("role", role)],
+            ),
             1,
         ),
         (

@@ -80,6 +80,15 @@ pub enum MiddleboxRole {
     OnPath,
 }
 
+impl MiddleboxRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MiddleboxRole::Proxy => "proxy",
+            MiddleboxRole::OnPath => "on_path",
+        }
+    }
+}
+
 /// A side of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

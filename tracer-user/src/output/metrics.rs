@@ -13,7 +13,10 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use tracer_common::GlobalCounters;
 
 use crate::{
-    analysis::mac::MacAddr, analysis::oui::Vendor, analysis::verdict::ResetBy, sys::maps::Counters,
+    analysis::mac::MacAddr,
+    analysis::oui::Vendor,
+    analysis::verdict::{MiddleboxRole, ResetBy},
+    sys::maps::Counters,
     sys::pins::Attachment,
 };
 
@@ -25,6 +28,15 @@ const OTHER_GATEWAYS: &str = "other";
 const NO_GATEWAY: &str = "none";
 /// Every verdict, so that each has a series from the first scrape on (0 until it happens).
 const VERDICTS: [ResetBy; 3] = [ResetBy::Endpoint, ResetBy::Middlebox, ResetBy::Unknown];
+/// The `role` of the resets that no middlebox sent.
+const NO_ROLE: &str = "none";
+/// Every verdict with each role it can have: the series of `flagtrace_reset_flows`.
+const VERDICT_ROLES: [(ResetBy, Option<MiddleboxRole>); 4] = [
+    (ResetBy::Endpoint, None),
+    (ResetBy::Middlebox, Some(MiddleboxRole::Proxy)),
+    (ResetBy::Middlebox, Some(MiddleboxRole::OnPath)),
+    (ResetBy::Unknown, None),
+];
 
 /// What one scrape reads.
 #[derive(Clone, Debug, Default)]
@@ -41,6 +53,8 @@ pub struct Snapshot {
 #[derive(Clone, Debug)]
 pub struct ResetFlow {
     pub reset_by: ResetBy,
+    /// For a middlebox's RST, what the box had to do with the connection.
+    pub role: Option<MiddleboxRole>,
     pub gateway: Option<(MacAddr, Vendor)>,
 }
 
@@ -126,8 +140,8 @@ impl Metrics {
             reset_flows: families.gauges(
                 "flagtrace_reset_flows",
                 "Flows in the flow table that carried a RST, by who sent it, as `flagtrace \
-                 resets` judges.",
-                &["verdict"],
+                 resets` judges; a middlebox's by its role (proxy or on_path), the others' none.",
+                &["verdict", "role"],
             )?,
             reset_flows_by_gateway: families.gauges(
                 "flagtrace_reset_flows_by_gateway",
@@ -176,13 +190,17 @@ impl Metrics {
         );
         set_gauges(
             &self.reset_flows,
-            VERDICTS.map(|verdict| {
+            VERDICT_ROLES.map(|(verdict, role)| {
                 let count = snapshot
                     .resets
                     .iter()
-                    .filter(|reset| reset.reset_by == verdict)
+                    .filter(|reset| reset.reset_by == verdict && reset.role == role)
                     .count();
-                (vec![verdict.as_str().to_owned()], count as u64)
+                let role = role.map_or(NO_ROLE, MiddleboxRole::as_str);
+                (
+                    vec![verdict.as_str().to_owned(), role.to_owned()],
+                    count as u64,
+                )
             }),
         );
         set_gauges(
@@ -338,7 +356,15 @@ mod tests {
         reset_by: ResetBy,
         count: usize,
     ) -> Vec<ResetFlow> {
-        vec![ResetFlow { reset_by, gateway }; count]
+        let role = (reset_by == ResetBy::Middlebox).then_some(MiddleboxRole::OnPath);
+        vec![
+            ResetFlow {
+                reset_by,
+                role,
+                gateway
+            };
+            count
+        ]
     }
 
     /// What a fresh endpoint serves for `snapshot`.
@@ -443,7 +469,7 @@ mod tests {
                 "262144",
             ),
             (
-                r#"flagtrace_reset_flows{iface="veth0",netns="lab",verdict="middlebox"}"#,
+                r#"flagtrace_reset_flows{iface="veth0",netns="lab",role="on_path",verdict="middlebox"}"#,
                 "0",
             ),
         ];
@@ -543,9 +569,15 @@ mod tests {
             .into_iter()
             .any(|line| line.contains("gateway_mac=\"other\""));
         assert!(!pooled, "{text}");
-        for (verdict, count) in [("endpoint", "3"), ("middlebox", "3"), ("unknown", "1")] {
+        let by_role = [
+            ("endpoint", "none", "3"),
+            ("middlebox", "on_path", "3"),
+            ("middlebox", "proxy", "0"),
+            ("unknown", "none", "1"),
+        ];
+        for (verdict, role, count) in by_role {
             let series = format!(
-                "flagtrace_reset_flows{{iface=\"veth0\",netns=\"lab\",verdict=\"{verdict}\"}}"
+                "flagtrace_reset_flows{{iface=\"veth0\",netns=\"lab\",role=\"{role}\",verdict=\"{verdict}\"}}"
             );
             assert_eq!(value_of(&text, &series), Some(count), "{series}");
         }

@@ -142,8 +142,10 @@ impl Source {
             resets: reports
                 .into_iter()
                 .filter_map(|report| {
+                    let verdict = report.verdict?;
                     Some(ResetFlow {
-                        reset_by: report.verdict?.reset_by,
+                        reset_by: verdict.reset_by,
+                        role: verdict.middlebox_role,
                         gateway: report.gateway.map(|gateway| (gateway.mac, gateway.vendor)),
                     })
                 })

@@ -414,6 +414,19 @@ fn judge_sender(flow: &FlowRecord, role: Role, rst: &RstSeen, hosts: &HostIndex)
             let (weight, kind, agreeing) = against_handshake(rst, reference, later);
             agrees = agreeing;
             add(weight, kind);
+            if let Some(kind) = mac_difference(rst, reference.mac, reference.of) {
+                // Like the TTL: the host's own packets after a handshake decide; the SYN/ACK
+                // alone may be a SYN proxy's.
+                match later.and_then(|later| Some((later.mac?, later.flows))) {
+                    Some((usual_mac, count)) => {
+                        let host = BaselineOf::OtherConnections { count };
+                        if let Some(kind) = mac_difference(rst, Some(usual_mac), host) {
+                            add(Weight::Strong, kind);
+                        }
+                    }
+                    None => add(Weight::Supporting, kind),
+                }
+            }
         }
         Some(reference) => {
             let relation = TtlRelation::of(rst.ttl, reference.ttl);
@@ -430,7 +443,7 @@ fn judge_sender(flow: &FlowRecord, role: Role, rst: &RstSeen, hosts: &HostIndex)
                     relation,
                 },
             );
-            if let Some(kind) = mac_difference(rst, reference) {
+            if let Some(kind) = mac_difference(rst, reference.mac, reference.of) {
                 add(Weight::Strong, kind);
             }
             if sender.is_ipv4() {
@@ -583,13 +596,18 @@ fn against_handshake(
     }
 }
 
-fn mac_difference(rst: &RstSeen, reference: &Reference) -> Option<SignalKind> {
-    let (rst_mac, usual_mac) = (rst.mac?, reference.mac?);
+/// The RST's MAC against `usual`, when both are known and differ.
+fn mac_difference(
+    rst: &RstSeen,
+    usual: Option<MacAddr>,
+    baseline: BaselineOf,
+) -> Option<SignalKind> {
+    let (rst_mac, usual_mac) = (rst.mac?, usual?);
     (rst_mac != usual_mac).then_some(SignalKind::MacDifference {
         hook: rst.hook,
         rst_mac,
         usual_mac,
-        baseline: reference.of,
+        baseline,
     })
 }
 
@@ -1203,6 +1221,49 @@ mod tests {
         let reset = reset_by_server(flow(40001, "10.0.2.1:443"), rst(64, SERVER_MAC));
         let verdict = judge_first(&[reset, answered(40002, "10.0.2.1:80", 127, 5)]);
         assert_eq!(verdict.middlebox_role, Some(MiddleboxRole::OnPath));
+    }
+
+    #[test]
+    fn a_mac_unlike_only_the_handshakes_needs_the_hosts_later_packets() {
+        // On a flat segment: the SYN/ACK came from OTHER_MAC (a SYN proxy's, or the server's),
+        // the RST from SERVER_MAC.
+        let with_later = |later: Option<MacAddr>| {
+            let mut reset = reset_by_server(flow(40001, "10.0.2.1:443"), rst(64, SERVER_MAC));
+            reset.server_evidence.baseline = Some(handshake(64, OTHER_MAC, Hook::Ingress));
+            let mut flows = vec![reset];
+            if let Some(mac) = later {
+                let mut closed = answered(40002, "10.0.2.1:80", 64, 5);
+                closed.server_evidence.baseline.as_mut().unwrap().mac = Some(mac);
+                flows.push(closed);
+            }
+            judge_first(&flows)
+        };
+        let macs = |verdict: &Verdict| -> Vec<Weight> {
+            verdict
+                .signals
+                .iter()
+                .filter(|s| matches!(s.kind, SignalKind::MacDifference { .. }))
+                .map(|s| s.weight)
+                .collect()
+        };
+        // Nothing else to go by: reported, never decisive.
+        let alone = with_later(None);
+        assert_eq!(
+            (alone.reset_by, macs(&alone)),
+            (ResetBy::Endpoint, vec![Weight::Supporting])
+        );
+        // The host's later packets come from the RST's MAC: a SYN proxy answered.
+        let proxied = with_later(Some(SERVER_MAC));
+        assert_eq!(
+            (proxied.reset_by, macs(&proxied)),
+            (ResetBy::Endpoint, vec![])
+        );
+        // From neither: another box sent the RST.
+        let forged = with_later(Some(MacAddr([0x02, 0, 0, 0, 0, 0x77])));
+        assert_eq!(
+            (forged.reset_by, macs(&forged)),
+            (ResetBy::Middlebox, vec![Weight::Strong])
+        );
     }
 
     #[test]

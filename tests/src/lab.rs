@@ -143,6 +143,13 @@ impl Netns {
             .unwrap_or_else(|e| panic!("{} = {value} in {}: {e}", path.display(), self.name));
     }
 
+    /// Reads a sysctl of this namespace's network stack, e.g. `net/ipv4/tcp_rmem`.
+    pub fn sysctl_value(&self, key: &str) -> String {
+        let path = Path::new("/proc/sys").join(key);
+        self.enter(|| std::fs::read_to_string(&path))
+            .unwrap_or_else(|e| panic!("reading {} in {}: {e}", path.display(), self.name))
+    }
+
     /// Runs nftables COMMANDS (`;`-separated) in this namespace.
     pub fn nft(&self, commands: &str) {
         run_ok(self.command("nft").arg(commands));
@@ -459,6 +466,30 @@ pub fn expect_server_reset(
         "{server_addr}"
     );
     local
+}
+
+/// Aborts a connection: closing with a zero linger time sends a RST instead of a FIN, as a
+/// server or proxy that gives up on a connection does.
+pub fn abort(stream: TcpStream) -> std::io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a linger struct of the size given, alive for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    drop(stream);
+    Ok(())
 }
 
 /// What a [`Daemon`] printed so far, by stream.

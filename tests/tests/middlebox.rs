@@ -1,0 +1,360 @@
+//! Who reset the connection when a middlebox speaks TCP itself? Two real middleboxes on the
+//! gateway of a routed lab (client --- gateway --- server; the gateway's client-side MAC has an
+//! F5 OUI; the server starts its TTL at 128, so its packets reach the client with TTL 127 and
+//! the gateway's with 64), with `flagtrace attach` on the client's interface and the verdicts
+//! of `flows --json` and `resets --json` checked, in IPv4 and IPv6:
+//! - a full proxy: the gateway redirects port 443 (nftables `redirect`) to a listener of its
+//!   own, which reads the client's ClientHello, waits and aborts. The handshake and the RST are
+//!   both the gateway's (TTL 64), so the flow agrees with itself; only the same server's port
+//!   80 (TTL 127) shows that the "server" on 443 is not the server. Expected: `middlebox`.
+//! - a SYN proxy (nftables `synproxy`): the gateway answers each handshake (TTL 64), then the
+//!   server's own packets follow (TTL 127), among them its refusal of a closed port and its
+//!   abort after a request. Those RSTs are the server's: never `middlebox` (`endpoint`, or
+//!   `unknown` where the evidence cannot tell), and a normal close has no RST at all, over
+//!   repeated rounds.
+//!
+//! Both describe what flagtrace must say about these devices; each prints the JSON of its
+//! reset flows (stderr) so that a failure shows the evidence.
+
+use std::{
+    io::{self, ErrorKind, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::Duration,
+};
+
+use flagtrace_tests::{
+    lab::{
+        abort, echo_between, expect_server_reset, flows_json, resets_json, Endpoint, Family,
+        Loader, RoutedLab, RoutedLabSpec, TIMEOUT,
+    },
+    seed_story::{GATEWAY_MAC, HELD_PORT, OPEN_PORT, SERVER_INITIAL_TTL},
+    tracer::PinDir,
+};
+use serde_json::Value;
+
+const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
+/// What the clients send where the server speaks HTTP.
+const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
+/// Normal connections to the server's port 80 in each family: the server's own packets, which
+/// every verdict about that server can compare with.
+const BASELINE_CONNECTIONS: usize = 3;
+
+/// The port the full proxy takes over.
+const PROXIED_PORT: u16 = HELD_PORT;
+/// The gateway's own port that the redirect leads to.
+const PROXY_LISTENER_PORT: u16 = 4443;
+/// How long the full proxy holds a connection before it aborts (the real device: 3 s).
+const PROXY_DELAY: Duration = Duration::from_secs(1);
+/// Proxied connections in each family.
+const PROXIED_CONNECTIONS: usize = 2;
+const FULL_PROXY_TABLE: &str = "inet full_proxy";
+
+const SYN_PROXY_TABLE: &str = "inet syn_proxy";
+/// A port the server does not listen on: it refuses, after the SYN proxy's handshake.
+const CLOSED: u16 = 9;
+/// The server accepts, reads the request and aborts.
+const ABORT: u16 = 8082;
+/// The server echoes and closes normally.
+const ECHO: u16 = 8080;
+/// Rounds of the SYN-proxy traffic: a false alarm must not come and go.
+const ROUNDS: usize = 3;
+
+/// The lab both middleboxes live in: the seed story's gateway MAC and server TTL.
+fn routed_lab() -> RoutedLab {
+    RoutedLab::create(RoutedLabSpec {
+        name_prefix: "ft",
+        gateway_mac: GATEWAY_MAC,
+        server_initial_ttl: SERVER_INITIAL_TTL,
+    })
+}
+
+/// `count` echo exchanges with the server's `port`, one after the other, each closed normally.
+/// Returns their (client, server) addresses.
+fn echo_exchanges(
+    lab: &RoutedLab,
+    family: Family,
+    port: u16,
+    count: usize,
+) -> Vec<(SocketAddr, SocketAddr)> {
+    (0..count)
+        .map(|_| echo_between(&lab.client, &lab.server, family, port, REQUEST))
+        .collect()
+}
+
+/// The one flow from `client` to `server` among `flows`.
+fn flow(flows: &[Value], (client, server): (SocketAddr, SocketAddr)) -> &Value {
+    let matching: Vec<&Value> = flows
+        .iter()
+        .filter(|flow| flow["client"] == client.to_string() && flow["server"] == server.to_string())
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "flows from {client} to {server}: {flows:#?}"
+    );
+    matching[0]
+}
+
+/// A connection that closed normally carried no RST and has no verdict.
+fn assert_closed_normally(flow: &Value) {
+    assert_eq!(flow["rst"], 0, "a normal close carries no RST: {flow:#}");
+    assert_eq!(flow["reset_by"], Value::Null, "{flow:#}");
+}
+
+/// A minimal TLS 1.2 ClientHello record (one cipher suite, no extensions): what the full proxy
+/// waits for before it acts, as an inspecting proxy does.
+fn client_hello() -> Vec<u8> {
+    let mut hello = vec![0x03, 0x03]; // client_version: TLS 1.2
+    hello.extend([0x5a; 32]); // random
+    hello.push(0); // session_id: none
+    hello.extend([0x00, 0x02, 0xc0, 0x2f]); // TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    hello.extend([0x01, 0x00]); // compression_methods: null
+    let mut handshake = vec![0x01]; // ClientHello
+    handshake.extend(&u32::try_from(hello.len()).expect("short").to_be_bytes()[1..]);
+    handshake.extend(hello);
+    // A handshake record; clients say TLS 1.0 on the record layer.
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend(u16::try_from(handshake.len()).expect("short").to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+/// Reads one TLS record from the client, which must be a ClientHello.
+fn read_client_hello(stream: &mut TcpStream) -> io::Result<()> {
+    let mut header = [0u8; 5];
+    stream.read_exact(&mut header)?;
+    let mut body = vec![0u8; u16::from_be_bytes([header[3], header[4]]).into()];
+    stream.read_exact(&mut body)?;
+    if header[0] != 0x16 || body.first() != Some(&0x01) {
+        return Err(io::Error::new(
+            ErrorKind::InvalidData,
+            format!("not a ClientHello: {header:02x?} {body:02x?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The full proxy's side of one connection: accepts on the gateway's `listener`, reads the
+/// ClientHello, waits [`PROXY_DELAY`] and aborts (a RST from the gateway's own stack).
+fn spawn_full_proxy(listener: &TcpListener) -> thread::JoinHandle<io::Result<()>> {
+    let listener = listener
+        .try_clone()
+        .expect("cloning the full proxy's listener");
+    thread::spawn(move || {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        read_client_hello(&mut stream)?;
+        thread::sleep(PROXY_DELAY);
+        abort(stream)
+    })
+}
+
+#[test]
+fn a_full_proxy_at_the_gateway_is_a_middlebox() {
+    let lab = routed_lab();
+    let client_side = lab.gateway.client_side.iface;
+    lab.gateway.netns.nft(&format!(
+        "add table {FULL_PROXY_TABLE}; \
+         add chain {FULL_PROXY_TABLE} prerouting \
+         {{ type nat hook prerouting priority dstnat; policy accept; }}; \
+         add rule {FULL_PROXY_TABLE} prerouting \
+         iifname {client_side} tcp dport {PROXIED_PORT} redirect to :{PROXY_LISTENER_PORT}"
+    ));
+    let pins = PinDir::create().expect("pin root");
+    let _loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
+    let hello = client_hello();
+
+    let mut answered = Vec::new();
+    let mut proxied = Vec::new();
+    for family in FAMILIES {
+        answered.extend(echo_exchanges(
+            &lab,
+            family,
+            OPEN_PORT,
+            BASELINE_CONNECTIONS,
+        ));
+        // The redirect hands the connection to the address of the interface it came in on.
+        let listen_at = SocketAddr::new(lab.gateway.client_side.ip(family), PROXY_LISTENER_PORT);
+        let listener = lab
+            .gateway
+            .netns
+            .enter(|| TcpListener::bind(listen_at))
+            .unwrap_or_else(|e| panic!("binding the full proxy at {listen_at}: {e}"));
+        let server = lab.server.addr(family, PROXIED_PORT);
+        for _ in 0..PROXIED_CONNECTIONS {
+            let proxy = spawn_full_proxy(&listener);
+            let client = expect_server_reset(&lab.client, server, proxy, |stream| {
+                stream.write_all(&hello)
+            });
+            proxied.push((client, server));
+        }
+    }
+
+    let flows = flows_json(pins.path());
+    for addresses in &answered {
+        assert_closed_normally(flow(&flows, *addresses));
+    }
+    let resets = resets_json(pins.path());
+    let proxied: Vec<&Value> = proxied
+        .iter()
+        .map(|addresses| flow(&resets, *addresses))
+        .collect();
+    for flow in &proxied {
+        eprintln!("proxied flow: {flow:#}");
+    }
+    for flow in proxied {
+        assert_eq!(
+            flow["reset_by"], "middlebox",
+            "the full proxy's RST, 0 hops away like its handshake, while the server's port \
+             {OPEN_PORT} is 1 hop away: {flow:#}"
+        );
+    }
+}
+
+/// The SYN proxy for everything the client sends, after the nftables wiki's Synproxy page and
+/// nft(8), on the forward hook because the gateway routes the connections. The SYNs go
+/// untracked, so they and the handshake's last ACK (invalid while `nf_conntrack_tcp_loose` is
+/// 0) reach `synproxy`, which answers the SYN with a cookie and, once the ACK proves it, opens
+/// the connection to the server itself. It answers for the server and translates neither the
+/// MSS nor the window scale, so both must be the server's: 1460 and 1440 on a 1500-byte link,
+/// and `window_scale`.
+fn syn_proxy_ruleset(client_side: &str, window_scale: u32) -> String {
+    let table = SYN_PROXY_TABLE;
+    let proxy = format!("synproxy wscale {window_scale} timestamp sack-perm");
+    format!(
+        "add table {table}; \
+         add chain {table} prerouting \
+         {{ type filter hook prerouting priority raw; policy accept; }}; \
+         add rule {table} prerouting \
+         iifname {client_side} tcp flags & (fin|syn|rst|ack) == syn notrack; \
+         add chain {table} forward \
+         {{ type filter hook forward priority filter; policy accept; }}; \
+         add rule {table} forward iifname {client_side} meta nfproto ipv4 \
+         ct state invalid,untracked {proxy} mss 1460; \
+         add rule {table} forward iifname {client_side} meta nfproto ipv6 \
+         ct state invalid,untracked {proxy} mss 1440; \
+         add rule {table} forward ct state invalid drop"
+    )
+}
+
+/// The window scale `endpoint`'s stack offers in its SYN/ACK, as the kernel's
+/// tcp_select_initial_window computes it from its largest receive buffer (the larger of
+/// tcp_rmem's maximum and rmem_max): the shift that brings it down to 64 KiB, at most 14.
+/// Linux's defaults (6 MiB) give 7; a machine with larger buffers offers more (32 MiB: 10).
+fn window_scale(endpoint: &Endpoint) -> u32 {
+    let largest = |key: &str| -> u64 {
+        let value = endpoint.netns.sysctl_value(key);
+        value
+            .split_whitespace()
+            .last()
+            .and_then(|largest| largest.parse().ok())
+            .unwrap_or_else(|| panic!("{key} = {value:?}"))
+    };
+    let buffer = largest("net/ipv4/tcp_rmem").max(largest("net/core/rmem_max"));
+    buffer.ilog2().saturating_sub(15).min(14)
+}
+
+/// Connects to `server`, whose handshake the SYN proxy completes; the server's refusal follows,
+/// passed on by the proxy, and resets the connection: before the connect returns (it reads the
+/// socket's error last) or on the first read. Never "refused": the client's handshake succeeded.
+/// The client's port is not known when the connect fails, so the flow is found by its server.
+fn reset_after_the_handshake(client: &Endpoint, server: SocketAddr) {
+    let error = client
+        .connect(server, |mut stream: TcpStream| {
+            stream.read_to_end(&mut Vec::new())
+        })
+        .and_then(|read| read)
+        .expect_err("the server's refusal resets the connection");
+    assert_eq!(
+        error.kind(),
+        ErrorKind::ConnectionReset,
+        "{server}: {error}"
+    );
+}
+
+/// The server accepts, reads the client's request and aborts (SO_LINGER 0): its own RST after
+/// a request. Returns the client's address.
+fn aborted_after_the_request(lab: &RoutedLab, family: Family) -> SocketAddr {
+    let server = lab.server.addr(family, ABORT);
+    let listener = lab.server.listen(family, ABORT);
+    let aborter = thread::spawn(move || -> io::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.read_exact(&mut vec![0u8; REQUEST.len()])?;
+        abort(stream)
+    });
+    expect_server_reset(&lab.client, server, aborter, |stream| {
+        stream.write_all(REQUEST)
+    })
+}
+
+#[test]
+fn a_syn_proxy_raises_no_false_alarm() {
+    let lab = routed_lab();
+    lab.gateway.netns.nft(&syn_proxy_ruleset(
+        lab.gateway.client_side.iface,
+        window_scale(&lab.server),
+    ));
+    lab.gateway
+        .netns
+        .sysctl("net/netfilter/nf_conntrack_tcp_loose", "0");
+    let pins = PinDir::create().expect("pin root");
+    let _loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
+
+    let mut closed_normally = Vec::new();
+    let mut aborted = Vec::new();
+    for round in 0..ROUNDS {
+        for family in FAMILIES {
+            closed_normally.extend(echo_exchanges(
+                &lab,
+                family,
+                OPEN_PORT,
+                BASELINE_CONNECTIONS,
+            ));
+            reset_after_the_handshake(&lab.client, lab.server.addr(family, CLOSED));
+            let server = lab.server.addr(family, ABORT);
+            aborted.push((aborted_after_the_request(&lab, family), server));
+            closed_normally.extend(echo_exchanges(&lab, family, ECHO, 1));
+        }
+
+        // Every round judges the flows of all rounds so far: a verdict must not change as the
+        // evidence about the server grows.
+        let flows = flows_json(pins.path());
+        let mut reset: Vec<&Value> = aborted
+            .iter()
+            .map(|addresses| flow(&flows, *addresses))
+            .collect();
+        for family in FAMILIES {
+            let closed = lab.server.addr(family, CLOSED).to_string();
+            let refused: Vec<&Value> = flows
+                .iter()
+                .filter(|flow| flow["server"] == closed)
+                .collect();
+            assert_eq!(refused.len(), round + 1, "flows to {closed}: {flows:#?}");
+            reset.extend(refused);
+        }
+        for flow in &reset {
+            eprintln!("round {round}: a RST of the server: {flow:#}");
+        }
+        for flow in &flows {
+            assert_ne!(
+                flow["reset_by"], "middlebox",
+                "round {round}: a false alarm behind the SYN proxy: {flow:#}"
+            );
+        }
+        for flow in reset {
+            assert!(
+                flow["rst"].as_u64().is_some_and(|rst| rst > 0),
+                "round {round}: the server's RST was not counted: {flow:#}"
+            );
+            assert!(
+                flow["reset_by"] == "endpoint" || flow["reset_by"] == "unknown",
+                "round {round}: the server's own RST is the endpoint's, or unknown: {flow:#}"
+            );
+        }
+        for addresses in &closed_normally {
+            assert_closed_normally(flow(&flows, *addresses));
+        }
+    }
+}

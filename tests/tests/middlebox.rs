@@ -209,6 +209,14 @@ fn a_full_proxy_at_the_gateway_is_a_middlebox() {
             "the full proxy's RST, 0 hops away like its handshake, while the server's port \
              {OPEN_PORT} is 1 hop away: {flow:#}"
         );
+        assert_eq!(
+            flow["middlebox_role"], "proxy",
+            "the box that reset had answered the handshake: {flow:#}"
+        );
+        assert_eq!(
+            flow["reset_phase"], "request",
+            "reset after the client's ClientHello, before any answer: {flow:#}"
+        );
     }
 }
 
@@ -352,6 +360,13 @@ fn a_syn_proxy_raises_no_false_alarm() {
                 flow["reset_by"] == "endpoint" || flow["reset_by"] == "unknown",
                 "round {round}: the server's own RST is the endpoint's, or unknown: {flow:#}"
             );
+            // The closed port resets right after the proxied handshake; the abort after the
+            // request.
+            let refused = flow["server"]
+                .as_str()
+                .is_some_and(|server| server.ends_with(&format!(":{CLOSED}")));
+            let phase = if refused { "handshake" } else { "request" };
+            assert_eq!(flow["reset_phase"], phase, "round {round}: {flow:#}");
         }
         for addresses in &closed_normally {
             assert_closed_normally(flow(&flows, *addresses));

@@ -18,7 +18,7 @@
 
 use std::{
     io::{self, ErrorKind, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     thread,
     time::Duration,
 };
@@ -28,7 +28,10 @@ use flagtrace_tests::{
         abort, echo_between, expect_server_reset, flows_json, resets_json, Endpoint, Family,
         Loader, RoutedLab, RoutedLabSpec, TIMEOUT,
     },
-    seed_story::{GATEWAY_MAC, HELD_PORT, OPEN_PORT, SERVER_INITIAL_TTL},
+    seed_story::{
+        client_hello, redirect_to_proxy, spawn_full_proxy, GATEWAY_MAC, HELD_PORT, OPEN_PORT,
+        SERVER_INITIAL_TTL, SERVER_NAME,
+    },
     tracer::PinDir,
 };
 use serde_json::Value;
@@ -42,13 +45,10 @@ const BASELINE_CONNECTIONS: usize = 3;
 
 /// The port the full proxy takes over.
 const PROXIED_PORT: u16 = HELD_PORT;
-/// The gateway's own port that the redirect leads to.
-const PROXY_LISTENER_PORT: u16 = 4443;
 /// How long the full proxy holds a connection before it aborts (the real device: 3 s).
 const PROXY_DELAY: Duration = Duration::from_secs(1);
 /// Proxied connections in each family.
 const PROXIED_CONNECTIONS: usize = 2;
-const FULL_PROXY_TABLE: &str = "inet full_proxy";
 
 const SYN_PROXY_TABLE: &str = "inet syn_proxy";
 /// A port the server does not listen on: it refuses, after the SYN proxy's handshake.
@@ -102,88 +102,27 @@ fn assert_closed_normally(flow: &Value) {
     assert_eq!(flow["reset_by"], Value::Null, "{flow:#}");
 }
 
-/// A minimal TLS 1.2 ClientHello record (one cipher suite, no extensions): what the full proxy
-/// waits for before it acts, as an inspecting proxy does.
-fn client_hello() -> Vec<u8> {
-    let mut hello = vec![0x03, 0x03]; // client_version: TLS 1.2
-    hello.extend([0x5a; 32]); // random
-    hello.push(0); // session_id: none
-    hello.extend([0x00, 0x02, 0xc0, 0x2f]); // TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
-    hello.extend([0x01, 0x00]); // compression_methods: null
-    let mut handshake = vec![0x01]; // ClientHello
-    handshake.extend(&u32::try_from(hello.len()).expect("short").to_be_bytes()[1..]);
-    handshake.extend(hello);
-    // A handshake record; clients say TLS 1.0 on the record layer.
-    let mut record = vec![0x16, 0x03, 0x01];
-    record.extend(u16::try_from(handshake.len()).expect("short").to_be_bytes());
-    record.extend(handshake);
-    record
-}
-
-/// Reads one TLS record from the client, which must be a ClientHello.
-fn read_client_hello(stream: &mut TcpStream) -> io::Result<()> {
-    let mut header = [0u8; 5];
-    stream.read_exact(&mut header)?;
-    let mut body = vec![0u8; u16::from_be_bytes([header[3], header[4]]).into()];
-    stream.read_exact(&mut body)?;
-    if header[0] != 0x16 || body.first() != Some(&0x01) {
-        return Err(io::Error::new(
-            ErrorKind::InvalidData,
-            format!("not a ClientHello: {header:02x?} {body:02x?}"),
-        ));
-    }
-    Ok(())
-}
-
-/// The full proxy's side of one connection: accepts on the gateway's `listener`, reads the
-/// ClientHello, waits [`PROXY_DELAY`] and aborts (a RST from the gateway's own stack).
-fn spawn_full_proxy(listener: &TcpListener) -> thread::JoinHandle<io::Result<()>> {
-    let listener = listener
-        .try_clone()
-        .expect("cloning the full proxy's listener");
-    thread::spawn(move || {
-        let (mut stream, _) = listener.accept()?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        read_client_hello(&mut stream)?;
-        thread::sleep(PROXY_DELAY);
-        abort(stream)
-    })
-}
-
 #[test]
 fn a_full_proxy_at_the_gateway_is_a_middlebox() {
     let lab = routed_lab();
-    let client_side = lab.gateway.client_side.iface;
-    lab.gateway.netns.nft(&format!(
-        "add table {FULL_PROXY_TABLE}; \
-         add chain {FULL_PROXY_TABLE} prerouting \
-         {{ type nat hook prerouting priority dstnat; policy accept; }}; \
-         add rule {FULL_PROXY_TABLE} prerouting \
-         iifname {client_side} tcp dport {PROXIED_PORT} redirect to :{PROXY_LISTENER_PORT}"
-    ));
+    let listeners = FAMILIES.map(|family| (family, redirect_to_proxy(&lab, family)));
     let pins = PinDir::create().expect("pin root");
     let _loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
-    let hello = client_hello();
+    let hello = client_hello(SERVER_NAME);
 
     let mut answered = Vec::new();
     let mut proxied = Vec::new();
-    for family in FAMILIES {
+    for (family, listener) in &listeners {
+        let family = *family;
         answered.extend(echo_exchanges(
             &lab,
             family,
             OPEN_PORT,
             BASELINE_CONNECTIONS,
         ));
-        // The redirect hands the connection to the address of the interface it came in on.
-        let listen_at = SocketAddr::new(lab.gateway.client_side.ip(family), PROXY_LISTENER_PORT);
-        let listener = lab
-            .gateway
-            .netns
-            .enter(|| TcpListener::bind(listen_at))
-            .unwrap_or_else(|e| panic!("binding the full proxy at {listen_at}: {e}"));
         let server = lab.server.addr(family, PROXIED_PORT);
         for _ in 0..PROXIED_CONNECTIONS {
-            let proxy = spawn_full_proxy(&listener);
+            let proxy = spawn_full_proxy(listener, PROXY_DELAY);
             let client = expect_server_reset(&lab.client, server, proxy, |stream| {
                 stream.write_all(&hello)
             });

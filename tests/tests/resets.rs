@@ -357,30 +357,93 @@ fn a_gateway_that_rejects_with_a_tcp_reset_is_a_middlebox() {
 }
 
 #[test]
-fn the_seed_storys_delayed_reset_is_a_middlebox() {
-    let story = SeedStory::build("ft", Path::new(FT_LAB));
+fn the_seed_storys_full_proxy_is_a_middlebox() {
+    let story = SeedStory::build("ft");
     let traffic = story.run_traffic();
-    for waited in &traffic.refused_after {
+    for (_, after) in &traffic.reset {
         assert!(
-            *waited >= RESET_DELAY - Duration::from_millis(100),
-            "refused after {waited:?}, before the gateway's delay:\n{}",
+            *after >= RESET_DELAY - Duration::from_millis(100),
+            "reset after {after:?}, before the gateway's delay:\n{}",
             story.logs()
         );
     }
     let verdicts = Verdicts::read(story.pin_root());
     let gateway = ExpectedGateway::router(&story.lab);
-    let server = |port| story.lab.server.addr(Family::V4, port);
     for client in &traffic.answered {
-        assert_no_reset(verdicts.flow(Some(*client), server(OPEN_PORT)));
+        assert_no_reset(verdicts.flow(Some(*client), story.server(OPEN_PORT)));
     }
-    let held: Vec<&Value> = verdicts
+    for (client, _) in &traffic.reset {
+        let flow = verdicts.flow(Some(*client), story.server(HELD_PORT));
+        // The gateway answered the handshake and reset at 0 hops; the server's port 80 is 1
+        // hop away.
+        assert_reset_by(flow, "middlebox", &["TTL 64 (0 hops)", "TTL 127 (1 hop)"]);
+        assert_eq!(flow["middlebox_role"], "proxy", "{flow:#}");
+        assert_eq!(flow["reset_phase"], "request", "{flow:#}");
+        gateway.assert_names(flow);
+    }
+}
+
+/// A gateway that holds the SYNs to a port (nftables drops them, so the server never sees them)
+/// and answers each one [`RESET_DELAY`] later with a RST in the server's name
+/// (`ft-lab delayed-reset`).
+#[test]
+fn a_gateway_that_holds_syns_and_refuses_late_is_a_middlebox() {
+    let lab = RoutedLab::create(RoutedLabSpec {
+        name_prefix: "ft",
+        gateway_mac: GATEWAY_MAC,
+        server_initial_ttl: SERVER_INITIAL_TTL,
+    });
+    let held_at = lab.gateway.client_side.iface;
+    lab.gateway
+        .forward_rule(&format!("iifname {held_at} tcp dport {HELD_PORT} drop"));
+    let resetter = start_ft_lab(
+        &lab.gateway.netns,
+        Path::new(FT_LAB),
+        &[
+            "delayed-reset",
+            "--iface",
+            held_at,
+            "--port",
+            &HELD_PORT.to_string(),
+            "--delay-ms",
+            &RESET_DELAY.as_millis().to_string(),
+        ],
+    );
+    let pins = PinDir::create().expect("pin root");
+    let loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
+    let answered = echo_between(&lab.client, &lab.server, Family::V4, OPEN_PORT, MESSAGE);
+    let held = lab.server.addr(Family::V4, HELD_PORT);
+    let refused_after: Vec<Duration> = thread::scope(|scope| {
+        let connections: Vec<_> = (0..CONNECTIONS)
+            .map(|_| scope.spawn(|| expect_refusal(&lab.client, held)))
+            .collect();
+        connections
+            .into_iter()
+            .map(|connection| connection.join().expect("a refused connection"))
+            .collect()
+    });
+    for waited in &refused_after {
+        assert!(
+            *waited >= RESET_DELAY - Duration::from_millis(100),
+            "refused after {waited:?}, before the gateway's delay:\nflagtrace attach:\n{}\n\
+             ft-lab delayed-reset:\n{}",
+            loader.log(),
+            resetter.log()
+        );
+    }
+    let verdicts = Verdicts::read(pins.path());
+    let gateway = ExpectedGateway::router(&lab);
+    assert_no_reset(verdicts.flow(Some(answered.0), answered.1));
+    let refused: Vec<&Value> = verdicts
         .flows
         .iter()
-        .filter(|flow| flow["server"] == server(HELD_PORT).to_string())
+        .filter(|flow| flow["server"] == held.to_string())
         .collect();
-    assert_eq!(held.len(), CONNECTIONS, "{:#?}", verdicts.flows);
-    for flow in held {
+    assert_eq!(refused.len(), CONNECTIONS, "{:#?}", verdicts.flows);
+    for flow in refused {
         assert_reset_by(flow, "middlebox", &["TTL 64", "TTL 127"]);
+        assert_eq!(flow["middlebox_role"], "on_path", "{flow:#}");
+        assert_eq!(flow["reset_phase"], "syn", "{flow:#}");
         gateway.assert_names(flow);
         // Supporting: the refusal took the gateway's delay, while port 80 answered at once.
         let held_for = evidence(flow)

@@ -124,6 +124,9 @@ fn assert_flow(
         "first_seen": flow["first_seen"],
         "last_seen": flow["last_seen"],
         "reset_by": reset.0,
+        // An honest refusal (see `verdict_of`): never a middlebox's, and it answered a SYN.
+        "middlebox_role": null,
+        "reset_phase": if state == "refused" { json!("syn") } else { Value::Null },
         "evidence": reset.1,
         "signals": reset.2,
         "gateway_mac": lab.server.mac(),

@@ -30,7 +30,8 @@ const BPF_LINKER_BUILD_PACKAGES: &[&str] = &[
 /// middlebox and capture tests of the issues that follow; prometheus brings the Prometheus
 /// server and promtool for the metrics test, which starts a server of its own; tshark reads
 /// back the pcap file of `flagtrace watch --pcap`; ethtool turns GRO off for the test that
-/// compares a tcpdump capture with the live counts.
+/// compares a tcpdump capture with the live counts; openssl's s_client is the demo's client,
+/// as in the seed story.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -40,6 +41,7 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "tshark",
     "ethtool",
+    "openssl",
 ];
 
 /// Debian's switch for the service starts in maintainer scripts (invoke-rc.d and
@@ -518,13 +520,21 @@ mod tests {
                       tcpdump install ok installed\n";
         assert_eq!(
             not_installed(output, TEST_PACKAGES),
-            ["ieee-data", "nftables", "prometheus", "tshark", "ethtool"]
+            [
+                "ieee-data",
+                "nftables",
+                "prometheus",
+                "tshark",
+                "ethtool",
+                "openssl"
+            ]
         );
         assert_eq!(not_installed("", &["iproute2"]), ["iproute2"]);
         let all = "iproute2 install ok installed\nbpftool install ok installed\n\
                    ieee-data install ok installed\nnftables install ok installed\n\
                    tcpdump install ok installed\nprometheus install ok installed\n\
-                   tshark install ok installed\nethtool install ok installed\n";
+                   tshark install ok installed\nethtool install ok installed\n\
+                   openssl install ok installed\n";
         assert!(not_installed(all, TEST_PACKAGES).is_empty());
     }
 

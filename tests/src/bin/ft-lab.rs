@@ -27,6 +27,7 @@ use flagtrace_tests::{
     lab::{flagtrace_bin, run, Family, FT_LAB_READY},
     seed_story::{
         SeedStory, CONNECTIONS, GATEWAY_MAC, HELD_PORT, OPEN_PORT, RESET_DELAY, SERVER_INITIAL_TTL,
+        SERVER_NAME,
     },
 };
 use serde_json::Value;
@@ -311,16 +312,17 @@ fn tell_seed_story() -> Result<()> {
         );
     }
     let flagtrace = flagtrace_bin();
-    let ft_lab = std::env::current_exe().context("finding ft-lab's own binary")?;
     println!("flagtrace demo: who reset this connection?\n");
-    let story = SeedStory::build("ftdemo", &ft_lab);
+    let story = SeedStory::build("ftdemo");
     let lab = &story.lab;
     let (client, gateway, server) = (&lab.client, &lab.gateway, &lab.server);
+    let held = story.server(HELD_PORT);
     println!(
         "The lab, in network namespaces {}, {} and {}:\n  \
          client {} --- {} gateway {} --- server {}\n  \
-         The gateway's MAC {GATEWAY_MAC} carries an F5 Networks OUI. It drops SYNs to port \
-         {HELD_PORT} and answers each {} s later with a RST in the server's name.\n  \
+         The gateway's MAC {GATEWAY_MAC} carries an F5 Networks OUI. Like an F5 virtual server, \
+         it is a full proxy for port {HELD_PORT}: it answers the handshake itself, reads the TLS \
+         ClientHello, and {} s later resets the connection (its pool member is down).\n  \
          The server answers on port {OPEN_PORT}; its initial TTL is {SERVER_INITIAL_TTL}.\n\
          flagtrace is attached to the client's {} (pins in {}).\n",
         client.netns.name(),
@@ -336,16 +338,47 @@ fn tell_seed_story() -> Result<()> {
     );
     checkpoint()?;
 
+    // What the support engineer saw, with the same tool.
+    println!("$ openssl s_client -connect {held} -servername {SERVER_NAME}");
+    let proxy = story.proxy_next();
+    let openssl = run(client.netns.command("timeout").args([
+        "20",
+        "openssl",
+        "s_client",
+        "-connect",
+        &held.to_string(),
+        "-servername",
+        SERVER_NAME,
+    ]));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&openssl.stdout),
+        String::from_utf8_lossy(&openssl.stderr)
+    );
+    for line in said
+        .lines()
+        .filter(|line| line.starts_with("CONNECTED") || line.contains("errno"))
+    {
+        println!("{line}");
+    }
+    proxy
+        .join()
+        .map_err(|_| anyhow!("the gateway's proxy panicked"))?
+        .context("the gateway's proxy")?;
+    println!();
+    checkpoint()?;
+
     let traffic = story.run_traffic();
     let server_ip = server.addr(Family::V4, 0).ip();
     println!(
         "Traffic:\n  {} requests to {server_ip}:{OPEN_PORT}: answered\n  \
-         {CONNECTIONS} connections to {server_ip}:{HELD_PORT}: refused after {}\n",
+         {CONNECTIONS} TLS connections to {held}: connected, sent the ClientHello, reset after \
+         {} (connection reset by peer, errno 104)\n",
         traffic.answered.len(),
         traffic
-            .refused_after
+            .reset
             .iter()
-            .map(|waited| format!("{:.1} s", waited.as_secs_f64()))
+            .map(|(_, after)| format!("{:.1} s", after.as_secs_f64()))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -379,7 +412,8 @@ fn tell_seed_story() -> Result<()> {
     Ok(())
 }
 
-/// The story holds when every connection to the held port was reset, by a middlebox.
+/// The story holds when every connection to the held port (the demo's and openssl's) was
+/// reset by a middlebox that had answered its handshake, a proxy, after the request.
 fn check_story(resets_json: &str) -> Result<()> {
     let mut held = 0;
     for line in resets_json.lines().filter(|line| !line.trim().is_empty()) {
@@ -387,16 +421,27 @@ fn check_story(resets_json: &str) -> Result<()> {
         let server = flow["server"].as_str().unwrap_or_default();
         if server.ends_with(&format!(":{HELD_PORT}")) {
             held += 1;
-            if flow["reset_by"] != "middlebox" {
-                return Err(anyhow!(
-                    "{server} should have been reset by a middlebox, flagtrace says {}",
-                    flow["reset_by"]
-                ));
+            let told = [
+                ("reset_by", "middlebox"),
+                ("middlebox_role", "proxy"),
+                ("reset_phase", "request"),
+            ];
+            for (key, expected) in told {
+                if flow[key] != expected {
+                    bail!(
+                        "{server}: {key} should be {expected}, flagtrace says {}",
+                        flow[key]
+                    );
+                }
             }
         }
     }
-    if held != CONNECTIONS {
-        bail!("expected {CONNECTIONS} resets of port {HELD_PORT}, flagtrace lists {held}");
+    // The story's connections, and openssl's.
+    if held != CONNECTIONS + 1 {
+        bail!(
+            "expected {} resets of port {HELD_PORT}, flagtrace lists {held}",
+            CONNECTIONS + 1
+        );
     }
     Ok(())
 }
@@ -412,16 +457,30 @@ mod tests {
     }
 
     #[test]
-    fn the_story_needs_every_held_connection_reset_by_a_middlebox() {
-        let flow =
-            |port: u16, by: &str| format!(r#"{{"server":"10.0.2.1:{port}","reset_by":"{by}"}}"#);
-        let told = [0, 1, 2].map(|_| flow(443, "middlebox")).join("\n");
+    fn the_story_needs_every_held_connection_reset_by_a_proxy_after_the_request() {
+        let flow = |port: u16, by: &str, role: &str, phase: &str| {
+            format!(
+                r#"{{"server":"10.0.2.1:{port}","reset_by":"{by}","middlebox_role":"{role}","reset_phase":"{phase}"}}"#
+            )
+        };
+        let proxied = || flow(443, "middlebox", "proxy", "request");
+        let told = [0, 1, 2, 3].map(|_| proxied()).join("\n");
         check_story(&told).unwrap();
-        let with_endpoint = format!("{told}\n{}", flow(9, "endpoint"));
+        let with_endpoint = format!("{told}\n{}", flow(9, "endpoint", "", "syn"));
         check_story(&with_endpoint).unwrap();
-        let wrong = format!("{}\n{}", flow(443, "endpoint"), flow(443, "middlebox"));
-        assert!(check_story(&wrong).is_err());
-        assert!(check_story(&flow(443, "middlebox")).is_err(), "too few");
+        let on_path = format!(
+            "{}\n{}",
+            [0, 1, 2].map(|_| proxied()).join("\n"),
+            flow(443, "middlebox", "on_path", "request")
+        );
+        assert!(check_story(&on_path).is_err());
+        let early = format!(
+            "{}\n{}",
+            [0, 1, 2].map(|_| proxied()).join("\n"),
+            flow(443, "middlebox", "proxy", "handshake")
+        );
+        assert!(check_story(&early).is_err());
+        assert!(check_story(&proxied()).is_err(), "too few");
         assert!(check_story("").is_err());
     }
 }

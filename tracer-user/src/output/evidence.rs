@@ -325,8 +325,9 @@ fn signal_summary(flow: &FlowRecord, signal: &Signal) -> Option<String> {
         } => {
             let word = Words::new(flow, *hook).ttl;
             format!(
-                "a proxy answered and reset ({word} {proxy_ttl}, {}), the {role} is at {word} \
-                 {host_ttl} ({})",
+                "port {} is answered from {} ({word} {proxy_ttl}), the {role}'s other \
+                 connections from {} ({word} {host_ttl})",
+                flow.server.port(),
                 hops_text(*proxy_hops),
                 hops_text(*host_hops)
             )
@@ -720,7 +721,8 @@ mod tests {
                  a proxy answered this connection in the server's name"
                     .to_owned(),
                 Some(
-                    "a proxy answered and reset (TTL 64, 0 hops), the server is at TTL 127 (1 hop)"
+                    "port 443 is answered from 0 hops (TTL 64), the server's other connections \
+                     from 1 hop (TTL 127)"
                         .to_owned()
                 )
             )

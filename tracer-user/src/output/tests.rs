@@ -301,18 +301,37 @@ fn resets_group_by_gateway_and_server() {
         ),
         at(40005, "10.0.0.3:25", 998, middlebox(), None),
     ];
+    // The second: a full proxy's reset after the client's request.
+    let mut reports = reports;
+    let proxied = &mut reports[0];
+    proxied.phase = Some(Phase::Request);
+    proxied.verdict = Some(Verdict {
+        middlebox_role: Some(MiddleboxRole::Proxy),
+        signals: vec![Signal {
+            kind: SignalKind::ProxyAnswered {
+                hook: Hook::Ingress,
+                proxy_ttl: 64,
+                proxy_hops: 0,
+                host_ttl: 127,
+                host_hops: 1,
+                connections: 1,
+            },
+            ..middlebox_signal()
+        }],
+        ..middlebox()
+    });
     assert_eq!(
         resets_text(&reports),
         "server 10.0.2.1 via 00:01:d7:3c:5e:01 (F5 Networks, Inc.), gateway 10.0.1.254 (default route) on veth0 (netns lab): 3 resets: 2 by a middlebox, 1 by the endpoint
-  10.0.2.1:443 <- reset by a middlebox via 00:01:d7:3c:5e:01 (F5 Networks, Inc.), gateway 10.0.1.254: RST TTL 64 (0 hops) vs server TTL 127 (1 hop) [client 10.0.0.1:40001, 2023-11-14T22:13:10.000000Z]
-  10.0.2.1:443 <- reset by a middlebox via 00:01:d7:3c:5e:01 (F5 Networks, Inc.), gateway 10.0.1.254: RST TTL 64 (0 hops) vs server TTL 127 (1 hop) [client 10.0.0.1:40002, 2023-11-14T22:13:15.000000Z]
-  10.0.2.1:8443 <- reset by the server itself via 00:01:d7:3c:5e:01 (F5 Networks, Inc.), gateway 10.0.1.254: RST TTL 64 (0 hops) agrees with server TTL 64 (0 hops) [client 10.0.0.1:40003, 2023-11-14T22:13:16.000000Z]
+  10.0.2.1:443 <- reset by a middlebox via 00:01:d7:3c:5e:01 (F5 Networks, Inc.), gateway 10.0.1.254: RST TTL 64 (0 hops) vs server TTL 127 (1 hop) [client 10.0.0.1:40001, at the SYN, 2023-11-14T22:13:10.000000Z]
+  10.0.2.1:443 <- reset by a proxy (a middlebox that answered the handshake) via 00:01:d7:3c:5e:01 (F5 Networks, Inc.), gateway 10.0.1.254: port 443 is answered from 0 hops (TTL 64), the server's other connections from 1 hop (TTL 127) [client 10.0.0.1:40002, after the client's request, 2023-11-14T22:13:15.000000Z]
+  10.0.2.1:8443 <- reset by the server itself via 00:01:d7:3c:5e:01 (F5 Networks, Inc.), gateway 10.0.1.254: RST TTL 64 (0 hops) agrees with server TTL 64 (0 hops) [client 10.0.0.1:40003, at the SYN, 2023-11-14T22:13:16.000000Z]
 
 server 10.0.0.2 via 00:01:d7:3c:5e:01 (F5 Networks, Inc.), directly connected on veth0 (netns lab): 1 reset: 1 unknown
-  10.0.0.2:25 <- reset by the server or a middlebox (unknown) via 00:01:d7:3c:5e:01 (F5 Networks, Inc.), directly connected: no baseline for the server [client 10.0.0.1:40004, 2023-11-14T22:13:17.000000Z]
+  10.0.0.2:25 <- reset by the server or a middlebox (unknown) via 00:01:d7:3c:5e:01 (F5 Networks, Inc.), directly connected: no baseline for the server [client 10.0.0.1:40004, at the SYN, 2023-11-14T22:13:17.000000Z]
 
 server 10.0.0.3, no gateway MAC seen on veth0 (netns lab): 1 reset: 1 by a middlebox
-  10.0.0.3:25 <- reset by a middlebox: RST TTL 64 (0 hops) vs server TTL 127 (1 hop) [client 10.0.0.1:40005, 2023-11-14T22:13:18.000000Z]
+  10.0.0.3:25 <- reset by a middlebox: RST TTL 64 (0 hops) vs server TTL 127 (1 hop) [client 10.0.0.1:40005, at the SYN, 2023-11-14T22:13:18.000000Z]
 "
     );
     assert_eq!(resets_text(&[]), "");

@@ -6,8 +6,9 @@ use std::{collections::BTreeMap, net::IpAddr};
 use crate::{
     analysis::{
         mac::MacAddr,
+        phase::Phase,
         report::{FlowReport, Gateway, Origin},
-        verdict::{ResetBy, Verdict},
+        verdict::{MiddleboxRole, ResetBy, Verdict},
     },
     output::{
         evidence,
@@ -116,8 +117,11 @@ pub fn resets_text(reports: &[FlowReport]) -> String {
         );
         for (report, verdict) in members {
             let flow = &report.flow;
+            let phase = report
+                .phase
+                .map_or(String::new(), |phase| format!("{}, ", phase_phrase(phase)));
             block += &format!(
-                "  {} <- {}{}: {} [client {}, {}]\n",
+                "  {} <- {}{}: {} [client {}, {phase}{}]\n",
                 flow.server,
                 reset_by_phrase(verdict),
                 report
@@ -154,9 +158,23 @@ fn via(gateway: &Gateway, server: IpAddr, say_default: bool) -> String {
 fn reset_by_phrase(verdict: &Verdict) -> String {
     let side = verdict.rst_from;
     match verdict.reset_by {
+        ResetBy::Middlebox if verdict.middlebox_role == Some(MiddleboxRole::Proxy) => {
+            "reset by a proxy (a middlebox that answered the handshake)".to_owned()
+        }
         ResetBy::Middlebox => "reset by a middlebox".to_owned(),
         ResetBy::Endpoint => format!("reset by the {side} itself"),
         ResetBy::Unknown => format!("reset by the {side} or a middlebox (unknown)"),
+    }
+}
+
+/// When in the connection the RST came, in a few words.
+fn phase_phrase(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Syn => "at the SYN",
+        Phase::Handshake => "after the handshake",
+        Phase::Request => "after the client's request",
+        Phase::Transfer => "during the transfer",
+        Phase::Closing => "while closing",
     }
 }
 

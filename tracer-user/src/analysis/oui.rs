@@ -4,6 +4,7 @@
 //! licence and manuf is GPL. The longest matching prefix wins.
 
 use std::{
+    borrow::Cow,
     cell::OnceCell,
     collections::HashMap,
     fs,
@@ -231,6 +232,11 @@ pub enum Vendor {
     Organization(String),
     /// The address was assigned locally (virtual interfaces, randomised MACs): no vendor.
     LocallyAdministered,
+    /// A locally administered address whose universal twin (the local bit cleared) the
+    /// registry lists: what an HA pair's MAC masquerade looks like (an F5 pair's 02:01:d7:...
+    /// for F5's 00:01:d7), or a local address that happens to share the bits. Not the
+    /// organization's own address, so it is not its vendor either.
+    Masquerade(String),
     /// A universal address whose prefix the registry does not list.
     Unlisted,
     /// No registry could be read.
@@ -247,12 +253,15 @@ impl Vendor {
     }
 
     /// For people: the organization, or why there is none.
-    pub fn describe(&self) -> &str {
+    pub fn describe(&self) -> Cow<'_, str> {
         match self {
-            Vendor::Organization(name) => name,
-            Vendor::LocallyAdministered => "locally administered",
-            Vendor::Unlisted => "vendor not in the registry",
-            Vendor::NoRegistry => "no vendor registry",
+            Vendor::Organization(name) => Cow::Borrowed(name),
+            Vendor::LocallyAdministered => Cow::Borrowed("locally administered"),
+            Vendor::Masquerade(name) => Cow::Owned(format!(
+                "locally administered, on {name}'s OUI: an HA pair's MAC masquerade?"
+            )),
+            Vendor::Unlisted => Cow::Borrowed("vendor not in the registry"),
+            Vendor::NoRegistry => Cow::Borrowed("no vendor registry"),
         }
     }
 }
@@ -282,10 +291,16 @@ impl Vendors {
     }
 
     pub fn vendor(&self, mac: MacAddr) -> anyhow::Result<Vendor> {
+        let registry = self.registry()?;
         if mac.is_locally_administered() {
-            return Ok(Vendor::LocallyAdministered);
+            let mut twin = mac;
+            twin.0[0] &= !0x02;
+            let name = registry.and_then(|registry| registry.lookup(twin));
+            return Ok(name.map_or(Vendor::LocallyAdministered, |name| {
+                Vendor::Masquerade(name.to_owned())
+            }));
         }
-        let Some(registry) = self.registry()? else {
+        let Some(registry) = registry else {
             return Ok(Vendor::NoRegistry);
         };
         Ok(registry.lookup(mac).map_or(Vendor::Unlisted, |name| {
@@ -528,9 +543,17 @@ not a line
             vendors.vendor(mac("00:00:5e:00:00:01")).unwrap(),
             Vendor::Unlisted
         );
-        // 0x02 set: local, even where the registry would have a universal entry.
+        // 0x02 set: local. On a registered OUI, as an F5 pair's MAC masquerade is: named as
+        // such, never as the organization's own address.
+        let masquerade = vendors.vendor(mac("02:01:d7:3c:5e:01")).unwrap();
+        assert_eq!(masquerade, Vendor::Masquerade("F5 Networks, Inc.".into()));
+        assert_eq!(masquerade.organization(), None);
         assert_eq!(
-            vendors.vendor(mac("02:01:d7:3c:5e:01")).unwrap(),
+            masquerade.describe(),
+            "locally administered, on F5 Networks, Inc.'s OUI: an HA pair's MAC masquerade?"
+        );
+        assert_eq!(
+            vendors.vendor(mac("02:00:5e:00:00:01")).unwrap(),
             Vendor::LocallyAdministered
         );
         let without = Vendors::with_registry(None);

@@ -12,7 +12,6 @@
 use std::{
     io::ErrorKind,
     net::{IpAddr, SocketAddr, TcpStream},
-    os::fd::AsRawFd,
     path::Path,
     process::Command,
     sync::mpsc,
@@ -24,8 +23,9 @@ use aya::maps::{Array, Map, MapData};
 use flagtrace_tests::{
     kernel_clock_ns,
     lab::{
-        echo_between, expect_refusal, expect_server_reset, flagtrace, flagtrace_bin, resets_json,
-        run_ok, Daemon, Endpoint, Family, Loader, RoutedLab, RoutedLabSpec, VethLab, TIMEOUT,
+        abort, echo_between, expect_refusal, expect_server_reset, flagtrace, flagtrace_bin,
+        resets_json, run_ok, Daemon, Endpoint, Family, Loader, RoutedLab, RoutedLabSpec, VethLab,
+        TIMEOUT,
     },
     seed_story::{GATEWAY_MAC, HELD_PORT, OPEN_PORT, SERVER_INITIAL_TTL},
     tracer::PinDir,
@@ -121,26 +121,7 @@ fn aborted_by_server(client: &Endpoint, server: &Endpoint, family: Family) -> So
         wait_for_client
             .recv_timeout(TIMEOUT)
             .expect("the client connects");
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: a valid socket and a linger struct of the size given, alive for the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&raw const linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // Closing with a zero linger time aborts: a RST instead of a FIN.
-        drop(stream);
-        Ok(())
+        abort(stream)
     });
     expect_server_reset(client, server_addr, aborter, |_| {
         connected.send(()).expect("the server thread is waiting");

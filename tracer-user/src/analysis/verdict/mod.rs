@@ -325,6 +325,14 @@ fn against_handshake(
                 comparison(handshake.ttl, BaselineOf::ThisConnection, with_handshake),
                 true,
             ),
+            // A SYN proxy sits between us and the host, never beyond it: a RST from nearer
+            // than the handshake's answer is no host's behind any SYN proxy (a firewall's
+            // idle timeout, an injector).
+            TtlRelation::OtherDistance if hops(rst.ttl) < hops(handshake.ttl) => (
+                Weight::Strong,
+                comparison(handshake.ttl, BaselineOf::ThisConnection, with_handshake),
+                false,
+            ),
             _ => (
                 Weight::Comparison,
                 SignalKind::HandshakeOnlyDiffers {

@@ -504,6 +504,13 @@ fn a_syn_proxys_handshake_is_no_baseline_for_the_servers_reset() {
         alone.signals[0].kind,
         SignalKind::HandshakeOnlyDiffers { .. }
     ));
+    // A RST from nearer than the handshake's answer: no SYN proxy explains it.
+    let nearer = behind_a_handshake(127, 64, 127, 0);
+    assert_eq!(
+        (nearer.reset_by, nearer.middlebox_role),
+        (ResetBy::Middlebox, Some(MiddleboxRole::OnPath))
+    );
+    assert_eq!(kinds(&nearer), [&ttl_comparison(64, 127, THIS)]);
 }
 
 #[test]

@@ -68,11 +68,7 @@ impl SeedStory {
     /// Builds the lab; namespaces are named `<name_prefix>-<pid>-<n>-cli`/`-gw`/`-srv`.
     pub fn build(name_prefix: &str) -> Self {
         let pins = PinDir::named(&format!("flagtrace-{name_prefix}")).expect("creating a pin root");
-        let lab = RoutedLab::create(RoutedLabSpec {
-            name_prefix,
-            gateway_mac: GATEWAY_MAC,
-            server_initial_ttl: SERVER_INITIAL_TTL,
-        });
+        let lab = seed_lab(name_prefix);
         let proxy = redirect_to_proxy(&lab, Family::V4);
         let loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
         Self {
@@ -152,6 +148,17 @@ impl SeedStory {
         });
         Traffic { answered, reset }
     }
+}
+
+/// The seed story's routed lab (client --- gateway --- server), without its proxy: the gateway's
+/// MAC on an F5 OUI, the server's initial TTL 128. Namespaces are named
+/// `<name_prefix>-<pid>-<n>-cli`/`-gw`/`-srv`.
+pub fn seed_lab(name_prefix: &str) -> RoutedLab {
+    RoutedLab::create(RoutedLabSpec {
+        name_prefix,
+        gateway_mac: GATEWAY_MAC,
+        server_initial_ttl: SERVER_INITIAL_TTL,
+    })
 }
 
 /// Makes the gateway a full proxy for [`HELD_PORT`] in `family`: an nftables `redirect` of the

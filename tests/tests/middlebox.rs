@@ -26,11 +26,11 @@ use std::{
 use flagtrace_tests::{
     lab::{
         abort, echo_between, expect_server_reset, flows_json, resets_json, Endpoint, Family,
-        Loader, RoutedLab, RoutedLabSpec, TIMEOUT,
+        Loader, RoutedLab, TIMEOUT,
     },
     seed_story::{
-        client_hello, redirect_to_proxy, spawn_full_proxy, GATEWAY_MAC, HELD_PORT, OPEN_PORT,
-        SERVER_INITIAL_TTL, SERVER_NAME,
+        client_hello, redirect_to_proxy, seed_lab, spawn_full_proxy, HELD_PORT, OPEN_PORT,
+        SERVER_NAME,
     },
     tracer::PinDir,
 };
@@ -59,15 +59,6 @@ const ABORT: u16 = 8082;
 const ECHO: u16 = 8080;
 /// Rounds of the SYN-proxy traffic: a false alarm must not come and go.
 const ROUNDS: usize = 3;
-
-/// The lab both middleboxes live in: the seed story's gateway MAC and server TTL.
-fn routed_lab() -> RoutedLab {
-    RoutedLab::create(RoutedLabSpec {
-        name_prefix: "ft",
-        gateway_mac: GATEWAY_MAC,
-        server_initial_ttl: SERVER_INITIAL_TTL,
-    })
-}
 
 /// `count` echo exchanges with the server's `port`, one after the other, each closed normally.
 /// Returns their (client, server) addresses.
@@ -104,7 +95,7 @@ fn assert_closed_normally(flow: &Value) {
 
 #[test]
 fn a_full_proxy_at_the_gateway_is_a_middlebox() {
-    let lab = routed_lab();
+    let lab = seed_lab("ft");
     let listeners = FAMILIES.map(|family| (family, redirect_to_proxy(&lab, family)));
     let pins = PinDir::create().expect("pin root");
     let _loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
@@ -238,7 +229,7 @@ fn aborted_after_the_request(lab: &RoutedLab, family: Family) -> SocketAddr {
 
 #[test]
 fn a_syn_proxy_raises_no_false_alarm() {
-    let lab = routed_lab();
+    let lab = seed_lab("ft");
     lab.gateway.netns.nft(&syn_proxy_ruleset(
         lab.gateway.client_side.iface,
         window_scale(&lab.server),

@@ -18,9 +18,9 @@ use std::{
 use flagtrace_tests::{
     lab::{
         echo_between, expect_refusal, flagtrace, flows_json, run_ok, Daemon, Family, Loader, Netns,
-        RoutedLab, RoutedLabSpec, TIMEOUT,
+        RoutedLab, TIMEOUT,
     },
-    seed_story::{GATEWAY_MAC, HELD_PORT, OPEN_PORT, SERVER_INITIAL_TTL},
+    seed_story::{seed_lab, GATEWAY_MAC, HELD_PORT, OPEN_PORT},
     tracer::PinDir,
     unique_name,
 };
@@ -286,11 +286,7 @@ fn record_offsets(file: &Path) -> Vec<u64> {
 fn a_capture_reads_as_the_kernel_counted_live() {
     run_ok(Command::new("tcpdump").arg("--version"));
     run_ok(Command::new("ethtool").arg("--version"));
-    let lab = RoutedLab::create(RoutedLabSpec {
-        name_prefix: "ft-pcap",
-        gateway_mac: GATEWAY_MAC,
-        server_initial_ttl: SERVER_INITIAL_TTL,
-    });
+    let lab = seed_lab("ft-pcap");
     let client_side = lab.gateway.client_side.iface;
     lab.gateway.forward_rule(&format!(
         "iifname {client_side} tcp dport {HELD_PORT} reject with tcp reset"

@@ -26,11 +26,12 @@ use std::{
 use flagtrace_tests::{
     lab::{
         assert_csv_matches_json, echo_between, expect_refusal, expect_server_reset, flows_json,
-        resets_json, run, start_ft_lab, Endpoint, Family, Loader, Port, RoutedLab, RoutedLabSpec,
-        SegmentLab, VethLab, TIMEOUT,
+        resets_json, run, start_ft_lab, Endpoint, Family, Loader, Port, RoutedLab, SegmentLab,
+        VethLab, TIMEOUT,
     },
     seed_story::{
-        SeedStory, CONNECTIONS, GATEWAY_MAC, HELD_PORT, OPEN_PORT, RESET_DELAY, SERVER_INITIAL_TTL,
+        seed_lab, SeedStory, CONNECTIONS, GATEWAY_MAC, HELD_PORT, OPEN_PORT, RESET_DELAY,
+        SERVER_INITIAL_TTL,
     },
     tracer::PinDir,
 };
@@ -288,11 +289,7 @@ fn honest_resets_are_the_endpoints_over_repeated_rounds() {
     for round in 0..ROUNDS {
         let lab = match round % 3 {
             0 => Honest::Veth(VethLab::create()),
-            1 => Honest::Routed(RoutedLab::create(RoutedLabSpec {
-                name_prefix: "ft",
-                gateway_mac: GATEWAY_MAC,
-                server_initial_ttl: SERVER_INITIAL_TTL,
-            })),
+            1 => Honest::Routed(seed_lab("ft")),
             _ => Honest::Segment(SegmentLab::create()),
         };
         let pins = PinDir::create().expect("pin root");
@@ -317,11 +314,7 @@ fn honest_resets_are_the_endpoints_over_repeated_rounds() {
 
 #[test]
 fn a_gateway_that_rejects_with_a_tcp_reset_is_a_middlebox() {
-    let lab = RoutedLab::create(RoutedLabSpec {
-        name_prefix: "ft",
-        gateway_mac: GATEWAY_MAC,
-        server_initial_ttl: SERVER_INITIAL_TTL,
-    });
+    let lab = seed_lab("ft");
     let client_side = lab.gateway.client_side.iface;
     lab.gateway.forward_rule(&format!(
         "iifname {client_side} tcp dport {HELD_PORT} reject with tcp reset"
@@ -388,11 +381,7 @@ fn the_seed_storys_full_proxy_is_a_middlebox() {
 /// (`ft-lab delayed-reset`).
 #[test]
 fn a_gateway_that_holds_syns_and_refuses_late_is_a_middlebox() {
-    let lab = RoutedLab::create(RoutedLabSpec {
-        name_prefix: "ft",
-        gateway_mac: GATEWAY_MAC,
-        server_initial_ttl: SERVER_INITIAL_TTL,
-    });
+    let lab = seed_lab("ft");
     let held_at = lab.gateway.client_side.iface;
     lab.gateway
         .forward_rule(&format!("iifname {held_at} tcp dport {HELD_PORT} drop"));

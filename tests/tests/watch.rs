@@ -24,10 +24,9 @@ use flagtrace_tests::{
     kernel_clock_ns,
     lab::{
         abort, echo_between, expect_refusal, expect_server_reset, flagtrace, flagtrace_bin,
-        resets_json, run_ok, Daemon, Endpoint, Family, Loader, RoutedLab, RoutedLabSpec, VethLab,
-        TIMEOUT,
+        resets_json, run_ok, Daemon, Endpoint, Family, Loader, VethLab, TIMEOUT,
     },
-    seed_story::{GATEWAY_MAC, HELD_PORT, OPEN_PORT, SERVER_INITIAL_TTL},
+    seed_story::{seed_lab, GATEWAY_MAC, HELD_PORT, OPEN_PORT, SERVER_INITIAL_TTL},
     tracer::PinDir,
     TempFile,
 };
@@ -209,11 +208,7 @@ fn tshark_packets(path: &str) -> Vec<PcapPacket> {
 
 #[test]
 fn each_reset_streams_with_its_verdict_and_lands_in_the_pcap() {
-    let lab = RoutedLab::create(RoutedLabSpec {
-        name_prefix: "ftw",
-        gateway_mac: GATEWAY_MAC,
-        server_initial_ttl: SERVER_INITIAL_TTL,
-    });
+    let lab = seed_lab("ftw");
     let client_side = lab.gateway.client_side.iface;
     lab.gateway.forward_rule(&format!(
         "iifname {client_side} tcp dport {HELD_PORT} reject with tcp reset"

@@ -430,7 +430,7 @@ fn run_frame(tracer: &impl Tracer, model: &mut FlowModel, shot: &Shot) -> Result
 /// the tables differ.
 fn first_failing_frame<T: Tracer>(batch: &[Shot], fresh: impl Fn() -> anyhow::Result<T>) -> String {
     let tracer = fresh().expect("a fresh tracer");
-    let mut model = FlowModel::new(tracer.reset_capacity());
+    let mut model = FlowModel::new(&tracer);
     for (index, shot) in batch.iter().enumerate() {
         let frame = &shot.frame;
         if let Err(error) = run_frame(&tracer, &mut model, shot) {
@@ -515,7 +515,7 @@ pub fn agrees_with_etherparse<T: Tracer>(fresh: impl Fn() -> anyhow::Result<T>) 
     eprintln!("differential test seed: FLAGTRACE_SEED={seed}");
     let mut frames = Frames::new(seed);
     let mut tracer = fresh().expect("a tracer");
-    let mut model = FlowModel::new(tracer.reset_capacity());
+    let mut model = FlowModel::new(&tracer);
     let mut verdicts = [0usize; 3];
     let mut coverage = Coverage::default();
     for batch_index in 0..BATCHES {

@@ -347,6 +347,8 @@ impl FrameSpec {
             seq,
             ack,
             payload_len: payload.len().try_into().expect("small payload"),
+            payload_head: std::array::from_fn(|i| payload.get(i).copied().unwrap_or(0)),
+            captured_payload: payload.len(),
         })
     }
 

@@ -75,6 +75,10 @@ impl Tracer for HostTracer {
         self.tables.reset_capacity()
     }
 
+    fn activity_slots(&self) -> u32 {
+        self.tables.activity_slots()
+    }
+
     fn clear_flows(&mut self) -> anyhow::Result<()> {
         let counters = self.tables.counters();
         self.earlier = Counters {

@@ -8,10 +8,11 @@
 use std::collections::HashMap;
 
 use tracer_common::{
-    flow_hash, gate_slot, reset_set, reset_set_mask, FlowKey, FlowValue, GlobalCounters, Hook,
-    ResetEvidence, RstEvidence, BACK_TO_BACK_NS, FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE,
-    HOOK_COUNT, RESET_GATE_BUDGET, RESET_GATE_SLOTS, RESET_WAYS, SEEN_EGRESS, SEEN_INGRESS,
-    SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    activity_slot, activity_tag, flow_hash, gate_slot, reset_set, reset_set_mask, FlowKey,
+    FlowValue, GlobalCounters, Hook, ResetEvidence, RstEvidence, RstPayload, BACK_TO_BACK_NS,
+    FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, HOOK_COUNT, MS_UNKNOWN, RESET_GATE_BUDGET,
+    RESET_GATE_SLOTS, RESET_WAYS, RST_PAYLOAD_BYTES, SEEN_EGRESS, SEEN_INGRESS, SEEN_NONE,
+    SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{
@@ -46,8 +47,11 @@ pub trait Tracer {
     /// Capacity of the reset table, which decides the set a flow's evidence goes to.
     fn reset_capacity(&self) -> u32;
 
-    /// Forgets every flow: empties the flow and reset evidence tables and closes the reset gate
-    /// (the global counters keep counting).
+    /// Capacity of the activity table, which decides the slot a flow's activity goes to.
+    fn activity_slots(&self) -> u32;
+
+    /// Forgets every flow: empties the flow, reset evidence and activity tables and closes the
+    /// reset gate (the global counters keep counting).
     fn clear_flows(&mut self) -> anyhow::Result<()>;
 }
 
@@ -77,6 +81,16 @@ impl Window {
 
     pub fn contains(&self, ns: u64) -> bool {
         (self.start..=self.end).contains(&ns)
+    }
+
+    /// The milliseconds a table may count from a stamp taken in `self` to one taken in `later`:
+    /// every duration the windows allow, floored and ceiled (a tick count floors, and two
+    /// floored stamps differ by up to one more).
+    fn ms_until(&self, later: &Window) -> (u32, u32) {
+        let ms = |ns: u64| u32::try_from(ns / 1_000_000).unwrap_or(u32::MAX);
+        let shortest = later.start.saturating_sub(self.end);
+        let longest = later.end.saturating_sub(self.start);
+        (ms(shortest), ms(longest + 999_999))
     }
 }
 
@@ -113,6 +127,23 @@ pub struct ExpectedRst {
     /// [`BACK_TO_BACK_NS`] apart that their windows cannot tell whether the kernel saw them back
     /// to back.
     pub max_seq_jump: Vec<u32>,
+    /// The bounds of `reset_delay_ms`, or `None` for [`MS_UNKNOWN`].
+    pub reset_delay_ms: Option<(u32, u32)>,
+    /// The bounds of `idle_before_ms`, or `None` for [`MS_UNKNOWN`].
+    pub idle_before_ms: Option<(u32, u32)>,
+}
+
+/// What one slot of the activity table holds, with windows for its ticks.
+#[derive(Clone, Copy, Debug, Default)]
+struct ExpectedActivity {
+    tag: u32,
+    /// The run of the latest packet other than a RST.
+    last: Option<Window>,
+    /// The run of the packet before it, while the slot was this flow's: the silence before
+    /// the latest packet lies between the two.
+    before_last: Option<Window>,
+    /// By hook: the highest sequence end, and the run of the segment that set it.
+    seq_end: [Option<(u32, Window)>; 2],
 }
 
 /// Expected maps and global counters of one tracer.
@@ -126,6 +157,11 @@ pub struct FlowModel {
     reset_sets: HashMap<u32, Vec<FlowKey>>,
     /// Budget left in every slot of the reset gate.
     gate: Vec<u32>,
+    /// The kept payload of each reset flow's first RST that carried one.
+    payloads: HashMap<FlowKey, RstPayload>,
+    /// The activity table, by slot.
+    activity: HashMap<u32, ExpectedActivity>,
+    activity_slots: u32,
     counters: [GlobalCounters; HOOK_COUNT as usize],
 }
 
@@ -174,20 +210,32 @@ fn seq_at_or_after(a: u32, b: u32) -> bool {
     a.wrapping_sub(b) < 1 << 31
 }
 
+/// `a` comes after `b` in TCP sequence space.
+fn seq_after(a: u32, b: u32) -> bool {
+    a != b && seq_at_or_after(a, b)
+}
+
+/// How far beyond a RST's acknowledgement a later ACK of its sender counts (the contract's
+/// window: farther is taken for another connection's numbers).
+const ACK_BEYOND_WINDOW: u32 = 1 << 24;
+
 /// Distance between two sequence numbers, the short way round.
 fn seq_distance(a: u32, b: u32) -> u32 {
     a.wrapping_sub(b).min(b.wrapping_sub(a))
 }
 
 impl FlowModel {
-    /// The model of a tracer whose reset table has `reset_capacity` entries.
-    pub fn new(reset_capacity: u32) -> Self {
+    /// The model of `tracer`'s tables, empty.
+    pub fn new(tracer: &impl Tracer) -> Self {
         Self {
             flows: HashMap::new(),
             resets: HashMap::new(),
-            reset_set_mask: reset_set_mask(reset_capacity),
+            reset_set_mask: reset_set_mask(tracer.reset_capacity()),
             reset_sets: HashMap::new(),
             gate: vec![0; RESET_GATE_SLOTS as usize],
+            payloads: HashMap::new(),
+            activity: HashMap::new(),
+            activity_slots: tracer.activity_slots(),
             counters: Default::default(),
         }
     }
@@ -229,6 +277,9 @@ impl FlowModel {
             sender,
         };
         let flagged = segment.flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
+        if !rst {
+            self.note_activity(&seen, hash);
+        }
         if !flagged {
             // A plain segment is looked at only while the gate is open, and spends its budget.
             if self.gate[slot] > 0 {
@@ -312,8 +363,14 @@ impl FlowModel {
             occupants.push(seen.key);
         }
         let seq = seen.segment.seq;
+        let timing = self.reset_timing(seen, hash);
+        let first_payload = self.first_payload(seen);
         let rst = &mut self.resets.entry(seen.key).or_default()[seen.sender];
         let Some(rst) = rst else {
+            if let Some(payload) = first_payload {
+                self.payloads.insert(seen.key, payload);
+            }
+            let (reset_delay_ms, idle_before_ms) = timing;
             *rst = Some(ExpectedRst {
                 evidence: RstEvidence {
                     mac: seen.neighbour_mac(),
@@ -333,6 +390,8 @@ impl FlowModel {
                 first: seen.window,
                 last: seen.window,
                 max_seq_jump: vec![0],
+                reset_delay_ms,
+                idle_before_ms,
             });
             return;
         };
@@ -377,6 +436,86 @@ impl FlowModel {
         if payload > 0 && seq_at_or_after(seen.segment.seq, evidence.seq) {
             evidence.bytes_beyond = evidence.bytes_beyond.wrapping_add(payload);
         }
+        if seen.has(TCP_ACK) && !seen.has(TCP_SYN) && evidence.ack != 0 {
+            let acked = seen.segment.ack.wrapping_sub(evidence.ack);
+            if acked > evidence.ack_beyond && acked < ACK_BEYOND_WINDOW {
+                evidence.ack_beyond = acked;
+            }
+        }
+    }
+
+    /// Any segment but a RST: its flow's activity slot (taken over from another flow, if it
+    /// held it) learns when it came and whether it carried new sequence space.
+    fn note_activity(&mut self, seen: &Seen, hash: u32) {
+        let tag = activity_tag(hash, seen.key.ifindex);
+        let slot = self
+            .activity
+            .entry(activity_slot(tag, self.activity_slots))
+            .or_default();
+        if slot.tag == tag {
+            slot.before_last = slot.last;
+        } else {
+            *slot = ExpectedActivity {
+                tag,
+                ..ExpectedActivity::default()
+            };
+        }
+        slot.last = Some(seen.window);
+        let space =
+            seen.segment.payload_len + u32::from(seen.has(TCP_SYN)) + u32::from(seen.has(TCP_FIN));
+        if space == 0 {
+            return;
+        }
+        let end = seen.segment.seq.wrapping_add(space);
+        let seq_end = &mut slot.seq_end[seen.hook as usize];
+        if seq_end.is_none_or(|(before, _)| seq_after(end, before)) {
+            *seq_end = Some((end, seen.window));
+        }
+    }
+
+    /// The bounds of a first RST's delay since the other direction's latest new segment and
+    /// of the silence before the packet that preceded it, when its flow still holds its slot.
+    fn reset_timing(&self, seen: &Seen, hash: u32) -> (Option<(u32, u32)>, Option<(u32, u32)>) {
+        let tag = activity_tag(hash, seen.key.ifindex);
+        let Some(slot) = self
+            .activity
+            .get(&activity_slot(tag, self.activity_slots))
+            .filter(|slot| slot.tag == tag)
+        else {
+            return (None, None);
+        };
+        let other = match seen.hook {
+            Hook::Ingress => Hook::Egress,
+            Hook::Egress => Hook::Ingress,
+        };
+        let delay = slot.seq_end[other as usize].map(|(_, new)| new.ms_until(&seen.window));
+        let idle = slot
+            .before_last
+            .zip(slot.last)
+            .map(|(before, last)| before.ms_until(&last));
+        (delay, idle)
+    }
+
+    /// The payload a RST leaves when it is the first of its flow to carry one that the packet
+    /// holds.
+    fn first_payload(&self, seen: &Seen) -> Option<RstPayload> {
+        let len = seen.segment.payload_len;
+        let kept = (len as usize).min(RST_PAYLOAD_BYTES);
+        let first = self
+            .payloads
+            .get(&seen.key)
+            .is_none_or(|payload| payload.len == 0);
+        if len == 0 || !first || seen.segment.captured_payload < kept {
+            return None;
+        }
+        let mut bytes = [0; RST_PAYLOAD_BYTES];
+        bytes[..kept].copy_from_slice(&seen.segment.payload_head[..kept]);
+        Some(RstPayload {
+            len: u16::try_from(len).unwrap_or(u16::MAX),
+            sender: u8::try_from(seen.sender).expect("0 or 1"),
+            bytes,
+            ..RstPayload::default()
+        })
     }
 
     /// Forgets the flows, their reset evidence and the reset gate, as [`Tracer::clear_flows`]
@@ -386,6 +525,8 @@ impl FlowModel {
         self.resets.clear();
         self.reset_sets.clear();
         self.gate.fill(0);
+        self.payloads.clear();
+        self.activity.clear();
     }
 
     pub fn flows(&self) -> &HashMap<FlowKey, ExpectedFlow> {
@@ -416,13 +557,23 @@ impl FlowModel {
             flow_mismatch,
             &mut found,
         );
+        let resets = tracer.resets()?;
         compare_tables(
             &self.resets,
-            &tracer.resets()?,
+            &resets,
             "reset evidence",
             reset_mismatch,
             &mut found,
         );
+        for (key, got) in &resets {
+            let expected = self.payloads.get(key).copied().unwrap_or_default();
+            if got.payload != expected {
+                found.push(format!(
+                    "RST payload {key:?}:\n  expected {expected:?}\n  got      {:?}",
+                    got.payload
+                ));
+            }
+        }
         for (slot, (expected, got)) in self.gate.iter().zip(tracer.reset_gate()?).enumerate() {
             if *expected != got {
                 found.push(format!(
@@ -486,9 +637,17 @@ fn reset_mismatch(expected: &[Option<ExpectedRst>; 2], got: &ResetEvidence) -> b
                     first_rst_ns: 0,
                     last_rst_ns: 0,
                     max_seq_jump: 0,
+                    reset_delay_ms: 0,
+                    idle_before_ms: 0,
                     ..*got
                 };
+                let within = |bounds: Option<(u32, u32)>, ms: u32| match bounds {
+                    None => ms == MS_UNKNOWN,
+                    Some((shortest, longest)) => (shortest..=longest).contains(&ms),
+                };
                 let matches = untimed == expected.evidence
+                    && within(expected.reset_delay_ms, got.reset_delay_ms)
+                    && within(expected.idle_before_ms, got.idle_before_ms)
                     && expected.first.contains(got.first_rst_ns)
                     && expected.last.contains(got.last_rst_ns)
                     && got.first_rst_ns <= got.last_rst_ns

@@ -31,7 +31,7 @@ use etherparse::{
     ip_number, EtherType, Ethernet2HeaderSlice, Ipv4HeaderSlice, Ipv6FragmentHeaderSlice,
     Ipv6HeaderSlice, Ipv6RawExtHeaderSlice, SingleVlanHeaderSlice, TcpHeaderSlice,
 };
-use tracer_common::{FlowKey, FAMILY_IPV4, FAMILY_IPV6};
+use tracer_common::{FlowKey, FAMILY_IPV4, FAMILY_IPV6, RST_PAYLOAD_BYTES};
 
 /// VLAN tags the kernel follows (802.1ad outer + 802.1Q inner is as deep as QinQ goes).
 pub const MAX_VLAN_TAGS: usize = 2;
@@ -62,6 +62,11 @@ pub struct Segment {
     /// TCP payload length by the IP length fields: IPv4 total length, or IPv6 payload length
     /// less the extension headers, less the IP and TCP headers; 0 when they do not add up.
     pub payload_len: u32,
+    /// The first bytes captured after the TCP header, as many as a RST's kept payload holds,
+    /// zero beyond `captured_payload`.
+    pub payload_head: [u8; RST_PAYLOAD_BYTES],
+    /// Bytes captured after the TCP header, whatever the length fields say.
+    pub captured_payload: usize,
 }
 
 impl Segment {
@@ -224,6 +229,10 @@ fn tcp(segment: &[u8], (eth_src, eth_dst): Macs, ip: IpLayer) -> Step<Verdict> {
     .iter()
     .enumerate()
     .fold(0u8, |byte, (bit, &set)| byte | (u8::from(set) << bit));
+    let captured = &segment[header.slice().len()..];
+    let mut payload_head = [0; RST_PAYLOAD_BYTES];
+    let head = captured.len().min(RST_PAYLOAD_BYTES);
+    payload_head[..head].copy_from_slice(&captured[..head]);
     Ok(Verdict::Tcp(Segment {
         eth_src,
         eth_dst,
@@ -242,5 +251,7 @@ fn tcp(segment: &[u8], (eth_src, eth_dst): Macs, ip: IpLayer) -> Step<Verdict> {
             .saturating_sub(usize::from(header.data_offset()) * 4)
             .try_into()
             .expect("an IP length field is 16 bits"),
+        payload_head,
+        captured_payload: captured.len(),
     }))
 }

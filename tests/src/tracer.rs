@@ -14,9 +14,9 @@ use aya::{
     Ebpf, Pod,
 };
 use tracer_common::{
-    FlowKey, FlowValue, GlobalCounters, Hook, PacketEvent, ResetEntry, ResetEvidence, WatchConfig,
-    COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, RESETS_MAP, RESET_GATE_SECTION, RESET_GATE_SLOTS,
-    TC_PROGRAM, WATCH_SECTION, XDP_PROGRAM,
+    activity_capacity, Activity, FlowKey, FlowValue, GlobalCounters, Hook, PacketEvent, ResetEntry,
+    ResetEvidence, WatchConfig, ACTIVITY_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, RESETS_MAP,
+    RESET_GATE_SECTION, RESET_GATE_SLOTS, TC_PROGRAM, WATCH_SECTION, XDP_PROGRAM,
 };
 use tracer_user::sys::loader::TracerLoader;
 
@@ -129,6 +129,8 @@ pub struct LoadedTracer {
     pins: PinDir,
     /// The interface BPF_PROG_TEST_RUN gives the programs: [`test_run_ifindex`].
     ifindex: u32,
+    /// Capacity of the flow table, which sizes the activity table.
+    max_flows: u32,
 }
 
 impl LoadedTracer {
@@ -163,6 +165,7 @@ impl LoadedTracer {
             ebpf,
             pins,
             ifindex: test_run_ifindex()?,
+            max_flows,
         })
     }
 
@@ -330,6 +333,10 @@ impl Tracer for LoadedTracer {
         RESET_CAPACITY
     }
 
+    fn activity_slots(&self) -> u32 {
+        activity_capacity(self.max_flows)
+    }
+
     fn clear_flows(&mut self) -> anyhow::Result<()> {
         self.clear_entries::<FlowValue>(FLOWS_MAP)?;
         let used: Vec<u32> = self
@@ -342,6 +349,17 @@ impl Tracer for LoadedTracer {
             resets
                 .set(index, ResetEntry::default(), 0)
                 .with_context(|| format!("clearing {RESETS_MAP}[{index}]"))?;
+        }
+        let mut activity: Array<&mut MapData, Activity> = self.map_mut(ACTIVITY_MAP)?.try_into()?;
+        for index in 0..activity.len() {
+            let slot = activity
+                .get(&index, 0)
+                .with_context(|| format!("reading {ACTIVITY_MAP}[{index}]"))?;
+            if slot.tag != 0 {
+                activity
+                    .set(index, Activity::default(), 0)
+                    .with_context(|| format!("clearing {ACTIVITY_MAP}[{index}]"))?;
+            }
         }
         let mut gate: Array<&mut MapData, ResetGate> =
             self.map_mut(RESET_GATE_SECTION)?.try_into()?;

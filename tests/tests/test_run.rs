@@ -26,9 +26,9 @@ use flagtrace_tests::{
 };
 use tracer_common::{
     flow_hash, gate_slot, reset_set, reset_set_mask, Baseline, FlagCounts, FlowKey, FlowValue,
-    Hook, ResetEvidence, RstEvidence, WatchConfig, BACK_TO_BACK_NS, EVENT_SNAP_LEN, FIRST_SYN_HI,
-    FIRST_SYN_LO, FIRST_SYN_NONE, RESET_GATE_BUDGET, RESET_WAYS, SEEN_EGRESS, SEEN_INGRESS,
-    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    Hook, ResetEvidence, RstEvidence, RstPayload, WatchConfig, BACK_TO_BACK_NS, EVENT_SNAP_LEN,
+    FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, MS_UNKNOWN, RESET_GATE_BUDGET, RESET_WAYS,
+    RST_PAYLOAD_BYTES, SEEN_EGRESS, SEEN_INGRESS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 const CLIENT_V4: [u8; 4] = [10, 0, 0, 1];
@@ -55,9 +55,10 @@ struct Harness {
 
 impl Harness {
     fn new(hook: Hook) -> Self {
+        let tracer = LoadedTracer::load(1024).expect("loading the tracer");
         Self {
-            tracer: LoadedTracer::load(1024).expect("loading the tracer"),
-            model: FlowModel::new(RESET_CAPACITY),
+            model: FlowModel::new(&tracer),
+            tracer,
             hook,
             ifindex: test_run_ifindex().expect("loopback ifindex"),
         }
@@ -195,13 +196,16 @@ fn on_both_hooks(scenario: impl Fn(&mut Harness)) {
 }
 
 /// Asserts that `got` equals `untimed` but for its timestamps, and that those lie in the windows
-/// of the first and the latest RST.
+/// of the first and the latest RST. (The durations, which the model bounds after every frame,
+/// are left out.)
 fn assert_rst(got: &RstEvidence, untimed: &RstEvidence, first: Window, last: Window) {
     assert!(first.contains(got.first_rst_ns), "first RST time: {got:?}");
     assert!(last.contains(got.last_rst_ns), "latest RST time: {got:?}");
     let got_untimed = RstEvidence {
         first_rst_ns: 0,
         last_rst_ns: 0,
+        reset_delay_ms: 0,
+        idle_before_ms: 0,
         ..*got
     };
     assert_eq!(&got_untimed, untimed);
@@ -312,13 +316,16 @@ impl Seg {
     }
 }
 
-/// `verdict` with another payload length: for frames whose IP length fields were patched.
-fn with_payload_len(verdict: Verdict, payload_len: u32) -> Verdict {
+/// `verdict` with another payload: `payload_len` by the IP length fields (for frames whose
+/// fields were patched), `captured` the bytes the frame holds after the TCP header.
+fn with_payload(verdict: Verdict, payload_len: u32, captured: &[u8]) -> Verdict {
     let Verdict::Tcp(segment) = verdict else {
         panic!("not a TCP verdict: {verdict:?}")
     };
     Verdict::Tcp(oracle::Segment {
         payload_len,
+        payload_head: std::array::from_fn(|i| captured.get(i).copied().unwrap_or(0)),
+        captured_payload: captured.len(),
         ..segment
     })
 }
@@ -602,10 +609,15 @@ impl Case {
     /// A TCP frame: the whole TCP header (with options) is required, the payload is not.
     fn tcp(name: &'static str, frame: Vec<u8>, verdict: Verdict, payload_len: usize) -> Self {
         let required_len = frame.len() - payload_len;
+        let verdict = with_payload(
+            verdict,
+            payload_len.try_into().expect("small payload"),
+            &frame[required_len..],
+        );
         Self {
             name,
             frame,
-            verdict: with_payload_len(verdict, payload_len.try_into().expect("small payload")),
+            verdict,
             required_len,
         }
     }
@@ -999,10 +1011,15 @@ fn every_truncation_is_a_parse_error_until_the_walked_headers_are_complete() {
             // BPF_PROG_TEST_RUN rejects frames shorter than the Ethernet header (EINVAL), so
             // truncation inside it cannot reach the program (see test_run_accepts for more).
             for len in ETHERNET_LEN..case.frame.len() {
-                let expected = if len < case.required_len {
-                    Verdict::ParseError
-                } else {
-                    case.verdict
+                let expected = match case.verdict {
+                    _ if len < case.required_len => Verdict::ParseError,
+                    // The length fields still say the whole payload; fewer bytes of it are there.
+                    Verdict::Tcp(segment) => with_payload(
+                        case.verdict,
+                        segment.payload_len,
+                        &case.frame[case.required_len..len],
+                    ),
+                    other => other,
                 };
                 let name = format!("{} truncated to {len} bytes", case.name);
                 h.send(&name, &case.frame[..len], expected);
@@ -1126,7 +1143,13 @@ fn ip_length_fields_give_the_payload_length_but_not_the_header_walk() {
     ];
     on_both_hooks(|h| {
         for (name, seg, frame, payload_len) in &cases {
-            h.send(name, frame, with_payload_len(seg.verdict(), *payload_len));
+            let ip_len = if seg.v6 { IPV6_LEN } else { IPV4_LEN };
+            let captured = &frame[ETHERNET_LEN + ip_len + TCP_LEN..];
+            h.send(
+                name,
+                frame,
+                with_payload(seg.verdict(), *payload_len, captured),
+            );
             // What the payload length feeds: the sequence end of the SYN.
             let (_, value) = h.only_flow();
             assert_eq!(
@@ -1809,4 +1832,140 @@ fn watched_syn_syn_ack_and_rst_become_events_within_the_budget() {
         tracer.run(hook, &syn.frame()).expect("test run");
         assert!(tracer.take_events().expect("events").is_empty());
     }
+}
+
+/// The client's side of a connection as attached for real, on one interface: what the client
+/// sends leaves through TC, what comes back arrives at XDP.
+fn client_hook(seg: &Seg) -> Hook {
+    if seg.from_server {
+        Hook::Ingress
+    } else {
+        Hook::Egress
+    }
+}
+
+impl Harness {
+    /// Runs `seg` on the hook that sees it on the client's interface.
+    fn send_on_client_side(&mut self, name: &str, seg: &Seg) -> Window {
+        self.hook = client_hook(seg);
+        self.send_seg(name, seg)
+    }
+}
+
+const CLIENT_HELLO: &[u8] = b"\x16\x03\x01 a ClientHello, as far as timing goes";
+
+#[test]
+fn a_rst_keeps_how_long_after_the_other_sides_last_new_segment_it_came() {
+    let mut h = Harness::new(Hook::Egress);
+    h.send_on_client_side("SYN", &Seg::client(TCP_SYN));
+    h.send_on_client_side("SYN/ACK", &server_syn_ack(false));
+    let hello = Seg {
+        seq: 1001,
+        ack: 7001,
+        payload: CLIENT_HELLO,
+        ..Seg::client(PSH | TCP_ACK)
+    };
+    h.send_on_client_side("ClientHello", &hello);
+    std::thread::sleep(Duration::from_millis(300));
+    // A retransmission carries nothing new: the delay still counts from the first sending.
+    h.send_on_client_side("ClientHello again", &hello);
+    std::thread::sleep(Duration::from_millis(200));
+    let rst = Seg {
+        seq: 7001,
+        ack: 1001 + CLIENT_HELLO.len() as u32,
+        ..Seg::server(TCP_RST | TCP_ACK)
+    };
+    h.send_on_client_side("RST", &rst);
+    // The model checked both against the runs' windows; here, what they mean.
+    let evidence = h.only_reset().by_sender[rst.sender()];
+    assert!(
+        (500..1_000).contains(&evidence.reset_delay_ms),
+        "the RST came 0.5 s after the ClientHello: {evidence:?}"
+    );
+    assert!(
+        (300..500).contains(&evidence.idle_before_ms),
+        "0.3 s of silence before the retransmission that preceded the RST: {evidence:?}"
+    );
+}
+
+#[test]
+fn a_rst_without_history_has_unknown_durations() {
+    on_both_hooks(|h| {
+        let rst = forged_rst(false, 7001);
+        h.send_seg("RST of a flow never seen", &rst);
+        let evidence = h.only_reset().by_sender[rst.sender()];
+        assert_eq!(
+            (evidence.reset_delay_ms, evidence.idle_before_ms),
+            (MS_UNKNOWN, MS_UNKNOWN)
+        );
+    });
+}
+
+#[test]
+fn the_first_rst_payload_of_a_flow_is_kept() {
+    const CAUSE: &[u8] = b"No pool member available";
+    const LONG: &[u8] = b"a cause longer than the forty-eight bytes the table keeps of it";
+    on_both_hooks(|h| {
+        h.send_seg("SYN/ACK", &server_syn_ack(false));
+        let plain = forged_rst(false, 7001);
+        h.send_seg("RST without payload", &plain);
+        assert_eq!(h.only_reset().payload, RstPayload::default());
+        let said = Seg {
+            payload: CAUSE,
+            ..plain
+        };
+        h.send_seg("RST with a cause", &said);
+        // Not the sender's first RST: its payload is not kept.
+        assert_eq!(h.only_reset().payload.len, 0);
+        h.clear();
+
+        h.send_seg("RST with a cause", &said);
+        let payload = h.only_reset().payload;
+        assert_eq!(usize::from(payload.len), CAUSE.len());
+        assert_eq!(usize::from(payload.sender), said.sender());
+        assert_eq!(&payload.bytes[..CAUSE.len()], CAUSE);
+        h.send_seg(
+            "a later RST with another",
+            &Seg {
+                payload: LONG,
+                ..said
+            },
+        );
+        assert_eq!(h.only_reset().payload, payload);
+        h.clear();
+
+        h.send_seg(
+            "RST with a long cause",
+            &Seg {
+                payload: LONG,
+                ..said
+            },
+        );
+        let payload = h.only_reset().payload;
+        assert_eq!(usize::from(payload.len), LONG.len());
+        assert_eq!(payload.bytes, LONG[..RST_PAYLOAD_BYTES]);
+    });
+}
+
+#[test]
+fn an_ack_beyond_the_rsts_from_its_sender_is_kept() {
+    on_both_hooks(|h| {
+        h.send_seg("SYN/ACK", &server_syn_ack(false));
+        let rst = forged_rst(false, 7001);
+        h.send_seg("forged RST", &rst);
+        let ack = |ack| Seg {
+            ack,
+            payload: &[],
+            flags: TCP_ACK,
+            ..server_data(7001)
+        };
+        // (ACK number, ack_beyond after it)
+        for (number, beyond) in [(1001, 0), (1000, 0), (1002, 1), (1001 + 23, 23), (1010, 23)] {
+            h.send_seg(&format!("server ACK {number}"), &ack(number));
+            assert_eq!(h.only_reset().by_sender[rst.sender()].ack_beyond, beyond);
+        }
+        // Far beyond: another connection's numbers, not this one's data.
+        h.send_seg("server ACK far away", &ack(1001 + (1 << 24)));
+        assert_eq!(h.only_reset().by_sender[rst.sender()].ack_beyond, 23);
+    });
 }

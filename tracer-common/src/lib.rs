@@ -38,6 +38,17 @@ pub const RESET_GATE_SLOTS: u32 = 4096;
 pub const RESET_GATE_BUDGET: u32 = 64;
 /// Two RSTs from one sender count as back to back when they are this close in time.
 pub const BACK_TO_BACK_NS: u64 = 2_000_000_000;
+/// Name of the activity table: an array of [`Activity`], one slot per [`activity_slot`] of an
+/// [`activity_tag`], written by every TCP packet other than a RST. Private to each load (not
+/// pinned): it only has to remember the seconds before a RST.
+pub const ACTIVITY_MAP: &str = "ACTIVITY";
+/// Name of the global (read-only data, set at load time) that holds the activity table's
+/// capacity, for [`activity_slot`].
+pub const ACTIVITY_SLOTS_GLOBAL: &str = "ACTIVITY_SLOTS";
+/// Bytes of a RST's payload the reset table keeps ([`RstPayload`]).
+pub const RST_PAYLOAD_BYTES: usize = 48;
+/// [`RstEvidence::reset_delay_ms`] and [`RstEvidence::idle_before_ms`] when not measured.
+pub const MS_UNKNOWN: u32 = u32::MAX;
 /// Name of the ring buffer that carries [`PacketEvent`]s to `flagtrace watch`.
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Size of the [`EVENTS_MAP`] ring buffer in bytes (a power of two, a multiple of the page size).
@@ -128,6 +139,31 @@ impl Hook {
             Hook::Egress => "egress",
         }
     }
+}
+
+/// The activity table's capacity for a flow table of `max_flows`: one slot per flow, so that at a
+/// full flow table a flow keeps its slot for as long as no other flow of the same slot speaks.
+pub const fn activity_capacity(max_flows: u32) -> u32 {
+    if max_flows == 0 {
+        1
+    } else {
+        max_flows
+    }
+}
+
+/// The tag of a flow's activity slot: its [`flow_hash`] mixed with the interface, because a
+/// router sees one connection on two interfaces, each with its own direction per hook. Never 0,
+/// which marks an empty slot.
+#[inline(always)]
+pub fn activity_tag(flow_hash: u32, ifindex: u32) -> u32 {
+    (flow_hash ^ ifindex).wrapping_mul(0x9e37_79b1) | 1
+}
+
+/// The slot of `tag` in an activity table of `capacity` slots: multiply and shift (the tag's high
+/// bits, scaled), which needs no power of two and no division.
+#[inline(always)]
+pub fn activity_slot(tag: u32, capacity: u32) -> u32 {
+    ((tag as u64 * capacity as u64) >> 32) as u32
 }
 
 /// Number of entries in the [`COUNTERS_MAP`] array.
@@ -368,7 +404,75 @@ pub struct RstEvidence {
     /// sequence counts no bytes, even when it runs past it: we prefer missing a forgery to a
     /// false alarm.
     pub bytes_beyond: u32,
+    /// The furthest those packets acknowledged beyond the first RST's acknowledgement number, in
+    /// bytes of sequence space (0 when none did, or the RST had no ACK): a really reset endpoint
+    /// acknowledges nothing more.
+    pub ack_beyond: u32,
+    /// Milliseconds from the other side's latest segment with new sequence space (data, SYN or
+    /// FIN; retransmissions do not count) to the first RST, at the clock's resolution;
+    /// [`MS_UNKNOWN`] when the activity table had no history of the flow.
+    pub reset_delay_ms: u32,
+    /// Milliseconds of silence (either direction) before the latest packet that preceded the
+    /// first RST; [`MS_UNKNOWN`] as above.
+    pub idle_before_ms: u32,
+    pub _pad: u32,
 }
+
+/// The first bytes of the first RST of a flow that carried a payload (RFC 9293 allows one; some
+/// middleboxes say there why they reset).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RstPayload {
+    /// The payload's full length (saturated); 0: no RST of the flow carried one.
+    pub len: u16,
+    /// Which endpoint of the key sent it: [`SENDER_LO`] or [`SENDER_HI`].
+    pub sender: u8,
+    pub _pad0: u8,
+    pub _pad1: u32,
+    /// Its first `min(len, RST_PAYLOAD_BYTES)` bytes.
+    pub bytes: [u8; RST_PAYLOAD_BYTES],
+}
+
+impl Default for RstPayload {
+    // By hand: `Default` stops at arrays of 32.
+    fn default() -> Self {
+        RstPayload {
+            len: 0,
+            sender: 0,
+            _pad0: 0,
+            _pad1: 0,
+            bytes: [0; RST_PAYLOAD_BYTES],
+        }
+    }
+}
+
+/// One slot of the activity table: what the latest packets of the flow tagged [`Activity::tag`]
+/// looked like, in clock ticks (the low 32 bits of jiffies in the kernel, milliseconds on the
+/// host; differences wrap correctly). Per hook rather than per endpoint: on one interface each
+/// direction of a connection passes one hook, and the hook is a constant in each program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// The [`activity_tag`] of the flow that last wrote the slot; 0: empty.
+    pub tag: u32,
+    /// Tick of the latest packet other than a RST, either direction.
+    pub last_tick: u32,
+    /// Ticks of silence before that packet; [`MS_UNKNOWN`] when it was the first the slot saw.
+    pub gap_ticks: u32,
+    /// `ACTIVITY_*` bits, by hook.
+    pub state: u32,
+    /// By [`Hook`]: tick of the latest segment that carried new sequence space.
+    pub new_tick: [u32; 2],
+    /// By [`Hook`]: the highest sequence end seen.
+    pub seq_end: [u32; 2],
+}
+
+/// [`Activity::state`]: `seq_end[hook]` holds a sequence end (shifted left by the hook).
+pub const ACTIVITY_SEQ_KNOWN: u32 = 1;
+/// [`Activity::state`]: the direction of the hook sent its SYN (shifted left by the hook).
+pub const ACTIVITY_SYN_SEEN: u32 = 4;
+/// [`Activity::state`]: the direction of the hook sent payload (shifted left by the hook).
+pub const ACTIVITY_PAYLOAD_SEEN: u32 = 16;
 
 /// An entry of the reset evidence table.
 #[repr(C)]
@@ -376,6 +480,7 @@ pub struct RstEvidence {
 pub struct ResetEvidence {
     /// By sender: [`SENDER_LO`] and [`SENDER_HI`].
     pub by_sender: [RstEvidence; 2],
+    pub payload: RstPayload,
 }
 
 /// An entry of the reset table: the flow and the evidence of its RSTs. Empty while `key` is all
@@ -580,6 +685,7 @@ mod pod {
     unsafe impl aya::Pod for super::GlobalCounters {}
     unsafe impl aya::Pod for super::ResetEvidence {}
     unsafe impl aya::Pod for super::ResetEntry {}
+    unsafe impl aya::Pod for super::Activity {}
     unsafe impl aya::Pod for super::WatchConfig {}
     unsafe impl aya::Pod for super::PacketEvent {}
 }
@@ -589,9 +695,11 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
 const _: () = assert!(core::mem::size_of::<Baseline>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 104);
-const _: () = assert!(core::mem::size_of::<RstEvidence>() == 56);
-const _: () = assert!(core::mem::size_of::<ResetEvidence>() == 112);
-const _: () = assert!(core::mem::size_of::<ResetEntry>() == 160);
+const _: () = assert!(core::mem::size_of::<RstEvidence>() == 72);
+const _: () = assert!(core::mem::size_of::<RstPayload>() == 8 + RST_PAYLOAD_BYTES);
+const _: () = assert!(core::mem::size_of::<ResetEvidence>() == 200);
+const _: () = assert!(core::mem::size_of::<ResetEntry>() == 248);
+const _: () = assert!(core::mem::size_of::<Activity>() == 32);
 const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 176);
 const _: () = assert!(core::mem::size_of::<WatchConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<PacketEvent>() == 24 + EVENT_SNAP_LEN);

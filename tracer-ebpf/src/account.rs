@@ -5,10 +5,11 @@
 use core::mem;
 
 use tracer_common::{
-    flow_hash, gate_slot, reset_set, Baseline, EventBudget, FlagCounts, FlowKey, FlowValue,
-    GlobalCounters, Hook, ResetEntry, RstEvidence, WatchConfig, BACK_TO_BACK_NS, FAMILY_IPV4,
-    FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, RESET_ENTRY_IDLE_NS, RESET_GATE_BUDGET, SEEN_NONE,
-    SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    activity_tag, flow_hash, gate_slot, reset_set, Activity, Baseline, EventBudget, FlagCounts,
+    FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, RstEvidence, RstPayload, WatchConfig,
+    ACTIVITY_PAYLOAD_SEEN, ACTIVITY_SEQ_KNOWN, ACTIVITY_SYN_SEEN, BACK_TO_BACK_NS, FAMILY_IPV4,
+    FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, MS_UNKNOWN, RESET_ENTRY_IDLE_NS, RESET_GATE_BUDGET,
+    RST_PAYLOAD_BYTES, SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{load_u16, load_u32, parse, EthHdr, NoSegment, OnSegment, Packet, TcpSegment};
@@ -32,6 +33,15 @@ pub trait Tables {
     fn scratch(&self) -> Option<*mut FlowValue>;
     /// The time the maps record, on the clock of [`FlowValue::first_seen_ns`].
     fn now(&self) -> u64;
+    /// The activity table's slot for `tag` (an [`activity_tag`]).
+    fn activity(&self, tag: u32) -> Option<*mut Activity>;
+    /// The activity table's clock: a coarse tick count, read as one load.
+    fn ticks(&self) -> u32;
+    /// Milliseconds in `ticks` ticks of [`Tables::ticks`], below [`MS_UNKNOWN`].
+    fn ticks_to_ms(&self, ticks: u32) -> u32;
+    /// Copies `len` bytes (1 to [`RST_PAYLOAD_BYTES`]) of the packet at `offset` to `dst`; false
+    /// when the packet is shorter.
+    fn copy_packet(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
     /// The interface the packet is accounted on. Asked only for the packets that need their
     /// flow key, which most do not.
     fn ifindex(&self) -> u32;
@@ -85,8 +95,9 @@ impl<'a, T: Tables> OnSegment<'a> for Accounting<'_, T> {
         let flags = segment.flags();
         counters.count_tcp(flags, 1);
         if flags & TCP_FLAGS_OF_INTEREST == 0 {
-            // Most packets: parsing and one array read, no table lookup, no clock.
+            // Most packets: parsing, the activity slot and one array read, no table lookup.
             let hash = segment.flow_hash();
+            note_activity(tables, &segment, hook, hash);
             if take_gate_budget(tables, gate_slot(hash)) {
                 let (key, sender) = segment.flow_key(tables.ifindex());
                 let obs = Observation::new(tables, segment, &key, sender, hook);
@@ -103,7 +114,7 @@ impl<'a, T: Tables> OnSegment<'a> for Accounting<'_, T> {
         // The hash from the entry, which keeps it: a SYN or FIN of a flow without a RST needs
         // none. 0 is an entry pinned by a build that did not keep it (or, once in 2^32 flows, a
         // hash of 0: hashing again gives it too).
-        let hash = |recorded: &Option<Recorded>| match recorded.as_ref().map(Recorded::flow_hash) {
+        let hash = match recorded.as_ref().map(Recorded::flow_hash) {
             Some(hash) if hash != 0 => hash,
             _ => segment.flow_hash(),
         };
@@ -111,11 +122,14 @@ impl<'a, T: Tables> OnSegment<'a> for Accounting<'_, T> {
             let max_seq_before = recorded
                 .as_ref()
                 .map_or(0, |recorded| recorded.max_seq_end(obs.sender));
-            if !record_reset(tables, &obs, hash(&recorded), max_seq_before) {
+            if !record_reset(tables, &obs, hash, max_seq_before) {
                 counters.resets_unrecorded += 1;
             }
-        } else if recorded.as_ref().is_some_and(Recorded::had_reset) {
-            note_after_reset(tables, &obs, hash(&recorded));
+        } else {
+            note_activity(tables, &segment, hook, hash);
+            if recorded.as_ref().is_some_and(Recorded::had_reset) {
+                note_after_reset(tables, &obs, hash);
+            }
         }
         if flags & (TCP_SYN | TCP_RST) != 0 {
             offer_event(tables, counters, &obs);
@@ -336,6 +350,12 @@ fn seq_at_or_after(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) >= 0
 }
 
+/// `a` is after `b` in sequence space.
+#[inline(always)]
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
 /// The flow entry [`record_flags`] recorded a packet in. Its fields are read after the update, as
 /// values, rather than returned from it: carried across the update they cost registers and
 /// spills on every flag packet, and only RSTs and the packets of reset flows need them.
@@ -499,12 +519,64 @@ fn record_reset<T: Tables>(tables: &T, obs: &Observation, hash: u32, max_seq_bef
     let Some(entry) = reset_entry(tables, obs, hash, Some(obs.now)) else {
         return false;
     };
-    update_reset(
-        by_sender(unsafe { &raw mut (*entry).evidence.by_sender }, obs.sender),
-        obs,
-        max_seq_before,
-    );
+    let rst = by_sender(unsafe { &raw mut (*entry).evidence.by_sender }, obs.sender);
+    if unsafe { (*rst).first_rst_ns } == 0 {
+        let rst = unsafe { &mut *rst };
+        (rst.reset_delay_ms, rst.idle_before_ms) = reset_timing(tables, obs, hash);
+        keep_payload(tables, unsafe { &mut (*entry).evidence.payload }, obs);
+    }
+    update_reset(rst, obs, max_seq_before);
     true
+}
+
+/// How long before the RST the other side last sent something new, and how long the connection
+/// had been silent before the packet that preceded the RST: read from the activity slot, which
+/// RSTs leave alone. Unknown when another flow has taken the slot since.
+#[inline(always)]
+fn reset_timing<T: Tables>(tables: &T, obs: &Observation, hash: u32) -> (u32, u32) {
+    let tag = activity_tag(hash, obs.key.ifindex);
+    let Some(slot) = tables.activity(tag) else {
+        return (MS_UNKNOWN, MS_UNKNOWN);
+    };
+    let slot = unsafe { &*slot };
+    if slot.tag != tag {
+        return (MS_UNKNOWN, MS_UNKNOWN);
+    }
+    let now = tables.ticks();
+    let other = other_hook(obs.hook);
+    let delay = if slot.state & (ACTIVITY_SEQ_KNOWN << other as u32) != 0 {
+        tables.ticks_to_ms(now.wrapping_sub(*by_hook(&slot.new_tick, other)))
+    } else {
+        MS_UNKNOWN
+    };
+    let idle = if slot.gap_ticks == MS_UNKNOWN {
+        MS_UNKNOWN
+    } else {
+        tables.ticks_to_ms(slot.gap_ticks)
+    };
+    (delay, idle)
+}
+
+/// The first bytes of a RST's payload, when it is the first of its flow to carry one.
+#[inline(always)]
+fn keep_payload<T: Tables>(tables: &T, payload: &mut RstPayload, obs: &Observation) {
+    let len = obs.segment.payload_len();
+    if len == 0 || payload.len != 0 {
+        return;
+    }
+    // Checked after an optimisation barrier, as the verifier needs to see the bounds.
+    let copied = core::hint::black_box(len.min(RST_PAYLOAD_BYTES as u32));
+    if copied == 0 || copied > RST_PAYLOAD_BYTES as u32 {
+        return;
+    }
+    if tables.copy_packet(
+        obs.segment.payload_offset(),
+        payload.bytes.as_mut_ptr(),
+        copied,
+    ) {
+        payload.len = len.min(u16::MAX as u32) as u16;
+        payload.sender = obs.sender as u8;
+    }
 }
 
 #[inline(always)]
@@ -574,6 +646,89 @@ fn note_after_reset<T: Tables>(tables: &T, obs: &Observation, hash: u32) {
     let bytes = if beyond { payload_len as u64 } else { 0 };
     // packets_after and bytes_beyond are adjacent u32s on an 8-byte boundary: one 64-bit add.
     unsafe { atomic_add(&raw mut (*rst).packets_after as *mut u64, 1 | bytes << 32) };
+    let rst = unsafe { &mut *rst };
+    // A SYN starts a new connection on the same ports, whose numbers say nothing of this one.
+    if obs.flags() & (TCP_ACK | TCP_SYN) == TCP_ACK && rst.ack != 0 {
+        let acked = obs.segment.ack().wrapping_sub(rst.ack);
+        // Within a window: a later connection's numbers are random, and the one in 2^8 of them
+        // that lands here still needs the gate to be open.
+        if acked > rst.ack_beyond && acked < ACK_BEYOND_WINDOW {
+            rst.ack_beyond = acked;
+        }
+    }
+}
+
+/// How far beyond a RST's acknowledgement a later ACK of its sender may go and still count as
+/// acknowledging this connection's data (16 MiB of it in flight).
+const ACK_BEYOND_WINDOW: u32 = 1 << 24;
+
+/// The activity slot of the packet's flow learns of it: when, after how long a silence, and
+/// whether it carried new sequence space. Every TCP packet but RSTs does this; it is what lets a
+/// RST say after what, and how long after, it came. One array slot, no hash lookup: a slot taken
+/// by another flow only makes those answers unknown (the tag tells).
+#[inline(always)]
+fn note_activity<T: Tables>(tables: &T, segment: &TcpSegment, hook: Hook, hash: u32) {
+    let tag = activity_tag(hash, tables.ifindex());
+    let Some(slot) = tables.activity(tag) else {
+        return;
+    };
+    let slot = unsafe { &mut *slot };
+    let now = tables.ticks();
+    if slot.tag == tag {
+        slot.gap_ticks = now.wrapping_sub(slot.last_tick);
+    } else {
+        slot.tag = tag;
+        slot.gap_ticks = MS_UNKNOWN;
+        slot.state = 0;
+    }
+    slot.last_tick = now;
+    let flags = segment.flags();
+    let payload_len = segment.payload_len();
+    let space = payload_len + (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
+    if space == 0 {
+        return;
+    }
+    let end = segment.seq().wrapping_add(space);
+    let direction = hook as u32;
+    let seq_end = by_hook_mut(&mut slot.seq_end, hook);
+    if slot.state & (ACTIVITY_SEQ_KNOWN << direction) != 0 && !seq_after(end, *seq_end) {
+        return;
+    }
+    *seq_end = end;
+    *by_hook_mut(&mut slot.new_tick, hook) = now;
+    let mut state = slot.state | ACTIVITY_SEQ_KNOWN << direction;
+    if flags & TCP_SYN != 0 {
+        state |= ACTIVITY_SYN_SEEN << direction;
+    } else if payload_len > 0 && state & (ACTIVITY_PAYLOAD_SEEN << direction) == 0 {
+        state |= ACTIVITY_PAYLOAD_SEEN << direction;
+    }
+    slot.state = state;
+}
+
+/// The other hook: on one interface, the other direction of the connection.
+#[inline(always)]
+fn other_hook(hook: Hook) -> Hook {
+    match hook {
+        Hook::Ingress => Hook::Egress,
+        Hook::Egress => Hook::Ingress,
+    }
+}
+
+/// Element `hook` of a by-hook pair, as a branch on what is a constant in each program.
+#[inline(always)]
+fn by_hook(pair: &[u32; 2], hook: Hook) -> &u32 {
+    match hook {
+        Hook::Ingress => &pair[0],
+        Hook::Egress => &pair[1],
+    }
+}
+
+#[inline(always)]
+fn by_hook_mut(pair: &mut [u32; 2], hook: Hook) -> &mut u32 {
+    match hook {
+        Hook::Ingress => &mut pair[0],
+        Hook::Egress => &mut pair[1],
+    }
 }
 
 /// Sends a SYN, SYN/ACK or RST to `flagtrace watch` while it holds its lease and this CPU's

@@ -210,6 +210,13 @@ impl TcpSegment<'_> {
         u32::from_be(load!(u32, self.tcp, TcpHdr, ack))
     }
 
+    /// Offset of the TCP payload from the start of the packet.
+    #[inline(always)]
+    pub fn payload_offset(&self) -> u32 {
+        let tcp_offset = self.tcp as *const TcpHdr as usize - self.eth as *const EthHdr as usize;
+        (tcp_offset + ((self.tcp.data_offset >> 4) as usize) * 4) as u32
+    }
+
     /// The canonical key of this packet's flow on `ifindex`, and which endpoint sent it.
     #[inline(always)]
     pub fn flow_key(&self, ifindex: u32) -> (FlowKey, usize) {

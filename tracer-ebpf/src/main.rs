@@ -14,9 +14,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use tracer_common::{
-    reset_set_mask, EventBudget, FlowKey, FlowValue, GlobalCounters, Hook, PacketEvent, ResetEntry,
-    WatchConfig, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, EVENTS_RING_BYTES, EVENT_SNAP_LEN,
-    HOOK_COUNT, RESET_GATE_SLOTS,
+    activity_capacity, activity_slot, reset_set_mask, Activity, EventBudget, FlowKey, FlowValue,
+    GlobalCounters, Hook, PacketEvent, ResetEntry, WatchConfig, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_RESETS, EVENTS_RING_BYTES, EVENT_SNAP_LEN, HOOK_COUNT, MS_UNKNOWN,
+    RESET_GATE_SLOTS,
 };
 use tracer_ebpf::{
     account::{account, Tables},
@@ -55,6 +56,18 @@ static CLOCK_OFFSET_NS: u64 = 0;
 #[unsafe(link_section = ".bss.reset_gate")]
 static mut RESET_GATE: [u32; RESET_GATE_SLOTS as usize] = [0; RESET_GATE_SLOTS as usize];
 
+/// What each flow's latest packets looked like, direct-mapped on
+/// [`tracer_common::activity_tag`]: every TCP packet writes its slot, so that a RST can say how
+/// long after what it came. An array, not a hash: a plain packet must not pay for a hash lookup.
+/// User space sizes it with the flow table ([`tracer_common::activity_capacity`]) and sets
+/// [`ACTIVITY_SLOTS`] to match. Private to this load, like SCRATCH.
+#[map(name = "ACTIVITY")]
+static ACTIVITY: Array<Activity> = Array::with_max_entries(activity_capacity(DEFAULT_MAX_FLOWS), 0);
+
+/// The capacity of ACTIVITY; read-only data, set at load time.
+#[unsafe(no_mangle)]
+static ACTIVITY_SLOTS: u32 = activity_capacity(DEFAULT_MAX_FLOWS);
+
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<GlobalCounters> = PerCpuArray::pinned(HOOK_COUNT, 0);
 
@@ -84,8 +97,8 @@ static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 trait HookContext {
     fn ifindex(&self) -> u32;
     fn len(&self) -> u32;
-    /// Copies the first `len` bytes (1 to [`EVENT_SNAP_LEN`]) to `dst`.
-    fn copy_to(&self, dst: *mut u8, len: u32) -> bool;
+    /// Copies `len` bytes at `offset` to `dst`; the caller bounds `len` for the verifier.
+    fn copy_to(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
 }
 
 impl HookContext for XdpContext {
@@ -100,8 +113,8 @@ impl HookContext for XdpContext {
     }
 
     #[inline(always)]
-    fn copy_to(&self, dst: *mut u8, len: u32) -> bool {
-        unsafe { bpf_xdp_load_bytes(self.ctx, 0, dst as *mut _, len) == 0 }
+    fn copy_to(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        unsafe { bpf_xdp_load_bytes(self.ctx, offset, dst as *mut _, len) == 0 }
     }
 }
 
@@ -117,10 +130,10 @@ impl HookContext for TcContext {
     }
 
     #[inline(always)]
-    fn copy_to(&self, dst: *mut u8, len: u32) -> bool {
+    fn copy_to(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
         // The helper directly: TcContext::load_bytes recomputes the length and loses the bounds
         // the verifier was shown.
-        unsafe { bpf_skb_load_bytes(self.skb.skb as *const _, 0, dst as *mut _, len) == 0 }
+        unsafe { bpf_skb_load_bytes(self.skb.skb as *const _, offset, dst as *mut _, len) == 0 }
     }
 }
 
@@ -182,6 +195,29 @@ impl<C: HookContext> Tables for Maps<'_, C> {
     }
 
     #[inline(always)]
+    fn activity(&self, tag: u32) -> Option<*mut Activity> {
+        // Volatile: the value is set at load time, after compilation.
+        let slots = unsafe { ptr::read_volatile(&ACTIVITY_SLOTS) };
+        ACTIVITY.get_ptr_mut(activity_slot(tag, slots))
+    }
+
+    #[inline(always)]
+    fn ticks(&self) -> u32 {
+        unsafe { bpf_jiffies64() as u32 }
+    }
+
+    #[inline(always)]
+    fn ticks_to_ms(&self, ticks: u32) -> u32 {
+        let tick_ns = unsafe { ptr::read_volatile(&CLOCK_TICK_NS) };
+        (ticks as u64 * tick_ns / 1_000_000).min(MS_UNKNOWN as u64 - 1) as u32
+    }
+
+    #[inline(always)]
+    fn copy_packet(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        self.ctx.copy_to(offset, dst, len)
+    }
+
+    #[inline(always)]
     fn ifindex(&self) -> u32 {
         self.ctx.ifindex()
     }
@@ -219,7 +255,7 @@ impl<C: HookContext> Tables for Maps<'_, C> {
             (*event)._pad1 = 0;
         }
         let data = unsafe { &raw mut (*event).data as *mut u8 };
-        if !self.ctx.copy_to(data, captured_len) {
+        if !self.ctx.copy_to(0, data, captured_len) {
             entry.discard(0);
             return false;
         }

@@ -8,7 +8,9 @@
 //! - the reset table and the reset gate have the kernel's default sizes
 //!   ([`DEFAULT_MAX_RESETS`], [`RESET_GATE_SLOTS`]), so that reset evidence is kept and dropped
 //!   as a default attachment keeps and drops it;
-//! - times are the capture's (Unix nanoseconds), not the kernel's monotonic clock;
+//! - the activity table has a slot per flow of a default attachment ([`DEFAULT_MAX_FLOWS`]);
+//! - times are the capture's (Unix nanoseconds), not the kernel's monotonic clock, and the
+//!   activity table's ticks are its milliseconds;
 //! - nobody watches a file: no events.
 
 use std::{
@@ -17,8 +19,9 @@ use std::{
 };
 
 use tracer_common::{
-    reset_capacity, reset_set_mask, EventBudget, FlowKey, FlowValue, GlobalCounters, Hook,
-    ResetEntry, ResetEvidence, WatchConfig, DEFAULT_MAX_RESETS, RESET_GATE_SLOTS,
+    activity_capacity, activity_slot, reset_capacity, reset_set_mask, Activity, EventBudget,
+    FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, ResetEvidence, WatchConfig,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, MS_UNKNOWN, RESET_GATE_SLOTS,
 };
 use tracer_ebpf::{
     account::{account, Tables},
@@ -39,11 +42,14 @@ pub struct HostTables {
     flows: RefCell<HashMap<FlowKey, Box<UnsafeCell<FlowValue>>>>,
     resets: Box<[UnsafeCell<ResetEntry>]>,
     reset_set_mask: u32,
+    activity: Box<[UnsafeCell<Activity>]>,
     scratch: UnsafeCell<FlowValue>,
     /// The time of the packet being accounted.
     now: Cell<u64>,
     /// The interface of the packet being accounted.
     ifindex: Cell<u32>,
+    /// The frame being accounted, as (start, length): [`Tables::copy_packet`] reads it.
+    frame: Cell<(*const u8, usize)>,
 }
 
 impl Default for HostTables {
@@ -63,9 +69,13 @@ impl HostTables {
                 .map(|_| UnsafeCell::new(ResetEntry::default()))
                 .collect(),
             reset_set_mask: reset_set_mask(resets),
+            activity: (0..activity_capacity(DEFAULT_MAX_FLOWS))
+                .map(|_| UnsafeCell::new(Activity::default()))
+                .collect(),
             scratch: UnsafeCell::default(),
             now: Cell::new(0),
             ifindex: Cell::new(0),
+            frame: Cell::new((std::ptr::null(), 0)),
         }
     }
 
@@ -76,8 +86,10 @@ impl HostTables {
         // (a pcapng simple packet block) is stamped just after the epoch instead.
         self.now.set(unix_ns.max(1));
         self.ifindex.set(ifindex);
+        self.frame.set((frame.as_ptr(), frame.len()));
         let start = frame.as_ptr() as usize;
         account(self, Packet::new(start, start + frame.len()), hook);
+        self.frame.set((std::ptr::null(), 0));
     }
 
     /// The counters by hook.
@@ -119,6 +131,11 @@ impl HostTables {
     /// Capacity of the reset table.
     pub fn reset_capacity(&self) -> u32 {
         self.resets.len() as u32
+    }
+
+    /// Capacity of the activity table.
+    pub fn activity_slots(&self) -> u32 {
+        self.activity.len() as u32
     }
 
     /// The reset gate's budgets, in slot order.
@@ -186,6 +203,31 @@ impl Tables for HostTables {
 
     fn now(&self) -> u64 {
         self.now.get()
+    }
+
+    fn activity(&self, tag: u32) -> Option<*mut Activity> {
+        let slot = activity_slot(tag, self.activity.len() as u32);
+        self.activity.get(slot as usize).map(UnsafeCell::get)
+    }
+
+    fn ticks(&self) -> u32 {
+        (self.now.get() / 1_000_000) as u32
+    }
+
+    fn ticks_to_ms(&self, ticks: u32) -> u32 {
+        ticks.min(MS_UNKNOWN - 1)
+    }
+
+    fn copy_packet(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        let (start, frame_len) = self.frame.get();
+        let (offset, len) = (offset as usize, len as usize);
+        if start.is_null() || offset.saturating_add(len) > frame_len {
+            return false;
+        }
+        // SAFETY: the frame is borrowed for the whole of `account`, the only caller; the range
+        // is inside it; `dst` has room for `len` bytes (the trait's contract).
+        unsafe { std::ptr::copy_nonoverlapping(start.add(offset), dst, len) };
+        true
     }
 
     fn ifindex(&self) -> u32 {

@@ -8,8 +8,9 @@ use std::path::Path;
 use anyhow::Context as _;
 use aya::{Ebpf, EbpfLoader};
 use tracer_common::{
-    reset_set_mask, WatchConfig, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, FLOWS_MAP, PINNED_MAPS,
-    RESETS_MAP, RESET_SET_MASK_GLOBAL, WATCH_GLOBAL,
+    activity_capacity, reset_set_mask, WatchConfig, ACTIVITY_MAP, ACTIVITY_SLOTS_GLOBAL,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, FLOWS_MAP, PINNED_MAPS, RESETS_MAP,
+    RESET_SET_MASK_GLOBAL, WATCH_GLOBAL,
 };
 
 use super::{clock::KernelClock, objects::EBPF_OBJECT};
@@ -51,10 +52,13 @@ impl<'p> TracerLoader<'p> {
         }
         clock.configure(&mut loader);
         let reset_set_mask = reset_set_mask(self.max_resets);
+        let activity_slots = activity_capacity(self.max_flows);
         loader
             .map_max_entries(FLOWS_MAP, self.max_flows)
             .map_max_entries(RESETS_MAP, self.max_resets)
+            .map_max_entries(ACTIVITY_MAP, activity_slots)
             .override_global(RESET_SET_MASK_GLOBAL, &reset_set_mask, true)
+            .override_global(ACTIVITY_SLOTS_GLOBAL, &activity_slots, true)
             .override_global(WATCH_GLOBAL, &self.watch, true)
             .load(EBPF_OBJECT)
             .with_context(|| {

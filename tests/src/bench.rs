@@ -25,8 +25,8 @@ use aya::{
 use etherparse::PacketBuilder;
 use serde_json::{json, Value};
 use tracer_common::{
-    FlowKey, FlowValue, GlobalCounters, Hook, COUNTERS_MAP, FAMILY_IPV4, FLOWS_MAP, TCP_FIN,
-    TCP_RST, TCP_SYN, XDP_PROGRAM,
+    FlowKey, FlowValue, GlobalCounters, Hook, ACTIVITY_MAP, COUNTERS_MAP, FAMILY_IPV4, FLOWS_MAP,
+    TCP_FIN, TCP_RST, TCP_SYN, XDP_PROGRAM,
 };
 use tracer_user::sys::loader::TracerLoader;
 
@@ -211,11 +211,13 @@ impl Admission {
     }
 }
 
-/// The locked memory of flagtrace's flow table, as the kernel accounts it (fdinfo `memlock`).
+/// The locked memory of flagtrace's flow table, as the kernel accounts it (fdinfo `memlock`),
+/// and of the activity table, which `attach` sizes with it.
 #[derive(Clone, Debug)]
 pub struct FlowTableMemory {
     pub max_entries: u32,
     pub memlock_bytes: u64,
+    pub activity_memlock_bytes: u64,
     /// Possible CPUs, the count the kernel sizes per-CPU memory by.
     pub cpus: usize,
     /// The same table as a per-CPU LRU hash (`BPF_MAP_TYPE_LRU_PERCPU_HASH`), for comparison:
@@ -224,8 +226,9 @@ pub struct FlowTableMemory {
 }
 
 impl FlowTableMemory {
+    /// Both tables: what each flow of `--max-flows` costs.
     pub fn bytes_per_flow(&self) -> f64 {
-        self.memlock_bytes as f64 / f64::from(self.max_entries)
+        (self.memlock_bytes + self.activity_memlock_bytes) as f64 / f64::from(self.max_entries)
     }
 
     pub fn per_cpu_bytes_per_flow(&self) -> f64 {
@@ -382,6 +385,7 @@ impl Report {
             "flow_table": {
                 "max_entries": self.flow_table.max_entries,
                 "memlock_bytes": self.flow_table.memlock_bytes,
+                "activity_memlock_bytes": self.flow_table.activity_memlock_bytes,
                 "bytes_per_flow": round2(self.flow_table.bytes_per_flow()),
                 "cpus": self.flow_table.cpus,
                 "per_cpu_table_memlock_bytes": self.flow_table.per_cpu_memlock_bytes,
@@ -482,10 +486,11 @@ impl Report {
         let table = &self.flow_table;
         let _ = writeln!(
             out,
-            "\nflow table at {} entries: {} bytes locked ({:.1} per flow) on {} CPUs; the same \
-             table per-CPU: {} bytes ({:.1} per flow)",
+            "\nflow table at {} entries: {} bytes locked, and the activity table {} ({:.1} per \
+             flow) on {} CPUs; the same flow table per-CPU: {} bytes ({:.1} per flow)",
             table.max_entries,
             table.memlock_bytes,
+            table.activity_memlock_bytes,
             table.bytes_per_flow(),
             table.cpus,
             table.per_cpu_memlock_bytes,
@@ -774,9 +779,18 @@ impl Programs {
         let fd = self.flagtrace_flows_fd()?;
         let memlock_bytes = fdinfo_memlock(fd)?;
         let per_cpu = create_lru_per_cpu_hash(max_entries)?;
+        let activity = self
+            .flagtrace
+            .map(ACTIVITY_MAP)
+            .with_context(|| format!("no map {ACTIVITY_MAP}"))?;
+        let activity_fd = match activity {
+            Map::Array(data) => data.fd().as_fd().as_raw_fd(),
+            _ => anyhow::bail!("{ACTIVITY_MAP} is not an array"),
+        };
         Ok(FlowTableMemory {
             max_entries,
             memlock_bytes,
+            activity_memlock_bytes: fdinfo_memlock(activity_fd)?,
             cpus: aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?,
             per_cpu_memlock_bytes: fdinfo_memlock(per_cpu.as_raw_fd())?,
         })

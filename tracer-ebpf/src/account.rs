@@ -97,9 +97,10 @@ impl<'a, T: Tables> OnSegment<'a> for Accounting<'_, T> {
         if flags & TCP_FLAGS_OF_INTEREST == 0 {
             // Most packets: parsing, the activity slot and one array read, no table lookup.
             let hash = segment.flow_hash();
-            note_activity(tables, &segment, hook, hash);
+            let ifindex = tables.ifindex();
+            note_activity(tables, &segment, hook, activity_tag(hash, ifindex));
             if take_gate_budget(tables, gate_slot(hash)) {
-                let (key, sender) = segment.flow_key(tables.ifindex());
+                let (key, sender) = segment.flow_key(ifindex);
                 let obs = Observation::new(tables, segment, &key, sender, hook);
                 note_after_reset(tables, &obs, hash);
             }
@@ -126,7 +127,7 @@ impl<'a, T: Tables> OnSegment<'a> for Accounting<'_, T> {
                 counters.resets_unrecorded += 1;
             }
         } else {
-            note_activity(tables, &segment, hook, hash);
+            note_activity(tables, &segment, hook, activity_tag(hash, key.ifindex));
             if recorded.as_ref().is_some_and(Recorded::had_reset) {
                 note_after_reset(tables, &obs, hash);
             }
@@ -667,8 +668,7 @@ const ACK_BEYOND_WINDOW: u32 = 1 << 24;
 /// RST say after what, and how long after, it came. One array slot, no hash lookup: a slot taken
 /// by another flow only makes those answers unknown (the tag tells).
 #[inline(always)]
-fn note_activity<T: Tables>(tables: &T, segment: &TcpSegment, hook: Hook, hash: u32) {
-    let tag = activity_tag(hash, tables.ifindex());
+fn note_activity<T: Tables>(tables: &T, segment: &TcpSegment, hook: Hook, tag: u32) {
     let Some(slot) = tables.activity(tag) else {
         return;
     };

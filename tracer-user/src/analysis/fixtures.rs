@@ -76,6 +76,7 @@ pub fn flow(client_port: u16, server: &str) -> FlowRecord {
             rst: None,
         },
         server_evidence: SideEvidence::default(),
+        tls_sni: None,
     }
 }
 

@@ -13,7 +13,8 @@ use anyhow::bail;
 use serde::Serialize;
 use tracer_common::{
     Baseline as WireBaseline, FlagCounts, FlowKey, FlowValue, Hook, ResetEvidence, RstEvidence,
-    FAMILY_IPV4, FAMILY_IPV6, FIRST_SYN_HI, FIRST_SYN_LO, SENDER_HI, SENDER_LO,
+    RstPayload, FAMILY_IPV4, FAMILY_IPV6, FIRST_SYN_HI, FIRST_SYN_LO, MS_UNKNOWN,
+    RST_PAYLOAD_BYTES, SENDER_HI, SENDER_LO,
 };
 
 use crate::{analysis::mac::MacAddr, sys::clock::ClockSnapshot};
@@ -157,11 +158,51 @@ pub struct RstSeen {
     pub packets_after: u32,
     /// Payload bytes of those packets at or beyond the first RST's sequence.
     pub bytes_beyond: u32,
+    /// How far those packets acknowledged beyond the first RST's acknowledgement.
+    pub ack_beyond: u32,
+    /// Milliseconds from the other side's latest new segment to the first RST.
+    pub reset_delay_ms: Option<u32>,
+    /// Milliseconds of silence before the packet that preceded the first RST.
+    pub idle_before_ms: Option<u32>,
+    /// The payload of the flow's first RST that carried one, when this side sent it.
+    pub payload: Option<KeptPayload>,
+}
+
+/// The first bytes of a RST's payload, as the kernel kept them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeptPayload {
+    /// The payload's full length.
+    pub len: u16,
+    bytes: [u8; RST_PAYLOAD_BYTES],
+}
+
+impl KeptPayload {
+    /// The kept bytes: the payload, or its first [`RST_PAYLOAD_BYTES`].
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len).min(RST_PAYLOAD_BYTES)]
+    }
+
+    #[cfg(test)]
+    pub fn new(payload: &[u8]) -> KeptPayload {
+        let mut bytes = [0; RST_PAYLOAD_BYTES];
+        let kept = payload.len().min(RST_PAYLOAD_BYTES);
+        bytes[..kept].copy_from_slice(&payload[..kept]);
+        KeptPayload {
+            len: u16::try_from(payload.len()).unwrap_or(u16::MAX),
+            bytes,
+        }
+    }
 }
 
 impl RstSeen {
-    /// `None` for a side without a recorded RST.
-    fn decode(wire: &RstEvidence, clock: &ClockSnapshot) -> Option<RstSeen> {
+    /// `None` for a side without a recorded RST. `payload` is the entry's kept payload when
+    /// this side sent it.
+    fn decode(
+        wire: &RstEvidence,
+        payload: Option<&RstPayload>,
+        clock: &ClockSnapshot,
+    ) -> Option<RstSeen> {
+        let known = |ms: u32| (ms != MS_UNKNOWN).then_some(ms);
         if wire.first_rst_ns == 0 {
             return None;
         }
@@ -179,6 +220,13 @@ impl RstSeen {
             max_seq_jump: wire.max_seq_jump,
             packets_after: wire.packets_after,
             bytes_beyond: wire.bytes_beyond,
+            ack_beyond: wire.ack_beyond,
+            reset_delay_ms: known(wire.reset_delay_ms),
+            idle_before_ms: known(wire.idle_before_ms),
+            payload: payload.map(|payload| KeptPayload {
+                len: payload.len,
+                bytes: payload.bytes,
+            }),
         })
     }
 }
@@ -201,6 +249,10 @@ impl RstSeen {
             max_seq_jump: 0,
             packets_after: 0,
             bytes_beyond: 0,
+            ack_beyond: 0,
+            reset_delay_ms: None,
+            idle_before_ms: None,
+            payload: None,
         }
     }
 }
@@ -235,6 +287,8 @@ pub struct FlowRecord {
     pub syn_ack_ns: Option<u64>,
     pub client_evidence: SideEvidence,
     pub server_evidence: SideEvidence,
+    /// The server name of the client's TLS ClientHello, when its first payload was one.
+    pub tls_sni: Option<String>,
 }
 
 impl FlowRecord {
@@ -258,8 +312,15 @@ impl FlowRecord {
                 value.sent_by[sender],
                 SideEvidence {
                     baseline: Baseline::decode(&value.baseline[sender], &value.sent_by[sender]),
-                    rst: resets
-                        .and_then(|resets| RstSeen::decode(&resets.by_sender[sender], clock)),
+                    rst: resets.and_then(|resets| {
+                        let payload = &resets.payload;
+                        let sent_it = payload.len > 0 && usize::from(payload.sender) == sender;
+                        RstSeen::decode(
+                            &resets.by_sender[sender],
+                            sent_it.then_some(payload),
+                            clock,
+                        )
+                    }),
                 },
             ))
         };
@@ -279,6 +340,7 @@ impl FlowRecord {
             syn_ack_ns: stamp(value.syn_ack_ns),
             client_evidence,
             server_evidence,
+            tls_sni: None,
         })
     }
 

@@ -279,6 +279,7 @@ mod tests {
                 baseline: Some(server_baseline),
                 rst: None,
             },
+            tls_sni: None,
         }
     }
 

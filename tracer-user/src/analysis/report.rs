@@ -6,13 +6,13 @@ use std::fmt;
 use tracer_common::Hook;
 
 use crate::{
-    analysis::flow::{Baseline, FlowRecord},
+    analysis::flow::{Baseline, FlowRecord, RstSeen},
     analysis::hosts::HostIndex,
     analysis::mac::MacAddr,
     analysis::neighbours::{NeighbourIp, Neighbours},
     analysis::oui::{Vendor, Vendors},
     analysis::phase::{self, Phase},
-    analysis::verdict::{self, Verdict},
+    analysis::verdict::{self, Role, Verdict},
     sys::pins::Attachment,
 };
 
@@ -70,6 +70,18 @@ pub struct FlowReport {
     /// When the deciding RST came; `None` without a RST, or when it cannot be told.
     pub phase: Option<Phase>,
     pub gateway: Option<Gateway>,
+}
+
+impl FlowReport {
+    /// The RST the verdict is about, with what the kernel measured around it.
+    pub fn deciding_rst(&self) -> Option<&RstSeen> {
+        let verdict = self.verdict.as_ref()?;
+        let side = match verdict.rst_from {
+            Role::Client => &self.flow.client_evidence,
+            Role::Server => &self.flow.server_evidence,
+        };
+        side.rst.as_ref()
+    }
 }
 
 /// The device next to us on the path to the server: the L2 source of the server's packets that
@@ -206,6 +218,7 @@ mod tests {
             syn_ack_ns: None,
             client_evidence: client,
             server_evidence: server,
+            tls_sni: None,
         };
         flow.client_to_server.syn = 1;
         flow.server_to_client.rst = u32::from(flow.server_evidence.rst.is_some());

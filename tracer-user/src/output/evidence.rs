@@ -6,8 +6,69 @@ use tracer_common::Hook;
 
 use crate::analysis::{
     flow::FlowRecord,
-    verdict::{BaselineOf, Role, Signal, SignalKind, TtlRelation, Verdict},
+    phase::Phase,
+    report::FlowReport,
+    verdict::{BaselineOf, MiddleboxRole, ResetBy, Role, Signal, SignalKind, TtlRelation, Verdict},
 };
+
+/// A RST this soon after what it answers came "at once": within a few ticks of the kernel's
+/// clock, before any timer of a proxy or an application could have run.
+const AT_ONCE_MS: u32 = 50;
+/// Silence at least this long before the packet a prompt RST answered points at an idle
+/// timeout: a stateful box had forgotten the connection.
+const IDLE_HINT_MS: u32 = 1_000;
+
+/// When the deciding RST came and after what, e.g. `3.0 s after the client's TLS ClientHello
+/// for customerweb`, or `at once after the client's data, which came after 6.0 s of silence (an
+/// idle timeout on a stateful box?)`. `None` when the kernel could not measure it.
+pub fn timing(report: &FlowReport) -> Option<String> {
+    let verdict = report.verdict.as_ref()?;
+    let rst = report.deciding_rst()?;
+    let delay_ms = rst.reset_delay_ms?;
+    let other = match verdict.rst_from {
+        Role::Client => Role::Server,
+        Role::Server => Role::Client,
+    };
+    // What the other side last sent that was new: the phase says which of its segments that was.
+    let what = match (report.phase?, other) {
+        (Phase::Syn | Phase::Handshake, Role::Client) => "SYN".to_owned(),
+        (Phase::Handshake, Role::Server) | (Phase::Request, Role::Server) => "SYN/ACK".to_owned(),
+        (Phase::Request, Role::Client) => match &report.flow.tls_sni {
+            Some(name) => format!("TLS ClientHello for {name}"),
+            None => "request".to_owned(),
+        },
+        (Phase::Transfer, _) => "data".to_owned(),
+        (Phase::Closing, _) => "data or FIN".to_owned(),
+        (Phase::Syn, Role::Server) => return None,
+    };
+    let when = if delay_ms < AT_ONCE_MS {
+        "at once".to_owned()
+    } else {
+        duration_text(delay_ms)
+    };
+    let mut text = format!("{when} after the {other}'s {what}");
+    if let Some(idle_ms) = rst.idle_before_ms.filter(|&idle| idle >= IDLE_HINT_MS) {
+        if delay_ms < AT_ONCE_MS {
+            text += &format!(", which came after {} of silence", duration_text(idle_ms));
+            let on_path = verdict.reset_by == ResetBy::Middlebox
+                && verdict.middlebox_role == Some(MiddleboxRole::OnPath);
+            if on_path {
+                text += " (an idle timeout on a stateful box?)";
+            }
+        }
+    }
+    Some(text)
+}
+
+/// `250 ms`, `3.0 s`: milliseconds below a second, tenths of seconds above (the kernel's clock
+/// ticks every few milliseconds).
+pub fn duration_text(ms: u32) -> String {
+    if ms < 1_000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", f64::from(ms) / 1_000.0)
+    }
+}
 
 /// Every signal of the verdict as a sentence, the deciding ones first.
 pub fn sentences(flow: &FlowRecord, verdict: &Verdict) -> Vec<String> {
@@ -241,6 +302,16 @@ pub fn sentence(flow: &FlowRecord, signal: &Signal) -> String {
             plural(u64::from(*packets_after), "packet", "packets"),
             plural(u64::from(*bytes_beyond), "byte", "bytes")
         ),
+        SignalKind::AckAfterRst {
+            rst_ack,
+            packets_after,
+            ack_beyond,
+        } => format!(
+            "after its RST (acknowledging {rst_ack}) the {role} sent {} acknowledging {} more, \
+             which an endpoint that reset cannot do",
+            plural(u64::from(*packets_after), "packet", "packets"),
+            plural(u64::from(*ack_beyond), "byte", "bytes")
+        ),
         SignalKind::PacketsAfterRst {
             rst_seq,
             packets_after,
@@ -340,6 +411,9 @@ fn signal_summary(flow: &FlowRecord, signal: &Signal) -> Option<String> {
             "{role} kept sending {} past its RST",
             plural(u64::from(*bytes_beyond), "byte", "bytes")
         ),
+        SignalKind::AckAfterRst { .. } => {
+            format!("{role} acknowledged more after its RST")
+        }
         SignalKind::SequenceJump { jump, .. } => {
             format!("back-to-back RSTs jump {jump} in sequence")
         }
@@ -557,6 +631,27 @@ mod tests {
                  or beyond the RST's sequence, which an endpoint that reset cannot do"
                     .to_owned(),
                 Some("server kept sending 3000 bytes past its RST".to_owned())
+            )
+        );
+    }
+
+    #[test]
+    fn an_ack_after_a_rst() {
+        let race = server(
+            Weight::Strong,
+            SignalKind::AckAfterRst {
+                rst_ack: 2000,
+                packets_after: 1,
+                ack_beyond: 1,
+            },
+        );
+        assert_eq!(
+            said(&v4(), &race),
+            (
+                "after its RST (acknowledging 2000) the server sent 1 packet acknowledging 1 \
+                 byte more, which an endpoint that reset cannot do"
+                    .to_owned(),
+                Some("server acknowledged more after its RST".to_owned())
             )
         );
     }

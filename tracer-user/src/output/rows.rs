@@ -57,6 +57,11 @@ pub struct FlowRow<'a> {
     reset_by: Option<ResetBy>,
     middlebox_role: Option<MiddleboxRole>,
     reset_phase: Option<Phase>,
+    /// From the other side's latest new segment to the deciding RST.
+    reset_delay_ms: Option<u32>,
+    /// Silence before the packet that preceded the deciding RST.
+    idle_before_ms: Option<u32>,
+    tls_sni: Option<&'a str>,
     /// The verdict's signals as sentences ([`evidence`]), the deciding ones first.
     evidence: Vec<String>,
     /// The same signals as data.
@@ -72,6 +77,7 @@ impl<'a> FlowRow<'a> {
         let (origin, flow, verdict) = (&report.origin, &report.flow, report.verdict.as_ref());
         let gateway = report.gateway.as_ref();
         let neighbour = gateway.and_then(|gateway| gateway.neighbour);
+        let rst = report.deciding_rst();
         FlowRow {
             iface: origin.iface(),
             netns: origin.netns(),
@@ -86,6 +92,9 @@ impl<'a> FlowRow<'a> {
             reset_by: verdict.map(|verdict| verdict.reset_by),
             middlebox_role: verdict.and_then(|verdict| verdict.middlebox_role),
             reset_phase: report.phase,
+            reset_delay_ms: rst.and_then(|rst| rst.reset_delay_ms),
+            idle_before_ms: rst.and_then(|rst| rst.idle_before_ms),
+            tls_sni: flow.tls_sni.as_deref(),
             evidence: verdict.map_or_else(Vec::new, |verdict| evidence::sentences(flow, verdict)),
             signals: verdict.map_or(&[], |verdict| verdict.signals.as_slice()),
             gateway_mac: gateway.map(|gateway| gateway.mac.to_string()),

@@ -121,13 +121,14 @@ pub fn resets_text(reports: &[FlowReport]) -> String {
                 .phase
                 .map_or(String::new(), |phase| format!("{}, ", phase_phrase(phase)));
             block += &format!(
-                "  {} <- {}{}: {} [client {}, {phase}{}]\n",
+                "  {} <- {}{}{}: {} [client {}, {phase}{}]\n",
                 flow.server,
                 reset_by_phrase(verdict),
                 report
                     .gateway
                     .as_ref()
                     .map_or(String::new(), |g| via(g, server, false)),
+                evidence::timing(report).map_or(String::new(), |when| format!(" {when}")),
                 evidence::summary(flow, verdict),
                 flow.client,
                 format_rfc3339_utc(flow.first_rst_ns().unwrap_or(flow.last_seen_ns).into()),

@@ -249,6 +249,15 @@ fn judge_sender(flow: &FlowRecord, role: Role, rst: &RstSeen, hosts: &HostIndex)
                 bytes_beyond: rst.bytes_beyond,
             },
         );
+    } else if rst.ack_beyond > 0 {
+        add(
+            Weight::Strong,
+            SignalKind::AckAfterRst {
+                rst_ack: rst.ack,
+                packets_after: rst.packets_after,
+                ack_beyond: rst.ack_beyond,
+            },
+        );
     } else if rst.packets_after > 0 {
         add(
             Weight::Supporting,

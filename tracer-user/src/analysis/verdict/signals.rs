@@ -192,6 +192,12 @@ pub enum SignalKind {
         packets_after: u32,
         bytes_beyond: u32,
     },
+    /// After its RST the sender acknowledged data its RST did not (a race).
+    AckAfterRst {
+        rst_ack: u32,
+        packets_after: u32,
+        ack_beyond: u32,
+    },
     /// After its RST the sender sent packets, none with data beyond its sequence.
     PacketsAfterRst { rst_seq: u32, packets_after: u32 },
     /// Back-to-back RSTs (within `window_ns`) whose sequence numbers jump.

@@ -184,6 +184,27 @@ fn race_is_strong_even_without_a_baseline() {
 }
 
 #[test]
+fn an_ack_beyond_the_rsts_is_strong_even_when_ttl_and_mac_agree() {
+    // The half-closing client: the injector forged the server's TTL and MAC, then the server,
+    // unaware, acknowledged the client's FIN.
+    let mut evidence = rst(64, SERVER_MAC);
+    evidence.ack = 2000;
+    evidence.packets_after = 1;
+    evidence.ack_beyond = 1;
+    let verdict = judge_first(&[reset_by_server(flow(40001, "10.0.2.1:443"), evidence)]);
+    assert_eq!(verdict.reset_by, ResetBy::Middlebox);
+    assert_eq!(
+        verdict.signals[0].kind,
+        SignalKind::AckAfterRst {
+            rst_ack: 2000,
+            packets_after: 1,
+            ack_beyond: 1
+        }
+    );
+    assert_eq!(verdict.signals[0].weight, Weight::Strong);
+}
+
+#[test]
 fn packets_after_without_data_beyond_only_support() {
     let mut evidence = rst(64, SERVER_MAC);
     evidence.packets_after = 2;

@@ -15,8 +15,9 @@ use aya::{
 };
 use tracer_common::{
     activity_capacity, Activity, FlowKey, FlowValue, GlobalCounters, Hook, PacketEvent, ResetEntry,
-    ResetEvidence, WatchConfig, ACTIVITY_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, RESETS_MAP,
-    RESET_GATE_SECTION, RESET_GATE_SLOTS, TC_PROGRAM, WATCH_SECTION, XDP_PROGRAM,
+    ResetEvidence, TlsName, WatchConfig, ACTIVITY_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP,
+    HELLOS_MAP, RESETS_MAP, RESET_GATE_SECTION, RESET_GATE_SLOTS, TC_PROGRAM, WATCH_SECTION,
+    XDP_PROGRAM,
 };
 use tracer_user::sys::loader::TracerLoader;
 
@@ -218,6 +219,15 @@ impl LoadedTracer {
             }
         }
         Ok(used)
+    }
+
+    /// Every ClientHello's server name the programs kept, by flow.
+    pub fn hellos(&self) -> anyhow::Result<HashMap<FlowKey, TlsName>> {
+        let table: BpfHashMap<&MapData, FlowKey, TlsName> = self.map(HELLOS_MAP)?.try_into()?;
+        table
+            .iter()
+            .map(|entry| entry.with_context(|| format!("reading {HELLOS_MAP}")))
+            .collect()
     }
 
     /// Sets what `flagtrace watch` asks of the programs.

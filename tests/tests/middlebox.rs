@@ -147,7 +147,21 @@ fn a_full_proxy_at_the_gateway_is_a_middlebox() {
             flow["reset_phase"], "request",
             "reset after the client's ClientHello, before any answer: {flow:#}"
         );
+        assert_delay_after(flow, PROXY_DELAY);
     }
+}
+
+/// Asserts that the flow's RST came `delay` after the other side's latest new segment, at the
+/// kernel clock's resolution (a few ticks) and with the lab's scheduling slack.
+fn assert_delay_after(flow: &Value, delay: Duration) {
+    let delay_ms = flow["reset_delay_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no reset_delay_ms: {flow:#}"));
+    let expected = u64::try_from(delay.as_millis()).expect("short");
+    assert!(
+        (expected.saturating_sub(10)..expected + 500).contains(&delay_ms),
+        "the RST came {expected} ms after what it answered: {flow:#}"
+    );
 }
 
 /// The SYN proxy for everything the client sends, after the nftables wiki's Synproxy page and

@@ -1969,3 +1969,36 @@ fn an_ack_beyond_the_rsts_from_its_sender_is_kept() {
         assert_eq!(h.only_reset().by_sender[rst.sender()].ack_beyond, 23);
     });
 }
+
+/// The first flight of `openssl s_client -servername customerweb` (OpenSSL 3.0).
+const OPENSSL_CLIENT_HELLO: &[u8] = include_bytes!("../fixtures/openssl-client-hello.bin");
+
+#[test]
+fn the_client_hellos_server_name_is_kept_once_per_connection() {
+    let mut h = Harness::new(Hook::Egress);
+    h.send_on_client_side("SYN", &Seg::client(TCP_SYN));
+    h.send_on_client_side("SYN/ACK", &server_syn_ack(false));
+    let hello = Seg {
+        seq: 1001,
+        ack: 7001,
+        payload: OPENSSL_CLIENT_HELLO,
+        ..Seg::client(PSH | TCP_ACK)
+    };
+    h.send_on_client_side("ClientHello", &hello);
+    let hellos = h.tracer.hellos().expect("reading the server names");
+    let (key, _) = h.only_flow();
+    let name = hellos.get(&key).expect("the ClientHello's server name");
+    assert_eq!(&name.name[..usize::from(name.len)], b"customerweb");
+
+    // The server's first payload is looked at too, and is no ClientHello; later payloads of
+    // either side are not looked at.
+    h.send_on_client_side("server data", &server_data(7001));
+    h.send_on_client_side(
+        "another ClientHello",
+        &Seg {
+            seq: 1001 + OPENSSL_CLIENT_HELLO.len() as u32,
+            ..hello
+        },
+    );
+    assert_eq!(h.tracer.hellos().expect("reading the server names"), hellos);
+}

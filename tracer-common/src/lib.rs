@@ -45,6 +45,19 @@ pub const ACTIVITY_MAP: &str = "ACTIVITY";
 /// Name of the global (read-only data, set at load time) that holds the activity table's
 /// capacity, for [`activity_slot`].
 pub const ACTIVITY_SLOTS_GLOBAL: &str = "ACTIVITY_SLOTS";
+/// Name of the table of TLS server names (LRU hash, [`FlowKey`] -> [`TlsName`]): the
+/// server_name of each connection whose client's first payload was a TLS ClientHello. It has as
+/// many entries as the reset table.
+pub const HELLOS_MAP: &str = "HELLOS";
+/// The ClientHello readers the accounting tail-calls to read a client's first payload, by
+/// [`Hook`]: (program, program array holding it alone). A program array holds programs of one
+/// type, so XDP's and TC's have one each.
+pub const HELLO_READERS: [(&str, &str); 2] = [
+    ("flagtrace_hello_ingress", "HELLO_READER_INGRESS"),
+    ("flagtrace_hello_egress", "HELLO_READER_EGRESS"),
+];
+/// Bytes of a server name the [`HELLOS_MAP`] keeps.
+pub const TLS_NAME_MAX: usize = 64;
 /// Bytes of a RST's payload the reset table keeps ([`RstPayload`]).
 pub const RST_PAYLOAD_BYTES: usize = 48;
 /// [`RstEvidence::reset_delay_ms`] and [`RstEvidence::idle_before_ms`] when not measured.
@@ -63,9 +76,10 @@ pub const WATCH_SECTION: &str = ".bss.watch";
 pub const EVENT_SNAP_LEN: usize = 128;
 /// The maps each attachment pins, as (name in the object, pin name): all of them, or its pins are
 /// from another version.
-pub const PINNED_MAPS: [(&str, &str); 5] = [
+pub const PINNED_MAPS: [(&str, &str); 6] = [
     (FLOWS_MAP, FLOWS_MAP),
     (RESETS_MAP, RESETS_MAP),
+    (HELLOS_MAP, HELLOS_MAP),
     (COUNTERS_MAP, COUNTERS_MAP),
     (WATCH_SECTION, WATCH_MAP),
     (EVENTS_MAP, EVENTS_MAP),
@@ -446,6 +460,28 @@ impl Default for RstPayload {
     }
 }
 
+/// The server_name of a TLS ClientHello (RFC 6066), as its first bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsName {
+    /// The name's full length: more than [`TLS_NAME_MAX`] when it was cut.
+    pub len: u16,
+    pub _pad: [u16; 3],
+    /// Its first `min(len, TLS_NAME_MAX)` bytes.
+    pub name: [u8; TLS_NAME_MAX],
+}
+
+impl Default for TlsName {
+    // By hand: `Default` stops at arrays of 32.
+    fn default() -> Self {
+        TlsName {
+            len: 0,
+            _pad: [0; 3],
+            name: [0; TLS_NAME_MAX],
+        }
+    }
+}
+
 /// One slot of the activity table: what the latest packets of the flow tagged [`Activity::tag`]
 /// looked like, in clock ticks (the low 32 bits of jiffies in the kernel, milliseconds on the
 /// host; differences wrap correctly). Per hook rather than per endpoint: on one interface each
@@ -686,6 +722,7 @@ mod pod {
     unsafe impl aya::Pod for super::ResetEvidence {}
     unsafe impl aya::Pod for super::ResetEntry {}
     unsafe impl aya::Pod for super::Activity {}
+    unsafe impl aya::Pod for super::TlsName {}
     unsafe impl aya::Pod for super::WatchConfig {}
     unsafe impl aya::Pod for super::PacketEvent {}
 }
@@ -700,6 +737,7 @@ const _: () = assert!(core::mem::size_of::<RstPayload>() == 8 + RST_PAYLOAD_BYTE
 const _: () = assert!(core::mem::size_of::<ResetEvidence>() == 200);
 const _: () = assert!(core::mem::size_of::<ResetEntry>() == 248);
 const _: () = assert!(core::mem::size_of::<Activity>() == 32);
+const _: () = assert!(core::mem::size_of::<TlsName>() == 8 + TLS_NAME_MAX);
 const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 176);
 const _: () = assert!(core::mem::size_of::<WatchConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<PacketEvent>() == 24 + EVENT_SNAP_LEN);

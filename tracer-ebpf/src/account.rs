@@ -6,13 +6,13 @@ use core::mem;
 
 use tracer_common::{
     activity_tag, flow_hash, gate_slot, reset_set, Activity, Baseline, EventBudget, FlagCounts,
-    FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, RstEvidence, RstPayload, WatchConfig,
-    ACTIVITY_PAYLOAD_SEEN, ACTIVITY_SEQ_KNOWN, ACTIVITY_SYN_SEEN, BACK_TO_BACK_NS, FAMILY_IPV4,
-    FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, MS_UNKNOWN, RESET_ENTRY_IDLE_NS, RESET_GATE_BUDGET,
-    RST_PAYLOAD_BYTES, SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, RstEvidence, RstPayload, TlsName,
+    WatchConfig, ACTIVITY_PAYLOAD_SEEN, ACTIVITY_SEQ_KNOWN, ACTIVITY_SYN_SEEN, BACK_TO_BACK_NS,
+    FAMILY_IPV4, FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, MS_UNKNOWN, RESET_ENTRY_IDLE_NS,
+    RESET_GATE_BUDGET, RST_PAYLOAD_BYTES, SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
-use crate::{load_u16, load_u32, parse, EthHdr, NoSegment, OnSegment, Packet, TcpSegment};
+use crate::{load_u16, load_u32, parse, tls, EthHdr, NoSegment, OnSegment, Packet, TcpSegment};
 
 /// The tables the accounting works on. Entries come as raw pointers, the way BPF map lookups
 /// give them: in the kernel other CPUs write the same entries at the same time.
@@ -39,9 +39,17 @@ pub trait Tables {
     fn ticks(&self) -> u32;
     /// Milliseconds in `ticks` ticks of [`Tables::ticks`], below [`MS_UNKNOWN`].
     fn ticks_to_ms(&self, ticks: u32) -> u32;
-    /// Copies `len` bytes (1 to [`RST_PAYLOAD_BYTES`]) of the packet at `offset` to `dst`; false
-    /// when the packet is shorter.
+    /// Copies `len` bytes of the packet at `offset` to `dst`, which has room for them; false
+    /// when the packet is shorter. The caller bounds `len` where the verifier can see it.
     fn copy_packet(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
+    /// Has the packet being accounted, a first payload, read by [`read_client_hello`] once
+    /// the accounting is done: in the kernel a tail call into a program of its own, so that
+    /// the verifier walks the TLS parser once, not in every copy of the accounting.
+    fn read_client_hello_next(&self, hook: Hook);
+    /// Room, private to this CPU, where a ClientHello's server name is read into.
+    fn hello_scratch(&self) -> Option<*mut TlsName>;
+    /// Keeps the server name of the flow `key`'s ClientHello.
+    fn insert_hello(&self, key: &FlowKey, name: &TlsName);
     /// The interface the packet is accounted on. Asked only for the packets that need their
     /// flow key, which most do not.
     fn ifindex(&self) -> u32;
@@ -98,11 +106,15 @@ impl<'a, T: Tables> OnSegment<'a> for Accounting<'_, T> {
             // Most packets: parsing, the activity slot and one array read, no table lookup.
             let hash = segment.flow_hash();
             let ifindex = tables.ifindex();
-            note_activity(tables, &segment, hook, activity_tag(hash, ifindex));
+            let first_payload = note_activity(tables, &segment, hook, hash, ifindex);
             if take_gate_budget(tables, gate_slot(hash)) {
                 let (key, sender) = segment.flow_key(ifindex);
                 let obs = Observation::new(tables, segment, &key, sender, hook);
                 note_after_reset(tables, &obs, hash);
+            }
+            if first_payload {
+                // Last: in the kernel this does not return.
+                tables.read_client_hello_next(hook);
             }
             return;
         }
@@ -127,7 +139,8 @@ impl<'a, T: Tables> OnSegment<'a> for Accounting<'_, T> {
                 counters.resets_unrecorded += 1;
             }
         } else {
-            note_activity(tables, &segment, hook, activity_tag(hash, key.ifindex));
+            // A first payload with SYN or FIN (TCP Fast Open) is not read for a ClientHello.
+            note_activity(tables, &segment, hook, hash, key.ifindex);
             if recorded.as_ref().is_some_and(Recorded::had_reset) {
                 note_after_reset(tables, &obs, hash);
             }
@@ -666,11 +679,20 @@ const ACK_BEYOND_WINDOW: u32 = 1 << 24;
 /// The activity slot of the packet's flow learns of it: when, after how long a silence, and
 /// whether it carried new sequence space. Every TCP packet but RSTs does this; it is what lets a
 /// RST say after what, and how long after, it came. One array slot, no hash lookup: a slot taken
-/// by another flow only makes those answers unknown (the tag tells).
+/// by another flow only makes those answers unknown (the tag tells). Returns whether the packet
+/// is its direction's first payload after its SYN (or SYN/ACK): a client's may be a TLS
+/// ClientHello. Once per direction of a connection.
 #[inline(always)]
-fn note_activity<T: Tables>(tables: &T, segment: &TcpSegment, hook: Hook, tag: u32) {
+fn note_activity<T: Tables>(
+    tables: &T,
+    segment: &TcpSegment,
+    hook: Hook,
+    hash: u32,
+    ifindex: u32,
+) -> bool {
+    let tag = activity_tag(hash, ifindex);
     let Some(slot) = tables.activity(tag) else {
-        return;
+        return false;
     };
     let slot = unsafe { &mut *slot };
     let now = tables.ticks();
@@ -686,23 +708,47 @@ fn note_activity<T: Tables>(tables: &T, segment: &TcpSegment, hook: Hook, tag: u
     let payload_len = segment.payload_len();
     let space = payload_len + (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
     if space == 0 {
-        return;
+        return false;
     }
     let end = segment.seq().wrapping_add(space);
     let direction = hook as u32;
     let seq_end = by_hook_mut(&mut slot.seq_end, hook);
     if slot.state & (ACTIVITY_SEQ_KNOWN << direction) != 0 && !seq_after(end, *seq_end) {
-        return;
+        return false;
     }
     *seq_end = end;
     *by_hook_mut(&mut slot.new_tick, hook) = now;
     let mut state = slot.state | ACTIVITY_SEQ_KNOWN << direction;
+    let mut first_payload = false;
     if flags & TCP_SYN != 0 {
         state |= ACTIVITY_SYN_SEEN << direction;
     } else if payload_len > 0 && state & (ACTIVITY_PAYLOAD_SEEN << direction) == 0 {
         state |= ACTIVITY_PAYLOAD_SEEN << direction;
+        first_payload = state & (ACTIVITY_SYN_SEEN << direction) != 0;
     }
     slot.state = state;
+    first_payload
+}
+
+/// Keeps the server name of the TLS ClientHello `packet` carries, if it carries one: the
+/// client's first payload, which the accounting passed on ([`Tables::read_client_hello_next`]).
+#[inline(always)]
+pub fn read_client_hello<T: Tables>(tables: &T, packet: Packet<'_>) {
+    let _ = parse(packet, |segment: TcpSegment| {
+        let Some(name) = tables.hello_scratch() else {
+            return;
+        };
+        let name = unsafe { &mut *name };
+        if tls::server_name(
+            tables,
+            segment.payload_offset(),
+            segment.payload_len(),
+            name,
+        ) {
+            let (key, _) = segment.flow_key(tables.ifindex());
+            tables.insert_hello(&key, name);
+        }
+    });
 }
 
 /// The other hook: on one interface, the other direction of the connection.

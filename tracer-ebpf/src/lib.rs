@@ -95,6 +95,7 @@ macro_rules! address {
 
 // Declared after the macros above, which it uses: macro_rules! scope is textual.
 pub mod account;
+pub mod tls;
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;

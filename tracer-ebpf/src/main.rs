@@ -10,17 +10,18 @@ use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, BPF_NOEXIST, TC_ACT_UNSPEC},
     helpers::generated::{bpf_jiffies64, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::{TcContext, XdpContext},
+    EbpfContext,
 };
 use tracer_common::{
     activity_capacity, activity_slot, reset_set_mask, Activity, EventBudget, FlowKey, FlowValue,
-    GlobalCounters, Hook, PacketEvent, ResetEntry, WatchConfig, DEFAULT_MAX_FLOWS,
+    GlobalCounters, Hook, PacketEvent, ResetEntry, TlsName, WatchConfig, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_RESETS, EVENTS_RING_BYTES, EVENT_SNAP_LEN, HOOK_COUNT, MS_UNKNOWN,
     RESET_GATE_SLOTS,
 };
 use tracer_ebpf::{
-    account::{account, Tables},
+    account::{account, read_client_hello, Tables},
     Packet,
 };
 
@@ -35,6 +36,25 @@ static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(DEFAULT_MAX_FL
 /// (`--max-resets`, a power of two) and [`RESET_SET_MASK`] to match.
 #[map(name = "RESETS")]
 static RESETS: Array<ResetEntry> = Array::pinned(DEFAULT_MAX_RESETS, 0);
+
+/// The server name of each connection whose client's first payload was a TLS ClientHello: one
+/// insert per such connection, none for any other packet. User space gives it the reset
+/// table's capacity.
+#[map(name = "HELLOS")]
+static HELLOS: LruHashMap<FlowKey, TlsName> = LruHashMap::pinned(DEFAULT_MAX_RESETS, 0);
+
+/// The program that reads a client's first payload for a ClientHello, one array per hook (an
+/// array holds programs of one type): the accounting tail-calls it, so that the verifier walks
+/// the TLS parser once per program instead of in every copy of the accounting. User space puts
+/// the readers in at load time (`tracer_common::HELLO_READERS`).
+#[map(name = "HELLO_READER_INGRESS")]
+static HELLO_READER_INGRESS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map(name = "HELLO_READER_EGRESS")]
+static HELLO_READER_EGRESS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Where a ClientHello's server name is read into. One per CPU, private to this load.
+#[map(name = "HELLO_SCRATCH")]
+static HELLO_SCRATCH: PerCpuArray<TlsName> = PerCpuArray::with_max_entries(1, 0);
 
 /// [`tracer_common::reset_set_mask`] of RESETS' capacity; read-only data, set at load time.
 #[unsafe(no_mangle)]
@@ -142,7 +162,7 @@ struct Maps<'a, C> {
     ctx: &'a C,
 }
 
-impl<C: HookContext> Tables for Maps<'_, C> {
+impl<C: HookContext + EbpfContext> Tables for Maps<'_, C> {
     #[inline(always)]
     fn counters(&self, hook: Hook) -> Option<*mut GlobalCounters> {
         COUNTERS.get_ptr_mut(hook as u32)
@@ -218,6 +238,27 @@ impl<C: HookContext> Tables for Maps<'_, C> {
     }
 
     #[inline(always)]
+    fn read_client_hello_next(&self, hook: Hook) {
+        let readers = match hook {
+            Hook::Ingress => &HELLO_READER_INGRESS,
+            Hook::Egress => &HELLO_READER_EGRESS,
+        };
+        // On success this does not return; on failure (no reader loaded) the name is not kept.
+        let _ = unsafe { readers.tail_call(self.ctx, 0) };
+    }
+
+    #[inline(always)]
+    fn hello_scratch(&self) -> Option<*mut TlsName> {
+        HELLO_SCRATCH.get_ptr_mut(0)
+    }
+
+    #[inline(always)]
+    fn insert_hello(&self, key: &FlowKey, name: &TlsName) {
+        // Best effort: a full LRU table evicts, and a failed insert only loses the name.
+        let _ = HELLOS.insert(key, name, 0);
+    }
+
+    #[inline(always)]
     fn ifindex(&self) -> u32 {
         self.ctx.ifindex()
     }
@@ -277,6 +318,22 @@ pub fn flagtrace_ingress(ctx: XdpContext) -> u32 {
 pub fn flagtrace_egress(ctx: TcContext) -> i32 {
     let packet = Packet::new(ctx.data(), ctx.data_end());
     account(&Maps { ctx: &ctx }, packet, Hook::Egress);
+    TC_ACT_UNSPEC
+}
+
+/// [`HELLO_READER_INGRESS`]' reader.
+#[xdp]
+pub fn flagtrace_hello_ingress(ctx: XdpContext) -> u32 {
+    let packet = Packet::new(ctx.data(), ctx.data_end());
+    read_client_hello(&Maps { ctx: &ctx }, packet);
+    XDP_PASS
+}
+
+/// [`HELLO_READER_EGRESS`]' reader.
+#[classifier]
+pub fn flagtrace_hello_egress(ctx: TcContext) -> i32 {
+    let packet = Packet::new(ctx.data(), ctx.data_end());
+    read_client_hello(&Maps { ctx: &ctx }, packet);
     TC_ACT_UNSPEC
 }
 

@@ -13,8 +13,8 @@ use anyhow::bail;
 use serde::Serialize;
 use tracer_common::{
     Baseline as WireBaseline, FlagCounts, FlowKey, FlowValue, Hook, ResetEvidence, RstEvidence,
-    RstPayload, FAMILY_IPV4, FAMILY_IPV6, FIRST_SYN_HI, FIRST_SYN_LO, MS_UNKNOWN,
-    RST_PAYLOAD_BYTES, SENDER_HI, SENDER_LO,
+    RstPayload, TlsName, FAMILY_IPV4, FAMILY_IPV6, FIRST_SYN_HI, FIRST_SYN_LO, MS_UNKNOWN,
+    RST_PAYLOAD_BYTES, SENDER_HI, SENDER_LO, TLS_NAME_MAX,
 };
 
 use crate::{analysis::mac::MacAddr, sys::clock::ClockSnapshot};
@@ -292,13 +292,14 @@ pub struct FlowRecord {
 }
 
 impl FlowRecord {
-    /// Decodes and orients a flow-table entry and its reset evidence, if the kernel kept any.
-    /// `clock` turns the source's stamps into Unix time. Fails only on an address family the
-    /// kernel never writes.
+    /// Decodes and orients a flow-table entry, its reset evidence and its ClientHello's server
+    /// name, if the kernel kept them. `clock` turns the source's stamps into Unix time. Fails
+    /// only on an address family the kernel never writes.
     pub fn decode(
         key: &FlowKey,
         value: &FlowValue,
         resets: Option<&ResetEvidence>,
+        hello: Option<&TlsName>,
         clock: &ClockSnapshot,
     ) -> anyhow::Result<FlowRecord> {
         let endpoint = |sender: usize| -> anyhow::Result<(SocketAddr, FlagCounts, SideEvidence)> {
@@ -340,7 +341,7 @@ impl FlowRecord {
             syn_ack_ns: stamp(value.syn_ack_ns),
             client_evidence,
             server_evidence,
-            tls_sni: None,
+            tls_sni: hello.and_then(server_name),
         })
     }
 
@@ -362,6 +363,24 @@ impl FlowRecord {
             .min();
         Some(first.unwrap_or(self.last_seen_ns))
     }
+}
+
+/// A ClientHello's server name as text: a DNS name is ASCII, so anything else (a name the
+/// kernel read wrong, or a hostile one) is escaped rather than printed; a name cut at
+/// [`TLS_NAME_MAX`] bytes ends in `...`.
+fn server_name(hello: &TlsName) -> Option<String> {
+    let kept = &hello.name[..usize::from(hello.len).min(TLS_NAME_MAX)];
+    if kept.is_empty() {
+        return None;
+    }
+    let mut name: String = kept
+        .iter()
+        .flat_map(|&byte| std::ascii::escape_default(byte).map(char::from))
+        .collect();
+    if usize::from(hello.len) > TLS_NAME_MAX {
+        name += "...";
+    }
+    Some(name)
 }
 
 fn add(a: &FlagCounts, b: &FlagCounts) -> FlagCounts {
@@ -481,7 +500,7 @@ mod tests {
                 FIRST_SYN_HI
             };
         }
-        FlowRecord::decode(&key, &value, None, &ClockSnapshot::unix()).unwrap()
+        FlowRecord::decode(&key, &value, None, None, &ClockSnapshot::unix()).unwrap()
     }
 
     fn endpoints(record: &FlowRecord) -> (String, String) {
@@ -505,7 +524,7 @@ mod tests {
             FlowKey::from_packet(FAMILY_IPV6, 1, v6(client), 51000, v6(server), 443);
         let mut value = FlowValue::default();
         value.sent_by[sender].syn = 1;
-        let record = FlowRecord::decode(&key, &value, None, &ClockSnapshot::unix()).unwrap();
+        let record = FlowRecord::decode(&key, &value, None, None, &ClockSnapshot::unix()).unwrap();
         assert_eq!(record.client.to_string(), "[fd00::1]:51000");
         assert_eq!(record.server.to_string(), "[fd00::2:0:0:abcd]:443");
     }
@@ -516,9 +535,14 @@ mod tests {
             family: 5,
             ..FlowKey::default()
         };
-        assert!(
-            FlowRecord::decode(&key, &FlowValue::default(), None, &ClockSnapshot::unix()).is_err()
-        );
+        assert!(FlowRecord::decode(
+            &key,
+            &FlowValue::default(),
+            None,
+            None,
+            &ClockSnapshot::unix()
+        )
+        .is_err());
     }
 
     #[test]
@@ -553,7 +577,7 @@ mod tests {
             first_syn_from: FIRST_SYN_NONE,
             ..FlowValue::default()
         };
-        let record = FlowRecord::decode(&key, &value, None, &ClockSnapshot::unix()).unwrap();
+        let record = FlowRecord::decode(&key, &value, None, None, &ClockSnapshot::unix()).unwrap();
         assert_eq!(record.client.port(), 9000);
     }
 
@@ -619,7 +643,7 @@ mod tests {
             ..RstEvidence::default()
         };
         let record =
-            FlowRecord::decode(&key, &value, Some(&resets), &ClockSnapshot::unix()).unwrap();
+            FlowRecord::decode(&key, &value, Some(&resets), None, &ClockSnapshot::unix()).unwrap();
         assert_eq!(record.client.to_string(), "10.0.0.9:40000");
         assert_eq!(record.client_evidence.baseline.map(|b| b.ttl), Some(64));
         assert_eq!(record.client_evidence.rst, None);
@@ -633,7 +657,7 @@ mod tests {
         // Once the side sent a FIN, its baseline is that FIN: after the handshake.
         let mut closed = value;
         closed.sent_by[SENDER_HI].fin = 1;
-        let closed = FlowRecord::decode(&key, &closed, None, &ClockSnapshot::unix()).unwrap();
+        let closed = FlowRecord::decode(&key, &closed, None, None, &ClockSnapshot::unix()).unwrap();
         assert_eq!(
             closed.client_evidence.baseline.map(|b| b.role),
             Some(PacketRole::AfterHandshake)
@@ -645,11 +669,11 @@ mod tests {
         assert_eq!(record.first_rst_ns(), Some(50));
 
         // Evicted evidence: the RST time falls back to the last packet's.
-        let record = FlowRecord::decode(&key, &value, None, &ClockSnapshot::unix()).unwrap();
+        let record = FlowRecord::decode(&key, &value, None, None, &ClockSnapshot::unix()).unwrap();
         assert_eq!(record.first_rst_ns(), Some(70));
         value.sent_by[SENDER_LO].rst = 0;
         assert_eq!(
-            FlowRecord::decode(&key, &value, None, &ClockSnapshot::unix())
+            FlowRecord::decode(&key, &value, None, None, &ClockSnapshot::unix())
                 .unwrap()
                 .first_rst_ns(),
             None
@@ -683,7 +707,7 @@ mod tests {
         };
         // Monotonic 1_000 is Unix 1_000_000_000_000.
         let clock = ClockSnapshot::new(1_000_000_000_000, 1_000);
-        let record = FlowRecord::decode(&key, &value, Some(&resets), &clock).unwrap();
+        let record = FlowRecord::decode(&key, &value, Some(&resets), None, &clock).unwrap();
         let unix = |mono: u64| 1_000_000_000_000 - 1_000 + mono;
         assert_eq!(
             (record.first_seen_ns, record.last_seen_ns),

@@ -79,7 +79,7 @@ mod tests {
         };
         FlowReport {
             origin: Origin::Live(attachment),
-            flow: FlowRecord::decode(&key, &value, None, &ClockSnapshot::unix()).unwrap(),
+            flow: FlowRecord::decode(&key, &value, None, None, &ClockSnapshot::unix()).unwrap(),
             verdict: None,
             phase: None,
             gateway: None,

@@ -52,7 +52,7 @@ fn refused_flow() -> FlowRecord {
     };
     value.sent_by[client_side].syn = 1;
     value.sent_by[1 - client_side].rst = 1;
-    FlowRecord::decode(&key, &value, None, &clock()).unwrap()
+    FlowRecord::decode(&key, &value, None, None, &clock()).unwrap()
 }
 
 fn lab(iface: &str) -> Origin {

@@ -49,11 +49,14 @@ pub fn reports(
 pub fn flow_records(attachment: &Attachment, maps: &PinnedMaps) -> anyhow::Result<Vec<FlowRecord>> {
     let context = || format!("reading the flow table of {attachment}");
     let resets = maps.resets().with_context(context)?;
+    let hellos = maps.hellos().with_context(context)?;
     let flows = maps.flows().with_context(context)?;
     let clock = ClockSnapshot::now().context("reading the clocks")?;
     flows
         .iter()
-        .map(|(key, value)| FlowRecord::decode(key, value, resets.get(key), &clock))
+        .map(|(key, value)| {
+            FlowRecord::decode(key, value, resets.get(key), hellos.get(key), &clock)
+        })
         .collect::<anyhow::Result<Vec<_>>>()
         .with_context(context)
 }
@@ -127,8 +130,9 @@ impl FlowJudge {
             return Ok(None);
         };
         let resets = maps.reset_evidence(key).with_context(context)?;
+        let hello = maps.hello(key).with_context(context)?;
         let clock = ClockSnapshot::now().context("reading the clocks")?;
-        FlowRecord::decode(key, &value, resets.as_ref(), &clock)
+        FlowRecord::decode(key, &value, resets.as_ref(), hello.as_ref(), &clock)
             .map(Some)
             .with_context(context)
     }

@@ -20,11 +20,11 @@ use std::{
 
 use tracer_common::{
     activity_capacity, activity_slot, reset_capacity, reset_set_mask, Activity, EventBudget,
-    FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, ResetEvidence, WatchConfig,
+    FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, ResetEvidence, TlsName, WatchConfig,
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, MS_UNKNOWN, RESET_GATE_SLOTS,
 };
 use tracer_ebpf::{
-    account::{account, Tables},
+    account::{account, read_client_hello, Tables},
     Packet,
 };
 
@@ -43,6 +43,9 @@ pub struct HostTables {
     resets: Box<[UnsafeCell<ResetEntry>]>,
     reset_set_mask: u32,
     activity: Box<[UnsafeCell<Activity>]>,
+    /// The server names of the ClientHellos; without the kernel's capacity, like the flows.
+    hellos: RefCell<HashMap<FlowKey, TlsName>>,
+    hello_scratch: UnsafeCell<TlsName>,
     scratch: UnsafeCell<FlowValue>,
     /// The time of the packet being accounted.
     now: Cell<u64>,
@@ -72,6 +75,8 @@ impl HostTables {
             activity: (0..activity_capacity(DEFAULT_MAX_FLOWS))
                 .map(|_| UnsafeCell::new(Activity::default()))
                 .collect(),
+            hellos: RefCell::default(),
+            hello_scratch: UnsafeCell::default(),
             scratch: UnsafeCell::default(),
             now: Cell::new(0),
             ifindex: Cell::new(0),
@@ -160,6 +165,7 @@ impl HostTables {
                     key,
                     unsafe { &*value.get() },
                     resets.get(key),
+                    self.hellos.borrow().get(key),
                     &ClockSnapshot::unix(),
                 )
             })
@@ -230,6 +236,20 @@ impl Tables for HostTables {
         true
     }
 
+    fn read_client_hello_next(&self, _hook: Hook) {
+        let (start, len) = self.frame.get();
+        let start = start as usize;
+        read_client_hello(self, Packet::new(start, start + len));
+    }
+
+    fn hello_scratch(&self) -> Option<*mut TlsName> {
+        Some(self.hello_scratch.get())
+    }
+
+    fn insert_hello(&self, key: &FlowKey, name: &TlsName) {
+        self.hellos.borrow_mut().insert(*key, *name);
+    }
+
     fn ifindex(&self) -> u32 {
         self.ifindex.get()
     }
@@ -297,6 +317,88 @@ mod tests {
             word(SERVER),
             443,
         )
+    }
+
+    /// The first flight of `openssl s_client -connect ... -servername customerweb` (OpenSSL
+    /// 3.0): one TLS record holding the ClientHello.
+    const OPENSSL_CLIENT_HELLO: &[u8] =
+        include_bytes!("../../../tests/fixtures/openssl-client-hello.bin");
+
+    /// The client's handshake, then `payload` as its first data, through fresh tables; the flow's
+    /// record.
+    fn first_payload(payload: &[u8]) -> FlowRecord {
+        let tables = HostTables::new();
+        const T: u64 = 1_700_000_000_000_000_000;
+        tables.account(&frame(true, 64, 100, |b| b.syn(), &[]), 7, Hook::Egress, T);
+        tables.account(
+            &frame(false, 57, 900, |b| b.syn().ack(101), &[]),
+            7,
+            Hook::Ingress,
+            T + 1_000,
+        );
+        tables.account(
+            &frame(true, 64, 101, |b| b.ack(901), &[]),
+            7,
+            Hook::Egress,
+            T + 2_000,
+        );
+        tables.account(
+            &frame(true, 64, 101, |b| b.psh().ack(901), payload),
+            7,
+            Hook::Egress,
+            T + 3_000,
+        );
+        let mut records = tables.flow_records().unwrap();
+        assert_eq!(records.len(), 1);
+        records.pop().unwrap()
+    }
+
+    #[test]
+    fn a_client_hello_leaves_its_server_name() {
+        assert_eq!(
+            first_payload(OPENSSL_CLIENT_HELLO).tls_sni.as_deref(),
+            Some("customerweb")
+        );
+        assert_eq!(first_payload(b"GET / HTTP/1.1\r\n\r\n").tls_sni, None);
+    }
+
+    #[test]
+    fn a_cut_client_hello_gives_its_name_only_when_whole() {
+        let name_end = OPENSSL_CLIENT_HELLO
+            .windows(b"customerweb".len())
+            .position(|window| window == b"customerweb")
+            .unwrap()
+            + b"customerweb".len();
+        for len in 1..OPENSSL_CLIENT_HELLO.len() {
+            let sni = first_payload(&OPENSSL_CLIENT_HELLO[..len]).tls_sni;
+            let expected = (len >= name_end).then(|| "customerweb".to_owned());
+            assert_eq!(sni, expected, "cut at {len}");
+        }
+    }
+
+    #[test]
+    fn a_long_or_odd_server_name_is_cut_and_escaped() {
+        // The openssl ClientHello with its name's bytes changed, and its length (2 bytes before
+        // the name) kept: a name of 11 bytes with a control byte and a non-ASCII one.
+        let at = OPENSSL_CLIENT_HELLO
+            .windows(11)
+            .position(|window| window == b"customerweb")
+            .unwrap();
+        let mut odd = OPENSSL_CLIENT_HELLO.to_vec();
+        odd[at..at + 11].copy_from_slice(b"cust\x07mer\xffeb");
+        assert_eq!(
+            first_payload(&odd).tls_sni.as_deref(),
+            Some("cust\\x07mer\\xffeb")
+        );
+        // A length field beyond what the table keeps: the first bytes, marked as cut.
+        let mut long = OPENSSL_CLIENT_HELLO.to_vec();
+        long[at - 2..at].copy_from_slice(&100u16.to_be_bytes());
+        long.resize(at + 100 + 300, b'x');
+        let sni = first_payload(&long).tls_sni.unwrap();
+        assert!(
+            sni.starts_with("customerweb\\x00") && sni.ends_with("..."),
+            "{sni}"
+        );
     }
 
     #[test]

@@ -6,11 +6,15 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use aya::{Ebpf, EbpfLoader};
+use aya::{
+    maps::ProgramArray,
+    programs::{SchedClassifier, Xdp},
+    Ebpf, EbpfLoader,
+};
 use tracer_common::{
     activity_capacity, reset_set_mask, WatchConfig, ACTIVITY_MAP, ACTIVITY_SLOTS_GLOBAL,
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, FLOWS_MAP, PINNED_MAPS, RESETS_MAP,
-    RESET_SET_MASK_GLOBAL, WATCH_GLOBAL,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, FLOWS_MAP, HELLOS_MAP, HELLO_READERS, PINNED_MAPS,
+    RESETS_MAP, RESET_SET_MASK_GLOBAL, WATCH_GLOBAL,
 };
 
 use super::{clock::KernelClock, objects::EBPF_OBJECT};
@@ -42,9 +46,16 @@ impl<'p> TracerLoader<'p> {
         }
     }
 
-    /// Loads the object: its maps are created (or their pins reused), its programs are not yet
-    /// loaded into the kernel.
+    /// Loads the object: its maps are created (or their pins reused), and the ClientHello
+    /// readers the accounting tail-calls are loaded into the kernel and put in their program
+    /// array; the accounting programs are not yet loaded.
     pub fn load(&self) -> anyhow::Result<Ebpf> {
+        let mut ebpf = self.load_object()?;
+        load_hello_readers(&mut ebpf).context("loading the ClientHello readers")?;
+        Ok(ebpf)
+    }
+
+    fn load_object(&self) -> anyhow::Result<Ebpf> {
         let clock = KernelClock::calibrated()?;
         let mut loader = EbpfLoader::new();
         for (map, pin) in PINNED_MAPS {
@@ -56,6 +67,7 @@ impl<'p> TracerLoader<'p> {
         loader
             .map_max_entries(FLOWS_MAP, self.max_flows)
             .map_max_entries(RESETS_MAP, self.max_resets)
+            .map_max_entries(HELLOS_MAP, self.max_resets)
             .map_max_entries(ACTIVITY_MAP, activity_slots)
             .override_global(RESET_SET_MASK_GLOBAL, &reset_set_mask, true)
             .override_global(ACTIVITY_SLOTS_GLOBAL, &activity_slots, true)
@@ -68,4 +80,36 @@ impl<'p> TracerLoader<'p> {
                 )
             })
     }
+}
+
+/// Loads the ClientHello readers and puts each in its program array. The arrays keep them
+/// while the object's maps are open: the kernel empties a program array once no process holds
+/// it, so `ebpf` must live as long as the programs that tail-call into them.
+fn load_hello_readers(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let [(ingress, ingress_array), (egress, egress_array)] = HELLO_READERS;
+    let xdp: &mut Xdp = program_mut(ebpf, ingress)?;
+    xdp.load().with_context(|| format!("loading {ingress}"))?;
+    let ingress_fd = xdp.fd()?.try_clone()?;
+    let tc: &mut SchedClassifier = program_mut(ebpf, egress)?;
+    tc.load().with_context(|| format!("loading {egress}"))?;
+    let egress_fd = tc.fd()?.try_clone()?;
+    for (array, fd) in [(ingress_array, ingress_fd), (egress_array, egress_fd)] {
+        let map = ebpf
+            .map_mut(array)
+            .with_context(|| format!("no map {array} in the object"))?;
+        ProgramArray::try_from(map)?
+            .set(0, &fd, 0)
+            .with_context(|| format!("putting its reader in {array}"))?;
+    }
+    Ok(())
+}
+
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name} in the object"))?;
+    Ok(program.try_into()?)
 }

@@ -21,8 +21,8 @@ use aya::{
 };
 use tracer_common::{
     reset_set, reset_set_mask, FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, ResetEvidence,
-    WatchConfig, COUNTERS_MAP, EVENTS_MAP, EVENTS_RING_BYTES, FLOWS_MAP, HOOK_COUNT, RESETS_MAP,
-    RESET_WAYS, WATCH_MAP,
+    TlsName, WatchConfig, COUNTERS_MAP, EVENTS_MAP, EVENTS_RING_BYTES, FLOWS_MAP, HELLOS_MAP,
+    HOOK_COUNT, RESETS_MAP, RESET_WAYS, WATCH_MAP,
 };
 
 use super::bpf;
@@ -55,6 +55,14 @@ const RESETS: MapSpec = MapSpec {
     map_type: MapType::Array,
     key_size: size_of::<u32>(),
     value_size: size_of::<ResetEntry>(),
+    max_entries: None,
+};
+
+const HELLOS: MapSpec = MapSpec {
+    name: HELLOS_MAP,
+    map_type: MapType::LruHash,
+    key_size: size_of::<FlowKey>(),
+    value_size: size_of::<TlsName>(),
     max_entries: None,
 };
 
@@ -214,9 +222,11 @@ pub struct PinnedMaps {
     dir: PathBuf,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     resets: Array<MapData, ResetEntry>,
+    hellos: HashMap<MapData, FlowKey, TlsName>,
     counters: PerCpuArray<MapData, GlobalCounters>,
     capacity: u32,
     resets_capacity: u32,
+    hellos_capacity: u32,
 }
 
 impl PinnedMaps {
@@ -226,14 +236,17 @@ impl PinnedMaps {
         let context = |spec: &MapSpec| format!("opening {}", dir.join(spec.name).display());
         let (flows, capacity) = open(&FLOWS)?;
         let (resets, resets_capacity) = open(&RESETS)?;
+        let (hellos, hellos_capacity) = open(&HELLOS)?;
         let (counters, _) = open(&COUNTERS)?;
         Ok(PinnedMaps {
             dir: dir.to_owned(),
             flows: HashMap::try_from(flows).with_context(|| context(&FLOWS))?,
             resets: Array::try_from(resets).with_context(|| context(&RESETS))?,
+            hellos: HashMap::try_from(hellos).with_context(|| context(&HELLOS))?,
             counters: PerCpuArray::try_from(counters).with_context(|| context(&COUNTERS))?,
             capacity,
             resets_capacity,
+            hellos_capacity,
         })
     }
 
@@ -260,16 +273,27 @@ impl PinnedMaps {
 
     /// The flow table's entry for `key`, if it has one.
     pub fn flow(&self, key: &FlowKey) -> anyhow::Result<Option<FlowValue>> {
-        match self.flows.get(key, 0) {
-            Ok(value) => Ok(Some(value)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(error) => Err(error).with_context(|| {
-                format!(
-                    "looking up {key:?} in {}",
-                    self.dir.join(FLOWS_MAP).display()
-                )
-            }),
-        }
+        point_lookup(&self.flows, key, &self.dir.join(FLOWS_MAP))
+    }
+
+    /// Every ClientHello's server name, by flow.
+    pub fn hellos(&self) -> anyhow::Result<StdHashMap<FlowKey, TlsName>> {
+        let mut hellos = StdHashMap::new();
+        read_all(
+            &self.hellos,
+            || self.hellos.iter(),
+            2 * self.hellos_capacity as usize,
+            &self.dir.join(HELLOS_MAP),
+            |key, value| {
+                hellos.insert(key, value);
+            },
+        )?;
+        Ok(hellos)
+    }
+
+    /// The server name of the flow `key`'s ClientHello, if the table has one.
+    pub fn hello(&self, key: &FlowKey) -> anyhow::Result<Option<TlsName>> {
+        point_lookup(&self.hellos, key, &self.dir.join(HELLOS_MAP))
     }
 
     /// Every flow in the reset evidence table, with its evidence.
@@ -366,6 +390,21 @@ fn read_all<K: Pod, V: Pod, W: Iterator<Item = Result<(K, V), MapError>>>(
         keep(key, value);
     }
     Ok(())
+}
+
+/// The value of `key` in a hash table pinned at `path`; `None` when it has none.
+fn point_lookup<V: Pod>(
+    table: &HashMap<MapData, FlowKey, V>,
+    key: &FlowKey,
+    path: &Path,
+) -> anyhow::Result<Option<V>> {
+    match table.get(key, 0) {
+        Ok(value) => Ok(Some(value)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(error) => {
+            Err(error).with_context(|| format!("looking up {key:?} in {}", path.display()))
+        }
+    }
 }
 
 /// The entries of the reset table (of `capacity` entries) that the flow `key` may occupy: its

@@ -148,6 +148,7 @@ fn a_full_proxy_at_the_gateway_is_a_middlebox() {
             "reset after the client's ClientHello, before any answer: {flow:#}"
         );
         assert_delay_after(flow, PROXY_DELAY);
+        assert_eq!(flow["tls_sni"], SERVER_NAME, "the ClientHello's name: {flow:#}");
     }
 }
 

@@ -120,15 +120,19 @@ pub fn resets_text(reports: &[FlowReport]) -> String {
             let phase = report
                 .phase
                 .map_or(String::new(), |phase| format!("{}, ", phase_phrase(phase)));
+            let via = report
+                .gateway
+                .as_ref()
+                .map_or(String::new(), |g| via(g, server, false));
+            let when = match evidence::timing(report) {
+                Some(when) if via.is_empty() => format!(" {when}"),
+                Some(when) => format!(", {when}"),
+                None => String::new(),
+            };
             block += &format!(
-                "  {} <- {}{}{}: {} [client {}, {phase}{}]\n",
+                "  {} <- {}{via}{when}: {} [client {}, {phase}{}]\n",
                 flow.server,
                 reset_by_phrase(verdict),
-                report
-                    .gateway
-                    .as_ref()
-                    .map_or(String::new(), |g| via(g, server, false)),
-                evidence::timing(report).map_or(String::new(), |when| format!(" {when}")),
                 evidence::summary(flow, verdict),
                 flow.client,
                 format_rfc3339_utc(flow.first_rst_ns().unwrap_or(flow.last_seen_ns).into()),

@@ -924,10 +924,21 @@ pub fn resets_json(pin_root: &Path) -> Vec<Value> {
     json_lines(pin_root, &["resets", "--json"])
 }
 
+/// `flagtrace --pin-root ROOT stats --json`: the counters of each attachment.
+pub fn stats_json(pin_root: &Path) -> Vec<Value> {
+    json_lines(pin_root, &["stats", "--json"])
+}
+
 /// `flagtrace --pin-root ROOT ARGS`, which must succeed and print one JSON object a line.
 fn json_lines(pin_root: &Path, args: &[&str]) -> Vec<Value> {
     let root = pin_root.to_str().expect("UTF-8 pin root");
     let output = flagtrace(&[&["--pin-root", root], args].concat());
+    json_output(&output, args)
+}
+
+/// The objects that `flagtrace ARGS` printed, one JSON object a line; the run must have
+/// succeeded.
+pub fn json_output(output: &Output, args: &[&str]) -> Vec<Value> {
     assert!(
         output.status.success(),
         "flagtrace {} failed ({}): {}",
@@ -935,7 +946,7 @@ fn json_lines(pin_root: &Path, args: &[&str]) -> Vec<Value> {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8(output.stdout)
+    std::str::from_utf8(&output.stdout)
         .expect("UTF-8 output")
         .lines()
         .filter(|line| !line.trim().is_empty())

@@ -12,6 +12,7 @@
 //! - [`seed_story`]: the lab that `ft-lab demo` (`cargo xtask demo`) and the reset tests share;
 //! - [`tcpdump`]: a lab's traffic captured beside the live attachment, and read back with
 //!   `flagtrace pcap`;
+//! - [`verdicts`]: the assertions on flagtrace's verdicts that the middlebox labs share;
 //! - [`bench`]: `cargo xtask bench`, the per-packet cost against reference programs;
 //! - [`soak`]: `cargo xtask soak`, the user side's commands on large tables and captures.
 //!
@@ -30,6 +31,7 @@ pub mod seed_story;
 pub mod soak;
 pub mod tcpdump;
 pub mod tracer;
+pub mod verdicts;
 
 use std::{
     path::PathBuf,

@@ -10,8 +10,10 @@ use std::{
 };
 
 use serde_json::Value;
+use tracer_user::capture::CaptureReader;
 
 use crate::{
+    forge::Segment,
     lab::{
         flagtrace, flows_json, json_output, run_ok, stats_json, Daemon, Endpoint, Loader, Netns,
         TIMEOUT,
@@ -156,6 +158,13 @@ impl AttachedAndCaptured {
         wait_for_capture(self.file.path(), self.pin_root(), flows);
         let live = flows_json(self.pin_root());
         stop_tcpdump(self.tcpdump.take().expect("views are read once"));
+        // What a person would read, in the test's output beside the JSON that is asserted.
+        let root = self.pin_root().to_str().expect("UTF-8 pin root");
+        let resets = flagtrace(&["--pin-root", root, "resets"]);
+        eprintln!(
+            "flagtrace resets:\n{}",
+            String::from_utf8_lossy(&resets.stdout)
+        );
         let args = [
             self.file.as_str(),
             "--flows",
@@ -165,5 +174,21 @@ impl AttachedAndCaptured {
         ];
         let offline = pcap_json(&args);
         Views { live, offline }
+    }
+
+    /// The TCP segments of the capture, in order: what really went over the wire, to check a
+    /// lab's premise (a race won, a packet after another). Read after
+    /// [`AttachedAndCaptured::views`].
+    pub fn segments(&self) -> Vec<Segment> {
+        assert!(
+            self.tcpdump.is_none(),
+            "read the views first: tcpdump still runs"
+        );
+        let mut reader = CaptureReader::open(self.file.path()).expect("the capture");
+        let mut segments = Vec::new();
+        while let Some(packet) = reader.next() {
+            segments.extend(Segment::parse(packet.expect("a whole capture").frame));
+        }
+        segments
     }
 }

@@ -156,10 +156,13 @@ fn delayed_reset(args: &ForgerArgs, port: u16, delay: Duration) -> Result<()> {
     })
 }
 
+/// Makes the frame that answers a segment, from a source MAC and a TTL.
+type ForgeFrame = fn(&Segment, [u8; 6], u8) -> Vec<u8>;
+
 fn inject_reset(args: &ForgerArgs, server: SocketAddr, on: Strike) -> Result<()> {
     let mut reset = HashSet::new();
     forge(args, |segment, mac, ttl| {
-        let (peer, seq, forged): (_, _, fn(&Segment, [u8; 6], u8) -> Vec<u8>) = match on {
+        let (peer, seq, forged): (_, _, ForgeFrame) = match on {
             Strike::Data if segment.src == server => {
                 (segment.dst, segment.seq_end(), injected_reset)
             }

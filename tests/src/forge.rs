@@ -104,6 +104,21 @@ pub fn injected_reset(data: &Segment, our_mac: [u8; 6], ttl: u8) -> Vec<u8> {
     )
 }
 
+/// What an on-path injector sends the sender of `request` to kill its connection while it waits
+/// for the answer: a RST+ACK as if from the request's receiver, carrying exactly the sequence
+/// number the sender expects next (the one its request acknowledged), and acknowledging the
+/// request's data. Not a FIN that came with it: the injector keys on the payload. From `our_mac`
+/// to the sender's.
+pub fn reset_answering(request: &Segment, our_mac: [u8; 6], ttl: u8) -> Vec<u8> {
+    reset_frame(
+        (our_mac, request.src_mac),
+        (request.dst, request.src),
+        request.ack.unwrap_or(0),
+        request.seq.wrapping_add(request.payload_len),
+        ttl,
+    )
+}
+
 /// A RST+ACK frame with window 0, as Linux sends them; IPv4 with DF and IP ID 0.
 fn reset_frame(
     (src_mac, dst_mac): ([u8; 6], [u8; 6]),
@@ -298,6 +313,18 @@ pub fn mac_string(mac: [u8; 6]) -> String {
     mac.map(|byte| format!("{byte:02x}")).join(":")
 }
 
+/// The MAC that [`mac_string`] prints, in either case; `None` for anything else.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let octets: Vec<u8> = text
+        .split(':')
+        .map(|octet| match octet.len() {
+            2 => u8::from_str_radix(octet, 16).ok(),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    octets.try_into().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,6 +440,37 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_answering_a_request_carries_what_its_sender_expects() {
+        // The client's 7-byte request, with its FIN, to the server that is to be impersonated.
+        let builder = PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_MAC)
+            .ipv4([10, 0, 1, 1], [10, 0, 2, 1], 64)
+            .tcp(40000, 443, u32::MAX - 2, 64240)
+            .ack(5000)
+            .fin();
+        let mut request = Vec::new();
+        builder.write(&mut request, b"request").unwrap();
+        let request = Segment::parse(&request).unwrap();
+        let frame = reset_answering(&request, ROUTER_MAC, 128);
+        let (packet, tcp) = checked_tcp(&frame);
+        let Some(LinkSlice::Ethernet2(ethernet)) = &packet.link else {
+            panic!("not Ethernet II")
+        };
+        assert_eq!(ethernet.source(), ROUTER_MAC);
+        assert_eq!(ethernet.destination(), CLIENT_MAC);
+        let Some(NetSlice::Ipv4(ip)) = &packet.net else {
+            panic!("not IPv4")
+        };
+        assert_eq!(ip.header().source(), [10, 0, 2, 1]);
+        assert_eq!(ip.header().destination(), [10, 0, 1, 1]);
+        assert_eq!(ip.header().ttl(), 128);
+        assert_eq!((tcp.source_port(), tcp.destination_port()), (443, 40000));
+        assert!(tcp.rst() && tcp.ack());
+        assert_eq!(tcp.sequence_number(), 5000);
+        // The data's end, wrapped; the FIN after it is not acknowledged.
+        assert_eq!(tcp.acknowledgment_number(), 4);
+    }
+
+    #[test]
     fn non_tcp_frames_are_not_segments() {
         let builder = PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_MAC)
             .ipv4([10, 0, 1, 1], [10, 0, 2, 1], 64)
@@ -424,7 +482,16 @@ mod tests {
     }
 
     #[test]
-    fn macs_print_like_ip_link() {
+    fn macs_print_like_ip_link_and_read_back() {
         assert_eq!(mac_string(ROUTER_MAC), "00:01:d7:3c:5e:01");
+        assert_eq!(parse_mac("00:01:D7:3c:5e:01"), Some(ROUTER_MAC));
+        for wrong in [
+            "00:01:d7:3c:5e",
+            "00:01:d7:3c:5e:01:02",
+            "0:01:d7:3c:5e:01",
+            "zz",
+        ] {
+            assert_eq!(parse_mac(wrong), None, "{wrong}");
+        }
     }
 }

@@ -447,25 +447,100 @@ pub fn expect_server_reset(
     server: thread::JoinHandle<std::io::Result<()>>,
     talk: impl FnOnce(&mut TcpStream) -> std::io::Result<()> + Send,
 ) -> SocketAddr {
-    let (local, read) = client
+    let (local, read) = read_until_reset(client, server_addr, talk);
+    join_server(server, server_addr);
+    assert_reset(read, server_addr);
+    local
+}
+
+/// Tells a server thread that the client has seen the RST that a box on the path sent in the
+/// server's name: the server itself could not know.
+pub struct ResetSeen(mpsc::Receiver<()>);
+
+impl ResetSeen {
+    /// Waits until the client has seen the RST; an error if it never does.
+    pub fn wait(&self) -> std::io::Result<()> {
+        self.0.recv_timeout(TIMEOUT).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "the client saw no reset")
+        })
+    }
+}
+
+/// Connects from `client` to the server's `listener`, where a box on the path (a firewall, an
+/// injector) resets the connection in the server's name. `server` runs on a thread of its own
+/// with the accepted connection and a [`ResetSeen`]: the box leaves the server unaware, and it
+/// may go on once the test lets it. `talk` is the client's side until its read fails. Checks
+/// that the server succeeded and that the client saw the reset; returns the client's address.
+pub fn expect_forged_reset(
+    client: &Endpoint,
+    listener: TcpListener,
+    server: impl FnOnce(TcpStream, ResetSeen) -> std::io::Result<()> + Send + 'static,
+    talk: impl FnOnce(&mut TcpStream) -> std::io::Result<()> + Send,
+) -> SocketAddr {
+    let server_addr = listener.local_addr().expect("a bound listener");
+    let (reset_seen, told) = mpsc::channel();
+    let server = thread::spawn(move || {
+        let (stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.set_write_timeout(Some(TIMEOUT))?;
+        server(stream, ResetSeen(told))
+    });
+    let (local, read) = read_until_reset(client, server_addr, talk);
+    // A server that does not wait to be told may be gone already.
+    let _ = reset_seen.send(());
+    join_server(server, server_addr);
+    assert_reset(read, server_addr);
+    local
+}
+
+/// Connects from `client` to `server_addr`, runs `talk`, then reads until the connection ends;
+/// returns the client's address and how the read ended.
+fn read_until_reset(
+    client: &Endpoint,
+    server_addr: SocketAddr,
+    talk: impl FnOnce(&mut TcpStream) -> std::io::Result<()> + Send,
+) -> (SocketAddr, std::io::Result<usize>) {
+    client
         .connect(server_addr, |mut stream: TcpStream| {
             let local = stream.local_addr()?;
             talk(&mut stream)?;
             Ok::<_, std::io::Error>((local, stream.read_to_end(&mut Vec::new())))
         })
         .and_then(|talk| talk)
-        .unwrap_or_else(|e| panic!("talking to {server_addr}: {e}"));
+        .unwrap_or_else(|e| panic!("talking to {server_addr}: {e}"))
+}
+
+fn join_server(server: thread::JoinHandle<std::io::Result<()>>, server_addr: SocketAddr) {
     server
         .join()
         .expect("server thread")
         .unwrap_or_else(|e| panic!("server {server_addr}: {e}"));
-    let error = read.expect_err("the server resets the connection");
+}
+
+/// The client's read ended in a reset.
+fn assert_reset(read: std::io::Result<usize>, server_addr: SocketAddr) {
+    let error = read.expect_err("the connection is reset");
     assert_eq!(
         error.kind(),
         std::io::ErrorKind::ConnectionReset,
         "{server_addr}"
     );
-    local
+}
+
+/// Waits until `stream`'s connection has been reset (SO_ERROR, as a RST leaves it), sending
+/// nothing meanwhile; an error after [`TIMEOUT`].
+pub fn hold_until_reset(stream: &TcpStream) -> std::io::Result<()> {
+    let deadline = Instant::now() + TIMEOUT;
+    while stream.take_error()?.is_none() {
+        if Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the connection was never reset",
+            ));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// Aborts a connection: closing with a zero linger time sends a RST instead of a FIN, as a
@@ -578,6 +653,14 @@ impl Daemon {
     /// Waits for the process to exit by itself (a bounded tool that finished its work).
     pub fn wait(mut self) -> ExitStatus {
         self.wait_for_exit()
+    }
+
+    /// [`Daemon::wait`] for a tool that must succeed; returns what it printed.
+    pub fn wait_success(mut self) -> String {
+        let status = self.wait_for_exit();
+        let log = self.log();
+        assert!(status.success(), "{}: {status}\n{log}", self.description);
+        log
     }
 
     fn wait_for_exit(&mut self) -> ExitStatus {
@@ -864,6 +947,24 @@ impl SegmentLab {
             _hub: hub,
         }
     }
+
+    /// Starts `ft-lab inject-reset` (at `ft_lab`) on the third box, in `server`'s name, with
+    /// `args` (`--on`, `--mac`, `--ttl`): it sends one RST, then exits.
+    pub fn start_injector(&self, ft_lab: &Path, server: SocketAddr, args: &[&str]) -> Daemon {
+        let server = server.to_string();
+        let injector = [
+            "inject-reset",
+            "--iface",
+            self.third.iface,
+            "--server",
+            &server,
+            "--count",
+            "1",
+            "--timeout",
+            "60",
+        ];
+        start_ft_lab(&self.third.netns, ft_lab, &[&injector[..], args].concat())
+    }
 }
 
 /// BPF hooks found on an interface, described for messages.
@@ -924,10 +1025,21 @@ pub fn resets_json(pin_root: &Path) -> Vec<Value> {
     json_lines(pin_root, &["resets", "--json"])
 }
 
+/// `flagtrace --pin-root ROOT stats --json`: the counters of each attachment.
+pub fn stats_json(pin_root: &Path) -> Vec<Value> {
+    json_lines(pin_root, &["stats", "--json"])
+}
+
 /// `flagtrace --pin-root ROOT ARGS`, which must succeed and print one JSON object a line.
 fn json_lines(pin_root: &Path, args: &[&str]) -> Vec<Value> {
     let root = pin_root.to_str().expect("UTF-8 pin root");
     let output = flagtrace(&[&["--pin-root", root], args].concat());
+    json_output(&output, args)
+}
+
+/// The objects that `flagtrace ARGS` printed, one JSON object a line; the run must have
+/// succeeded.
+pub fn json_output(output: &Output, args: &[&str]) -> Vec<Value> {
     assert!(
         output.status.success(),
         "flagtrace {} failed ({}): {}",
@@ -935,7 +1047,7 @@ fn json_lines(pin_root: &Path, args: &[&str]) -> Vec<Value> {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8(output.stdout)
+    std::str::from_utf8(&output.stdout)
         .expect("UTF-8 output")
         .lines()
         .filter(|line| !line.trim().is_empty())

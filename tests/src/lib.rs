@@ -10,6 +10,9 @@
 //!   with a third box), background processes, and the `flagtrace` binary run in them;
 //! - [`forge`]: the forged resets of the lab tool `ft-lab` (src/bin/ft-lab.rs), on raw sockets;
 //! - [`seed_story`]: the lab that `ft-lab demo` (`cargo xtask demo`) and the reset tests share;
+//! - [`tcpdump`]: a lab's traffic captured beside the live attachment, and read back with
+//!   `flagtrace pcap`;
+//! - [`verdicts`]: the assertions on flagtrace's verdicts that the middlebox labs share;
 //! - [`bench`]: `cargo xtask bench`, the per-packet cost against reference programs;
 //! - [`soak`]: `cargo xtask soak`, the user side's commands on large tables and captures.
 //!
@@ -26,7 +29,9 @@ pub mod model;
 pub mod oracle;
 pub mod seed_story;
 pub mod soak;
+pub mod tcpdump;
 pub mod tracer;
+pub mod verdicts;
 
 use std::{
     path::PathBuf,

@@ -1,8 +1,9 @@
 //! Who reset the connection when a middlebox speaks TCP itself? Two real middleboxes on the
 //! gateway of a routed lab (client --- gateway --- server; the gateway's client-side MAC has an
 //! F5 OUI; the server starts its TTL at 128, so its packets reach the client with TTL 127 and
-//! the gateway's with 64), with `flagtrace attach` on the client's interface and the verdicts
-//! of `flows --json` and `resets --json` checked, in IPv4 and IPv6:
+//! the gateway's with 64), with `flagtrace attach` and tcpdump on the client's interface and
+//! the verdicts of `flows --json` and `resets --json` checked, in IPv4 and IPv6; the capture,
+//! read with `flagtrace pcap`, must give every flow the same verdict:
 //! - a full proxy: the gateway redirects port 443 (nftables `redirect`) to a listener of its
 //!   own, which reads the client's ClientHello, waits and aborts. The handshake and the RST are
 //!   both the gateway's (TTL 64), so the flow agrees with itself; only the same server's port
@@ -10,8 +11,8 @@
 //! - a SYN proxy (nftables `synproxy`): the gateway answers each handshake (TTL 64), then the
 //!   server's own packets follow (TTL 127), among them its refusal of a closed port and its
 //!   abort after a request. Those RSTs are the server's: never `middlebox` (`endpoint`, or
-//!   `unknown` where the evidence cannot tell), and a normal close has no RST at all, over
-//!   repeated rounds.
+//!   `unknown` where the evidence cannot tell), and a normal close (FIN both ways) has no RST at
+//!   all, over repeated rounds.
 //!
 //! Both describe what flagtrace must say about these devices; each prints the JSON of its
 //! reset flows (stderr) so that a failure shows the evidence.
@@ -26,13 +27,17 @@ use std::{
 use flagtrace_tests::{
     lab::{
         abort, echo_between, expect_server_reset, flows_json, resets_json, Endpoint, Family,
-        Loader, RoutedLab, TIMEOUT,
+        RoutedLab, TIMEOUT,
     },
     seed_story::{
         client_hello, redirect_to_proxy, seed_lab, spawn_full_proxy, HELD_PORT, OPEN_PORT,
         SERVER_NAME,
     },
-    tracer::PinDir,
+    tcpdump::AttachedAndCaptured,
+    verdicts::{
+        assert_closed_normally, assert_no_middlebox, assert_same_verdicts, assert_verdict, flow,
+        show,
+    },
 };
 use serde_json::Value;
 
@@ -58,7 +63,7 @@ const ABORT: u16 = 8082;
 /// The server echoes and closes normally.
 const ECHO: u16 = 8080;
 /// Rounds of the SYN-proxy traffic: a false alarm must not come and go.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// `count` echo exchanges with the server's `port`, one after the other, each closed normally.
 /// Returns their (client, server) addresses.
@@ -73,32 +78,11 @@ fn echo_exchanges(
         .collect()
 }
 
-/// The one flow from `client` to `server` among `flows`.
-fn flow(flows: &[Value], (client, server): (SocketAddr, SocketAddr)) -> &Value {
-    let matching: Vec<&Value> = flows
-        .iter()
-        .filter(|flow| flow["client"] == client.to_string() && flow["server"] == server.to_string())
-        .collect();
-    assert_eq!(
-        matching.len(),
-        1,
-        "flows from {client} to {server}: {flows:#?}"
-    );
-    matching[0]
-}
-
-/// A connection that closed normally carried no RST and has no verdict.
-fn assert_closed_normally(flow: &Value) {
-    assert_eq!(flow["rst"], 0, "a normal close carries no RST: {flow:#}");
-    assert_eq!(flow["reset_by"], Value::Null, "{flow:#}");
-}
-
 #[test]
 fn a_full_proxy_at_the_gateway_is_a_middlebox() {
     let lab = seed_lab("ft");
     let listeners = FAMILIES.map(|family| (family, redirect_to_proxy(&lab, family)));
-    let pins = PinDir::create().expect("pin root");
-    let _loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
+    let mut observed = AttachedAndCaptured::start(&lab.client);
     let hello = client_hello(SERVER_NAME);
 
     let mut answered = Vec::new();
@@ -121,35 +105,34 @@ fn a_full_proxy_at_the_gateway_is_a_middlebox() {
         }
     }
 
-    let flows = flows_json(pins.path());
+    let views = observed.views();
     for addresses in &answered {
-        assert_closed_normally(flow(&flows, *addresses));
+        assert_closed_normally(flow(&views.live, *addresses));
     }
-    let resets = resets_json(pins.path());
+    let resets = resets_json(observed.pin_root());
     let proxied: Vec<&Value> = proxied
         .iter()
         .map(|addresses| flow(&resets, *addresses))
         .collect();
     for flow in &proxied {
-        eprintln!("proxied flow: {flow:#}");
+        show("proxied flow", flow);
     }
     for flow in proxied {
-        assert_eq!(
-            flow["reset_by"], "middlebox",
-            "the full proxy's RST, 0 hops away like its handshake, while the server's port \
-             {OPEN_PORT} is 1 hop away: {flow:#}"
-        );
-        assert_eq!(
-            flow["middlebox_role"], "proxy",
-            "the box that reset had answered the handshake: {flow:#}"
-        );
-        assert_eq!(
-            flow["reset_phase"], "request",
-            "reset after the client's ClientHello, before any answer: {flow:#}"
+        assert_verdict(
+            flow,
+            "middlebox",
+            Some("proxy"),
+            "request",
+            &format!(
+                "the full proxy answered the handshake and reset after the client's \
+                 ClientHello, before any answer, 0 hops away like its handshake, while the \
+                 server's port {OPEN_PORT} is 1 hop away"
+            ),
         );
         assert_delay_after(flow, PROXY_DELAY);
         assert_eq!(flow["tls_sni"], SERVER_NAME, "the ClientHello's name: {flow:#}");
     }
+    assert_same_verdicts(&views);
 }
 
 /// Asserts that the flow's RST came `delay` after the other side's latest new segment, at the
@@ -252,8 +235,7 @@ fn a_syn_proxy_raises_no_false_alarm() {
     lab.gateway
         .netns
         .sysctl("net/netfilter/nf_conntrack_tcp_loose", "0");
-    let pins = PinDir::create().expect("pin root");
-    let _loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
+    let mut observed = AttachedAndCaptured::start(&lab.client);
 
     let mut closed_normally = Vec::new();
     let mut aborted = Vec::new();
@@ -273,7 +255,7 @@ fn a_syn_proxy_raises_no_false_alarm() {
 
         // Every round judges the flows of all rounds so far: a verdict must not change as the
         // evidence about the server grows.
-        let flows = flows_json(pins.path());
+        let flows = flows_json(observed.pin_root());
         let mut reset: Vec<&Value> = aborted
             .iter()
             .map(|addresses| flow(&flows, *addresses))
@@ -288,13 +270,10 @@ fn a_syn_proxy_raises_no_false_alarm() {
             reset.extend(refused);
         }
         for flow in &reset {
-            eprintln!("round {round}: a RST of the server: {flow:#}");
+            show(&format!("round {round}: a RST of the server"), flow);
         }
         for flow in &flows {
-            assert_ne!(
-                flow["reset_by"], "middlebox",
-                "round {round}: a false alarm behind the SYN proxy: {flow:#}"
-            );
+            assert_no_middlebox(flow, &format!("round {round}, behind the SYN proxy"));
         }
         for flow in reset {
             assert!(
@@ -317,4 +296,5 @@ fn a_syn_proxy_raises_no_false_alarm() {
             assert_closed_normally(flow(&flows, *addresses));
         }
     }
+    assert_same_verdicts(&observed.views());
 }

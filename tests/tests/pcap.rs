@@ -10,17 +10,16 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    process::{Command, Output},
-    thread,
-    time::{Duration, Instant},
+    process::Command,
 };
 
 use flagtrace_tests::{
+    forge::parse_mac,
     lab::{
-        echo_between, expect_refusal, flagtrace, flows_json, run_ok, Daemon, Family, Loader, Netns,
-        RoutedLab, TIMEOUT,
+        echo_between, expect_refusal, flows_json, run_ok, stats_json, Family, Loader, RoutedLab,
     },
     seed_story::{seed_lab, GATEWAY_MAC, HELD_PORT, OPEN_PORT},
+    tcpdump::{pcap, pcap_json, start_tcpdump, stop_tcpdump, tcp_counters, wait_for_capture},
     tracer::PinDir,
     unique_name,
 };
@@ -59,51 +58,8 @@ impl Drop for TempDir {
     }
 }
 
-/// `tcpdump ARGS -w FILE` in `netns`, ready (listening) when this returns. Packet-buffered
-/// (-U), so that the file holds each packet soon after libpcap hands it over. Not
-/// `--immediate-mode`: with it, `-i any` lost a packet at a connection's close in about one run
-/// out of ten here (the file lacked it after a minute); without it, packets come in blocks,
-/// which the waiting allows for.
-fn start_tcpdump(netns: &Netns, file: &Path, args: &[&str]) -> Daemon {
-    Daemon::start(
-        netns
-            .command("tcpdump")
-            .args(["-n", "-U", "-w"])
-            .arg(file)
-            .args(args),
-        "tcpdump: listening on",
-    )
-}
-
-/// Stops tcpdump with SIGINT, the way a person does, so it flushes and closes the file.
-fn stop_tcpdump(mut tcpdump: Daemon) {
-    let status = tcpdump.stop_with(libc::SIGINT);
-    let log = tcpdump.log();
-    assert!(status.success(), "tcpdump: {status}\n{log}");
-}
-
-/// `flagtrace pcap ARGS`, run to completion.
-fn pcap(args: &[&str]) -> Output {
-    flagtrace(&[&["pcap"], args].concat())
-}
-
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
-}
-
-/// The JSON lines of a `flagtrace` run that must succeed.
-fn json_lines(output: &Output) -> Vec<Value> {
-    assert!(
-        output.status.success(),
-        "flagtrace failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone())
-        .expect("UTF-8 output")
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect()
 }
 
 /// Flows keyed by (client, server), without `dropped` keys.
@@ -136,21 +92,6 @@ const LIVE_ONLY: &[&str] = &[
     "gateway_is_default",
 ];
 
-/// The TCP counters of `stats --json`/`pcap --stats --json`, by hook. Left out: `packets` and
-/// `non_tcp`, because the lab's links send a few non-TCP frames (MLD reports, ARP refreshes) at
-/// moments of the kernel's choosing, which may fall between the start of `attach` and of
-/// tcpdump; the flow-table fill (`flows`; `max_flows` has no meaning offline).
-fn counters(stats: &[Value]) -> Value {
-    assert_eq!(stats.len(), 1, "one attachment, one interface: {stats:#?}");
-    let hooks = ["ingress", "egress"].map(|hook| {
-        let mut counters = stats[0][hook].as_object().expect("counters").clone();
-        counters.remove("packets");
-        counters.remove("non_tcp");
-        Value::from(counters)
-    });
-    Value::from(hooks.to_vec())
-}
-
 /// Counts and states only: what a Linux cooked capture must give alike (its synthesised
 /// Ethernet headers carry no destination MAC, so the MAC evidence differs).
 fn counts_and_states(flows: &[Value]) -> BTreeMap<(String, String), Value> {
@@ -174,42 +115,6 @@ fn make_traffic(lab: &RoutedLab) {
         }
         expect_refusal(&lab.client, lab.server.addr(family, CLOSED_PORT));
         expect_refusal(&lab.client, lab.server.addr(family, HELD_PORT));
-    }
-}
-
-/// `stats --json` of the live attachment.
-fn live_stats(pins: &Path) -> Vec<Value> {
-    json_lines(&flagtrace(&[
-        "--pin-root",
-        path_str(pins),
-        "stats",
-        "--json",
-    ]))
-}
-
-/// Waits until `file` holds every packet the kernel counted, in two looks 200 ms apart (the
-/// last ACKs may still be on their way at the first), and shows `expected_flows` flows.
-fn wait_for_capture(file: &Path, pins: &Path, expected_flows: usize) {
-    let deadline = Instant::now() + TIMEOUT;
-    let mut agreeing_looks = 0;
-    while agreeing_looks < 2 {
-        thread::sleep(Duration::from_millis(200));
-        // The file grows while it is read: a cut last record is expected here (exit 8).
-        let output = pcap(&[path_str(file), "--stats", "--json"]);
-        let captured: Vec<Value> = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect();
-        let live = live_stats(pins);
-        let complete = captured.len() == 1
-            && captured[0]["flows"] == expected_flows
-            && counters(&captured) == counters(&live);
-        agreeing_looks = if complete { agreeing_looks + 1 } else { 0 };
-        assert!(
-            Instant::now() < deadline,
-            "{} does not show the traffic after {TIMEOUT:?}: {captured:#?}\nlive: {live:#?}",
-            file.display()
-        );
     }
 }
 
@@ -264,14 +169,6 @@ fn pcap_to_pcapng(pcap: &Path, pcapng: &Path, if_name: &str, local_mac: [u8; 6])
     fs::write(pcapng, out).unwrap_or_else(|e| panic!("writing {}: {e}", pcapng.display()));
 }
 
-fn parse_mac(text: &str) -> [u8; 6] {
-    let octets: Vec<u8> = text
-        .split(':')
-        .map(|octet| u8::from_str_radix(octet, 16).expect("a hex octet"))
-        .collect();
-    octets.try_into().expect("six octets")
-}
-
 /// Where each packet record starts in a pcap file, after the file header.
 fn record_offsets(file: &Path) -> Vec<u64> {
     let mut reader = CaptureReader::open(file).expect("the capture");
@@ -320,12 +217,12 @@ fn a_capture_reads_as_the_kernel_counted_live() {
     stop_tcpdump(tcpdump_any);
 
     let live = flows_json(pins.path());
-    let live_stats = live_stats(pins.path());
+    let live_stats = stats_json(pins.path());
     drop(loader);
     assert_eq!(live.len(), expected_flows, "{live:#?}");
 
     // The Ethernet capture: the same flows, counts, states, verdicts, evidence and gateway.
-    let offline = json_lines(&pcap(&[path_str(&ethernet), "--flows", "--json"]));
+    let offline = pcap_json(&[path_str(&ethernet), "--flows", "--json"]);
     assert_eq!(
         by_flow(&offline, LIVE_ONLY),
         by_flow(&live, LIVE_ONLY),
@@ -351,7 +248,7 @@ fn a_capture_reads_as_the_kernel_counted_live() {
         assert_eq!(flow["gateway_ip"], gateway_ip.to_string(), "{flow:#}");
     }
     // The default: the flows with a verdict, as `resets --json` prints them.
-    let resets = json_lines(&pcap(&[path_str(&ethernet), "--json"]));
+    let resets = pcap_json(&[path_str(&ethernet), "--json"]);
     let with_verdict: Vec<Value> = offline
         .iter()
         .filter(|flow| !flow["reset_by"].is_null())
@@ -359,24 +256,29 @@ fn a_capture_reads_as_the_kernel_counted_live() {
         .collect();
     assert_eq!(by_flow(&resets, &[]), by_flow(&with_verdict, &[]));
     // Every packet counted on the same hook: the same counters.
-    let offline_stats = json_lines(&pcap(&[path_str(&ethernet), "--stats", "--json"]));
-    assert_eq!(counters(&offline_stats), counters(&live_stats));
+    let offline_stats = pcap_json(&[path_str(&ethernet), "--stats", "--json"]);
+    assert_eq!(tcp_counters(&offline_stats), tcp_counters(&live_stats));
     assert_eq!(offline_stats[0]["max_flows"], Value::Null);
     // The inferred local MAC is the client's: naming it changes nothing.
     let client_mac = lab.client.mac();
-    let named = json_lines(&pcap(&[
+    let named = pcap_json(&[
         path_str(&ethernet),
         "--flows",
         "--json",
         "--local-mac",
         &client_mac,
-    ]));
+    ]);
     assert_eq!(by_flow(&named, &[]), by_flow(&offline, &[]));
 
     // pcapng, directions from epb_flags, the interface's name from if_name.
     let pcapng = dir.file("client.pcapng");
-    pcap_to_pcapng(&ethernet, &pcapng, "lab0", parse_mac(&client_mac));
-    let from_pcapng = json_lines(&pcap(&[path_str(&pcapng), "--flows", "--json"]));
+    pcap_to_pcapng(
+        &ethernet,
+        &pcapng,
+        "lab0",
+        parse_mac(&client_mac).expect("the client's MAC"),
+    );
+    let from_pcapng = pcap_json(&[path_str(&pcapng), "--flows", "--json"]);
     assert!(from_pcapng.iter().all(|flow| flow["iface"] == "lab0"));
     assert_eq!(
         by_flow(&from_pcapng, &["iface"]),
@@ -384,10 +286,10 @@ fn a_capture_reads_as_the_kernel_counted_live() {
     );
 
     // Linux cooked v2 on `any`: directions from the packet types, the same counts and states.
-    let from_cooked = json_lines(&pcap(&[path_str(&cooked), "--flows", "--json"]));
+    let from_cooked = pcap_json(&[path_str(&cooked), "--flows", "--json"]);
     assert_eq!(counts_and_states(&from_cooked), counts_and_states(&live));
-    let cooked_stats = json_lines(&pcap(&[path_str(&cooked), "--stats", "--json"]));
-    assert_eq!(counters(&cooked_stats), counters(&live_stats));
+    let cooked_stats = pcap_json(&[path_str(&cooked), "--stats", "--json"]);
+    assert_eq!(tcp_counters(&cooked_stats), tcp_counters(&live_stats));
 
     // A copy cut inside a record: the flows before the cut, then exit 8 naming the offset.
     let offsets = record_offsets(&ethernet);
@@ -405,13 +307,13 @@ fn a_capture_reads_as_the_kernel_counted_live() {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    let expected = json_lines(&pcap(&[
+    let expected = pcap_json(&[
         path_str(&whole_records),
         "--flows",
         "--json",
         "--iface",
         "x",
-    ]));
+    ]);
     assert!(!expected.is_empty() && expected.len() <= offline.len());
     assert_eq!(by_flow(&before_cut, &[]), by_flow(&expected, &[]));
 

@@ -14,7 +14,7 @@
 //!   the real server sending on past "its" reset.
 
 use std::{
-    io::{ErrorKind, Read, Write},
+    io::Write,
     net::{IpAddr, SocketAddr, TcpStream},
     path::Path,
     process::Command,
@@ -25,9 +25,9 @@ use std::{
 
 use flagtrace_tests::{
     lab::{
-        assert_csv_matches_json, echo_between, expect_refusal, expect_server_reset, flows_json,
-        resets_json, run, start_ft_lab, Endpoint, Family, Loader, Port, RoutedLab, SegmentLab,
-        VethLab, TIMEOUT,
+        assert_csv_matches_json, echo_between, expect_forged_reset, expect_refusal,
+        expect_server_reset, flows_json, resets_json, run, start_ft_lab, Endpoint, Family, Loader,
+        Port, ResetSeen, RoutedLab, SegmentLab, VethLab, TIMEOUT,
     },
     seed_story::{
         seed_lab, SeedStory, CONNECTIONS, GATEWAY_MAC, HELD_PORT, OPEN_PORT, RESET_DELAY,
@@ -498,21 +498,7 @@ fn an_injector_on_the_clients_segment_is_a_middlebox() {
     const PORT: u16 = 8000;
     let lab = SegmentLab::create();
     let server_addr = lab.server.addr(Family::V4, PORT);
-    let injector = start_ft_lab(
-        &lab.third.netns,
-        Path::new(FT_LAB),
-        &[
-            "inject-reset",
-            "--iface",
-            lab.third.iface,
-            "--server",
-            &server_addr.to_string(),
-            "--count",
-            "1",
-            "--timeout",
-            "60",
-        ],
-    );
+    let injector = lab.start_injector(Path::new(FT_LAB), server_addr, &["--on", "data"]);
     let pins = PinDir::create().expect("pin root");
     let _loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
 
@@ -520,45 +506,25 @@ fn an_injector_on_the_clients_segment_is_a_middlebox() {
     // once with a RST in the server's name. Once the client has taken that RST, the server,
     // which knows nothing of it, sends another chunk: exactly CHUNK bytes at the RST's
     // sequence number.
-    let listener = lab.server.listen(Family::V4, PORT);
     let (connected, wait_for_client) = mpsc::channel::<()>();
-    let (go_on, reset_done) = mpsc::channel::<()>();
-    let sender = thread::spawn(move || -> std::io::Result<()> {
-        let (mut stream, _) = listener.accept()?;
-        stream.set_write_timeout(Some(TIMEOUT))?;
+    let sender = move |mut stream: TcpStream, reset_seen: ResetSeen| {
         wait_for_client
             .recv_timeout(TIMEOUT)
             .expect("the client connects");
         stream.write_all(&[b'a'; CHUNK])?;
-        reset_done
-            .recv_timeout(TIMEOUT)
-            .expect("the client's verdict on the RST");
+        reset_seen.wait()?;
         stream.write_all(&[b'b'; CHUNK])
-    });
-    let (client, read) = lab
-        .client
-        .connect(server_addr, |mut stream: TcpStream| {
-            let local = stream.local_addr()?;
+    };
+    let client = expect_forged_reset(
+        &lab.client,
+        lab.server.listen(Family::V4, PORT),
+        sender,
+        |_| {
             connected.send(()).expect("the server thread is waiting");
-            Ok::<_, std::io::Error>((local, stream.read_to_end(&mut Vec::new())))
-        })
-        .and_then(|talk| talk)
-        .unwrap_or_else(|e| panic!("connecting to {server_addr}: {e}"));
-    go_on.send(()).expect("the server thread is waiting");
-    let error = read.expect_err("the injected RST resets the client's connection");
-    assert_eq!(
-        error.kind(),
-        ErrorKind::ConnectionReset,
-        "{error}:\n{}",
-        injector.log()
+            Ok(())
+        },
     );
-    sender
-        .join()
-        .expect("server thread")
-        .unwrap_or_else(|e| panic!("server {server_addr}: {e}"));
-    let log = injector.log();
-    let status = injector.wait();
-    assert!(status.success(), "ft-lab inject-reset: {status}\n{log}");
+    injector.wait_success();
 
     let verdicts = Verdicts::read(pins.path());
     let flow = verdicts.flow(Some(client), server_addr);

@@ -31,7 +31,7 @@ const BPF_LINKER_BUILD_PACKAGES: &[&str] = &[
 /// server and promtool for the metrics test, which starts a server of its own; tshark reads
 /// back the pcap file of `flagtrace watch --pcap`; ethtool turns GRO off for the test that
 /// compares a tcpdump capture with the live counts; openssl's s_client is the demo's client,
-/// as in the seed story.
+/// as in the seed story; conntrack shows what the firewall lab's gateway remembers.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -42,6 +42,7 @@ const TEST_PACKAGES: &[&str] = &[
     "tshark",
     "ethtool",
     "openssl",
+    "conntrack",
 ];
 
 /// Debian's switch for the service starts in maintainer scripts (invoke-rc.d and
@@ -526,7 +527,8 @@ mod tests {
                 "prometheus",
                 "tshark",
                 "ethtool",
-                "openssl"
+                "openssl",
+                "conntrack"
             ]
         );
         assert_eq!(not_installed("", &["iproute2"]), ["iproute2"]);
@@ -534,7 +536,7 @@ mod tests {
                    ieee-data install ok installed\nnftables install ok installed\n\
                    tcpdump install ok installed\nprometheus install ok installed\n\
                    tshark install ok installed\nethtool install ok installed\n\
-                   openssl install ok installed\n";
+                   openssl install ok installed\nconntrack install ok installed\n";
         assert!(not_installed(all, TEST_PACKAGES).is_empty());
     }
 

@@ -1,7 +1,7 @@
 //! ft-lab: the lab tool of flagtrace's reset tests and of `cargo xtask demo`.
 //!
 //! `delayed-reset` and `inject-reset` play middleboxes: they sniff one interface through an
-//! AF_PACKET socket and send forged RSTs on it. They are meant to run inside a lab namespace
+//! AF_PACKET socket and send forged RSTs on it, from the interface's own MAC or one they forge. They are meant to run inside a lab namespace
 //! (`ip netns exec NS ft-lab ...`), where they only ever reach the lab's own interfaces. Both
 //! print one ready line once their socket is bound, one line per RST, and stop at `--count` or
 //! `--timeout`, or when killed.
@@ -21,9 +21,11 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use flagtrace_tests::{
-    forge::{injected_reset, mac_string, refusal, PacketSocket, Segment},
+    forge::{
+        injected_reset, mac_string, parse_mac, refusal, reset_answering, PacketSocket, Segment,
+    },
     lab::{flagtrace_bin, run, Family, FT_LAB_READY},
     seed_story::{
         SeedStory, CONNECTIONS, GATEWAY_MAC, HELD_PORT, OPEN_PORT, RESET_DELAY, SERVER_INITIAL_TTL,
@@ -56,14 +58,18 @@ enum Task {
         #[arg(long, value_name = "MS", default_value_t = 2000)]
         delay_ms: u64,
     },
-    /// An on-path injector: when SERVER sends data, it sends the receiver a RST+ACK in
-    /// SERVER's name, with the exact next sequence number, from this interface's own MAC.
+    /// An on-path injector: it sends SERVER's peer a RST+ACK in SERVER's name, with the exact
+    /// sequence number the peer expects next, when SERVER sends data or when the peer sends
+    /// SERVER a request (`--on`).
     InjectReset {
         #[command(flatten)]
         forger: ForgerArgs,
-        /// The data sender to impersonate, IP:PORT.
+        /// The host to impersonate, IP:PORT.
         #[arg(long, value_name = "IP:PORT")]
         server: SocketAddr,
+        /// What the injector strikes on.
+        #[arg(long, value_enum, default_value_t = Strike::Data)]
+        on: Strike,
     },
     /// Tell the seed story in fresh network namespaces (needs root and $FLAGTRACE_BIN).
     Demo,
@@ -84,6 +90,23 @@ struct ForgerArgs {
     /// net.ipv4.ip_default_ttl, as the box's own stack would use].
     #[arg(long)]
     ttl: Option<u8>,
+    /// Source MAC of the RSTs, e.g. the impersonated host's [default: this interface's own].
+    #[arg(long, value_name = "MAC", value_parser = mac_arg)]
+    mac: Option<[u8; 6]>,
+}
+
+/// When `inject-reset` strikes.
+#[derive(Clone, Copy, ValueEnum)]
+enum Strike {
+    /// On SERVER's data: the receiver's RST carries the sequence number that follows the data.
+    Data,
+    /// On the peer's request to SERVER, while the peer waits for the answer: the RST carries
+    /// the sequence number the request acknowledged.
+    Request,
+}
+
+fn mac_arg(text: &str) -> Result<[u8; 6], String> {
+    parse_mac(text).ok_or_else(|| format!("not a MAC address (aa:bb:cc:dd:ee:ff): {text}"))
 }
 
 fn main() -> ExitCode {
@@ -94,7 +117,7 @@ fn main() -> ExitCode {
             port,
             delay_ms,
         } => delayed_reset(&forger, port, Duration::from_millis(delay_ms)),
-        Task::InjectReset { forger, server } => inject_reset(&forger, server),
+        Task::InjectReset { forger, server, on } => inject_reset(&forger, server, on),
         Task::Demo => return demo(),
     };
     match result {
@@ -133,22 +156,26 @@ fn delayed_reset(args: &ForgerArgs, port: u16, delay: Duration) -> Result<()> {
     })
 }
 
-fn inject_reset(args: &ForgerArgs, server: SocketAddr) -> Result<()> {
+/// Makes the frame that answers a segment, from a source MAC and a TTL.
+type ForgeFrame = fn(&Segment, [u8; 6], u8) -> Vec<u8>;
+
+fn inject_reset(args: &ForgerArgs, server: SocketAddr, on: Strike) -> Result<()> {
     let mut reset = HashSet::new();
     forge(args, |segment, mac, ttl| {
-        let wanted = segment.src == server
-            && segment.payload_len > 0
-            && !segment.rst
-            && reset.insert((segment.src, segment.dst));
+        let (peer, seq, forged): (_, _, ForgeFrame) = match on {
+            Strike::Data if segment.src == server => {
+                (segment.dst, segment.seq_end(), injected_reset)
+            }
+            Strike::Request if segment.dst == server => {
+                (segment.src, segment.ack.unwrap_or(0), reset_answering)
+            }
+            _ => return None,
+        };
+        let wanted = segment.payload_len > 0 && !segment.rst && reset.insert(peer);
         wanted.then(|| Pending {
             due: Instant::now(),
-            frame: injected_reset(segment, mac, ttl),
-            what: format!(
-                "RST+ACK to {} as {} with seq {}",
-                segment.dst,
-                segment.src,
-                segment.seq_end()
-            ),
+            frame: forged(segment, mac, ttl),
+            what: format!("RST+ACK to {peer} as {server} with seq {seq}"),
         })
     })
 }
@@ -165,9 +192,9 @@ fn forge(
         None => default_ttl()?,
     };
     let socket = PacketSocket::open(&args.iface)?;
-    let mac = socket.mac();
+    let mac = args.mac.unwrap_or(socket.mac());
     println!(
-        "{FT_LAB_READY} on {} ({}), TTL {ttl}",
+        "{FT_LAB_READY} on {}, RSTs from {} with TTL {ttl}",
         args.iface,
         mac_string(mac)
     );

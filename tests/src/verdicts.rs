@@ -8,8 +8,26 @@ use serde_json::Value;
 
 use crate::tcpdump::Views;
 
-/// The keys of a flow that make its verdict: who reset, the middlebox's role, and when.
-pub const VERDICT_KEYS: [&str; 3] = ["reset_by", "middlebox_role", "reset_phase"];
+/// The keys of a flow that make its verdict: who reset, the middlebox's role, when, and the
+/// server name the client asked for.
+pub const VERDICT_KEYS: [&str; 4] = ["reset_by", "middlebox_role", "reset_phase", "tls_sni"];
+/// The durations a flow's RST is measured with: a live attachment counts kernel ticks (a few
+/// milliseconds), a capture its own milliseconds, so the two agree within [`TIMING_SLACK_MS`].
+pub const TIMING_KEYS: [&str; 2] = ["reset_delay_ms", "idle_before_ms"];
+/// How far the live and the offline durations of one RST may differ: two kernel ticks at HZ=100
+/// and the capture's own rounding.
+pub const TIMING_SLACK_MS: u64 = 25;
+
+/// Asserts a duration of a flow's RST (one of [`TIMING_KEYS`]): within `range` milliseconds.
+pub fn assert_ms(flow: &Value, key: &str, range: std::ops::Range<u64>, lab: &str) {
+    let ms = flow[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{lab}: no {key}: {flow:#}"));
+    assert!(
+        range.contains(&ms),
+        "{lab}: {key} {ms} ms, expected {range:?}: {flow:#}"
+    );
+}
 
 /// The one flow from `client` to `server` among `flows`.
 pub fn flow(flows: &[Value], (client, server): (SocketAddr, SocketAddr)) -> &Value {
@@ -90,4 +108,24 @@ pub fn assert_same_verdicts(views: &Views) {
         verdicts(&views.live),
         "flagtrace pcap ({VERDICT_KEYS:?}, left) against the live attachment (right): {views:#?}"
     );
+    for live in &views.live {
+        let offline = flow(
+            &views.offline,
+            (
+                live["client"].as_str().unwrap().parse().unwrap(),
+                live["server"].as_str().unwrap().parse().unwrap(),
+            ),
+        );
+        for key in TIMING_KEYS {
+            let agree = match (live[key].as_u64(), offline[key].as_u64()) {
+                (Some(live), Some(offline)) => live.abs_diff(offline) <= TIMING_SLACK_MS,
+                (live, offline) => live == offline,
+            };
+            assert!(
+                agree,
+                "{key}: {} live, {} offline: {live:#}\n{offline:#}",
+                live[key], offline[key]
+            );
+        }
+    }
 }

@@ -35,8 +35,8 @@ use flagtrace_tests::{
     },
     tcpdump::AttachedAndCaptured,
     verdicts::{
-        assert_closed_normally, assert_no_middlebox, assert_same_verdicts, assert_verdict, flow,
-        show,
+        assert_closed_normally, assert_ms, assert_no_middlebox, assert_same_verdicts,
+        assert_verdict, flow, show,
     },
 };
 use serde_json::Value;
@@ -129,23 +129,19 @@ fn a_full_proxy_at_the_gateway_is_a_middlebox() {
                  server's port {OPEN_PORT} is 1 hop away"
             ),
         );
-        assert_delay_after(flow, PROXY_DELAY);
-        assert_eq!(flow["tls_sni"], SERVER_NAME, "the ClientHello's name: {flow:#}");
+        let delay = u64::try_from(PROXY_DELAY.as_millis()).expect("short");
+        assert_ms(
+            flow,
+            "reset_delay_ms",
+            delay - 10..delay + 500,
+            "the proxy waited after the ClientHello",
+        );
+        assert_eq!(
+            flow["tls_sni"], SERVER_NAME,
+            "the ClientHello's name: {flow:#}"
+        );
     }
     assert_same_verdicts(&views);
-}
-
-/// Asserts that the flow's RST came `delay` after the other side's latest new segment, at the
-/// kernel clock's resolution (a few ticks) and with the lab's scheduling slack.
-fn assert_delay_after(flow: &Value, delay: Duration) {
-    let delay_ms = flow["reset_delay_ms"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no reset_delay_ms: {flow:#}"));
-    let expected = u64::try_from(delay.as_millis()).expect("short");
-    assert!(
-        (expected.saturating_sub(10)..expected + 500).contains(&delay_ms),
-        "the RST came {expected} ms after what it answered: {flow:#}"
-    );
 }
 
 /// The SYN proxy for everything the client sends, after the nftables wiki's Synproxy page and

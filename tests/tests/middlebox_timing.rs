@@ -35,7 +35,9 @@ use flagtrace_tests::{
     },
     seed_story::{seed_lab, OPEN_PORT},
     tcpdump::{AttachedAndCaptured, Views},
-    verdicts::{assert_closed_normally, assert_same_verdicts, assert_verdict, flow, show},
+    verdicts::{
+        assert_closed_normally, assert_ms, assert_same_verdicts, assert_verdict, flow, show,
+    },
 };
 use serde_json::Value;
 
@@ -150,6 +152,10 @@ fn a_firewalls_idle_timeout_is_a_middlebox_on_the_path() {
             "the gateway forgot the connection after its idle timeout, and rejected the \
              client's next data with a RST (TTL 64) in the name of the server (TTL 127)",
         );
+        let lab = "the firewall answered the client's data at once, after the silence";
+        assert_ms(flow, "reset_delay_ms", 0..50, lab);
+        let silence = u64::try_from(SILENCE.as_millis()).expect("short");
+        assert_ms(flow, "idle_before_ms", silence - 10..silence + 1_000, lab);
     }
     assert_same_verdicts(&views);
 }
@@ -327,6 +333,12 @@ fn an_injector_with_the_servers_mac_and_ttl_is_told_by_the_servers_answer() {
             "an injector reset the client after its request, with the server's MAC and TTL; \
              the server answered after the RST, at its sequence number",
         );
+        assert_ms(
+            flow,
+            "reset_delay_ms",
+            0..50,
+            "the injector strikes at once",
+        );
     }
     assert_same_verdicts(&injected.views);
 }
@@ -360,6 +372,12 @@ fn an_injector_with_the_servers_mac_and_ttl_is_told_by_the_servers_ack_of_the_fi
             "an injector reset the client after its request and FIN, with the server's MAC and \
              TTL; the server acknowledged the FIN after the RST, beyond the RST's \
              acknowledgement",
+        );
+        assert_ms(
+            flow,
+            "reset_delay_ms",
+            0..50,
+            "the injector strikes at once",
         );
     }
     assert_same_verdicts(&injected.views);

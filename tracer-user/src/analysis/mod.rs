@@ -11,4 +11,5 @@ pub mod neighbours;
 pub mod oui;
 pub mod phase;
 pub mod report;
+pub mod rst_payload;
 pub mod verdict;

@@ -12,6 +12,7 @@ use crate::{
     analysis::neighbours::{NeighbourIp, Neighbours},
     analysis::oui::{Vendor, Vendors},
     analysis::phase::{self, Phase},
+    analysis::rst_payload::{self, RstPayload},
     analysis::verdict::{self, Role, Verdict},
     sys::pins::Attachment,
 };
@@ -73,6 +74,14 @@ pub struct FlowReport {
 }
 
 impl FlowReport {
+    /// What the deciding RST's payload says, when it carried one.
+    pub fn rst_payload(&self) -> Option<RstPayload> {
+        self.deciding_rst()?
+            .payload
+            .as_ref()
+            .and_then(rst_payload::decode)
+    }
+
     /// The RST the verdict is about, with what the kernel measured around it.
     pub fn deciding_rst(&self) -> Option<&RstSeen> {
         let verdict = self.verdict.as_ref()?;

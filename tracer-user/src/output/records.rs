@@ -90,14 +90,18 @@ fn csv_row(header: &[String], row: &impl Serialize) -> Vec<String> {
     row
 }
 
+/// Keys whose value is an object or `null`: written as one cell of JSON text, as a flattened
+/// object would have columns only in the rows that have it.
+const OBJECT_OR_NULL_KEYS: [&str; 1] = ["rst_payload"];
+
 /// `row`'s JSON object as (column, cell) pairs in field order: nested objects flattened with
 /// `_` (`client_to_server` + `syn` = `client_to_server_syn`), `null` as an empty cell, strings
-/// as they are, lists as JSON text (so that their items stay apart), numbers and booleans as
-/// JSON writes them.
+/// as they are, lists and [`OBJECT_OR_NULL_KEYS`] as JSON text (so that their items stay
+/// apart), numbers and booleans as JSON writes them.
 pub(super) fn flat_fields(row: &impl Serialize) -> Vec<(String, String)> {
     fn flatten(column: String, value: Value, fields: &mut Vec<(String, String)>) {
         let cell = match value {
-            Value::Object(object) => {
+            Value::Object(object) if !OBJECT_OR_NULL_KEYS.contains(&column.as_str()) => {
                 for (key, value) in object {
                     let nested = if column.is_empty() {
                         key

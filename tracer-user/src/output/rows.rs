@@ -10,6 +10,7 @@ use crate::{
     analysis::{
         phase::Phase,
         report::FlowReport,
+        rst_payload::RstPayload,
         verdict::{MiddleboxRole, ResetBy, Signal},
     },
     output::evidence,
@@ -62,6 +63,8 @@ pub struct FlowRow<'a> {
     /// Silence before the packet that preceded the deciding RST.
     idle_before_ms: Option<u32>,
     tls_sni: Option<&'a str>,
+    /// What the deciding RST's payload says.
+    rst_payload: Option<RstPayload>,
     /// The verdict's signals as sentences ([`evidence`]), the deciding ones first.
     evidence: Vec<String>,
     /// The same signals as data.
@@ -95,6 +98,7 @@ impl<'a> FlowRow<'a> {
             reset_delay_ms: rst.and_then(|rst| rst.reset_delay_ms),
             idle_before_ms: rst.and_then(|rst| rst.idle_before_ms),
             tls_sni: flow.tls_sni.as_deref(),
+            rst_payload: report.rst_payload(),
             evidence: verdict.map_or_else(Vec::new, |verdict| evidence::sentences(flow, verdict)),
             signals: verdict.map_or(&[], |verdict| verdict.signals.as_slice()),
             gateway_mac: gateway.map(|gateway| gateway.mac.to_string()),

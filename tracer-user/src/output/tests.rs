@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     analysis::{
-        flow::{FlowRecord, RstSeen},
+        flow::{FlowRecord, KeptPayload, RstSeen},
         neighbours::NeighbourIp,
         oui::Vendor,
         phase::Phase,
@@ -148,6 +148,10 @@ fn flow_json_has_the_documented_shape() {
             "reset_by": "middlebox",
             "middlebox_role": "on_path",
             "reset_phase": "syn",
+            "reset_delay_ms": null,
+            "idle_before_ms": null,
+            "tls_sni": null,
+            "rst_payload": null,
             "evidence": ["RST arrived with TTL 64 (0 hops); the server's packets arrive with TTL 127 (1 hop) on 1 other connection"],
             "signals": [{
                 "from": "server", "weight": "strong", "signal": "ttl_comparison",
@@ -413,7 +417,7 @@ fn stats_json_csv_and_text() {
 }
 
 /// The CSV columns of `flows` and `resets`, as documented in the README: stable.
-const FLOW_COLUMNS: [&str; 28] = [
+const FLOW_COLUMNS: [&str; 32] = [
     "iface",
     "netns",
     "client",
@@ -436,6 +440,10 @@ const FLOW_COLUMNS: [&str; 28] = [
     "reset_by",
     "middlebox_role",
     "reset_phase",
+    "reset_delay_ms",
+    "idle_before_ms",
+    "tls_sni",
+    "rst_payload",
     "evidence",
     "signals",
     "gateway_mac",
@@ -534,7 +542,7 @@ fn csv_quotes_commas_and_quotes_and_matches_the_json() {
         lines[1],
         concat!(
             "veth0,lab,10.0.0.1:40000,10.0.0.2:80,1,0,0,1,1,0,0,0,0,0,0,1,refused,",
-            "2023-11-14T22:13:10.000000Z,2023-11-14T22:13:10.001500Z,middlebox,on_path,syn,",
+            "2023-11-14T22:13:10.000000Z,2023-11-14T22:13:10.001500Z,middlebox,on_path,syn,,,,,",
             r#""[""RST arrived with TTL 64 (0 hops); the server's packets arrive with TTL 127 (1 hop) on 1 other connection"","#,
             r#"""the server sent 2 packets after its RST (sequence 7), none with data at or beyond the RST's sequence""]","#,
             r#""[{""from"":""server"",""weight"":""strong"",""signal"":""ttl_comparison"",""hook"":""ingress"","#,
@@ -687,4 +695,74 @@ fn tables_fit_the_terminal_only() {
         assert_eq!(table_width(true, Some(unusable), window), Some(132));
     }
     assert_eq!(table_width(true, None, no_window), None);
+}
+
+/// The seed story's reset: a proxy's, 3 s after the client's ClientHello for customerweb, with
+/// an F5's reset cause in its payload; and, apart, a firewall's idle timeout.
+fn proxy_report() -> FlowReport {
+    let mut report = refused_report("veth0");
+    report.flow.tls_sni = Some("customerweb".into());
+    report.flow.server_evidence.rst = Some(RstSeen {
+        reset_delay_ms: Some(3_000),
+        idle_before_ms: Some(40),
+        payload: Some(KeptPayload::new(b"No pool member available")),
+        ..RstSeen::at(Hook::Ingress, report.flow.last_seen_ns)
+    });
+    report.phase = Some(Phase::Request);
+    report.verdict.as_mut().unwrap().middlebox_role = Some(MiddleboxRole::Proxy);
+    report
+}
+
+#[test]
+fn a_reset_says_how_long_after_what_it_came_and_what_it_carried() {
+    let proxy = proxy_report();
+    let value: serde_json::Value = serde_json::from_str(&flow_json(&proxy)).unwrap();
+    assert_eq!(value["reset_delay_ms"], 3_000);
+    assert_eq!(value["idle_before_ms"], 40);
+    assert_eq!(value["tls_sni"], "customerweb");
+    assert_eq!(
+        value["rst_payload"],
+        json!({"bytes": 24, "code": null, "pen": null, "text": "No pool member available",
+               "hex": "4e6f20706f6f6c206d656d62657220617661696c61626c65"})
+    );
+    // In CSV the payload is one cell of JSON text, like the lists.
+    let reports = [proxy.clone()];
+    let csv_text = printed(CSV, None, |p| p.flows(&reports));
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    let record = reader.records().next().unwrap().unwrap();
+    let cells: BTreeMap<&str, &str> = header.iter().zip(record.iter()).collect();
+    let payload: serde_json::Value = serde_json::from_str(cells["rst_payload"]).unwrap();
+    assert_eq!(payload, value["rst_payload"]);
+    assert_eq!(cells["tls_sni"], "customerweb");
+
+    let text = resets_text(&reports);
+    assert!(
+        text.contains(
+            "reset by a proxy (a middlebox that answered the handshake) via 00:01:d7:3c:5e:01 \
+             (F5 Networks, Inc.), gateway 10.0.0.254, 3.0 s after the client's TLS ClientHello \
+             for customerweb: "
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("; the RST says \"No pool member available\" [client"),
+        "{text}"
+    );
+
+    // A firewall's idle timeout: the RST answers at once data that came after a silence.
+    let mut idle = proxy_report();
+    idle.flow.tls_sni = None;
+    idle.phase = Some(Phase::Transfer);
+    idle.verdict.as_mut().unwrap().middlebox_role = Some(MiddleboxRole::OnPath);
+    let rst = idle.flow.server_evidence.rst.as_mut().unwrap();
+    (rst.reset_delay_ms, rst.idle_before_ms, rst.payload) = (Some(4), Some(6_000), None);
+    let text = resets_text(&[idle]);
+    assert!(
+        text.contains(
+            ", at once after the client's data, which came after 6.0 s of silence (an idle \
+             timeout on a stateful box?): "
+        ),
+        "{text}"
+    );
 }

@@ -8,6 +8,7 @@ use crate::{
         mac::MacAddr,
         phase::Phase,
         report::{FlowReport, Gateway, Origin},
+        rst_payload,
         verdict::{MiddleboxRole, ResetBy, Verdict},
     },
     output::{
@@ -129,8 +130,11 @@ pub fn resets_text(reports: &[FlowReport]) -> String {
                 Some(when) => format!(", {when}"),
                 None => String::new(),
             };
+            let said = report.rst_payload().map_or(String::new(), |payload| {
+                format!("; {}", rst_payload::describe(&payload))
+            });
             block += &format!(
-                "  {} <- {}{via}{when}: {} [client {}, {phase}{}]\n",
+                "  {} <- {}{via}{when}: {}{said} [client {}, {phase}{}]\n",
                 flow.server,
                 reset_by_phrase(verdict),
                 evidence::summary(flow, verdict),

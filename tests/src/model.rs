@@ -127,11 +127,14 @@ pub struct ExpectedRst {
     /// [`BACK_TO_BACK_NS`] apart that their windows cannot tell whether the kernel saw them back
     /// to back.
     pub max_seq_jump: Vec<u32>,
-    /// The bounds of `reset_delay_ms`, or `None` for [`MS_UNKNOWN`].
-    pub reset_delay_ms: Option<(u32, u32)>,
-    /// The bounds of `idle_before_ms`, or `None` for [`MS_UNKNOWN`].
-    pub idle_before_ms: Option<(u32, u32)>,
+    /// The bounds of `reset_delay_ms`.
+    pub reset_delay_ms: MsBounds,
+    /// The bounds of `idle_before_ms`.
+    pub idle_before_ms: MsBounds,
 }
+
+/// The milliseconds a duration may count, or `None` for [`MS_UNKNOWN`].
+pub type MsBounds = Option<(u32, u32)>;
 
 /// What one slot of the activity table holds, with windows for its ticks.
 #[derive(Clone, Copy, Debug, Default)]
@@ -475,7 +478,7 @@ impl FlowModel {
 
     /// The bounds of a first RST's delay since the other direction's latest new segment and
     /// of the silence before the packet that preceded it, when its flow still holds its slot.
-    fn reset_timing(&self, seen: &Seen, hash: u32) -> (Option<(u32, u32)>, Option<(u32, u32)>) {
+    fn reset_timing(&self, seen: &Seen, hash: u32) -> (MsBounds, MsBounds) {
         let tag = activity_tag(hash, seen.key.ifindex);
         let Some(slot) = self
             .activity
@@ -641,7 +644,7 @@ fn reset_mismatch(expected: &[Option<ExpectedRst>; 2], got: &ResetEvidence) -> b
                     idle_before_ms: 0,
                     ..*got
                 };
-                let within = |bounds: Option<(u32, u32)>, ms: u32| match bounds {
+                let within = |bounds: MsBounds, ms: u32| match bounds {
                     None => ms == MS_UNKNOWN,
                     Some((shortest, longest)) => (shortest..=longest).contains(&ms),
                 };

@@ -39,9 +39,12 @@ pub trait Tables {
     fn ticks(&self) -> u32;
     /// Milliseconds in `ticks` ticks of [`Tables::ticks`], below [`MS_UNKNOWN`].
     fn ticks_to_ms(&self, ticks: u32) -> u32;
-    /// Copies `len` bytes of the packet at `offset` to `dst`, which has room for them; false
-    /// when the packet is shorter. The caller bounds `len` where the verifier can see it.
-    fn copy_packet(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
+    /// Copies `len` bytes of the packet at `offset` to `dst`; false when the packet is shorter.
+    /// The caller bounds `len` where the verifier can see it.
+    ///
+    /// # Safety
+    /// `dst` has room for `len` bytes.
+    unsafe fn copy_packet(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
     /// Has the packet being accounted, a first payload, read by [`read_client_hello`] once
     /// the accounting is done: in the kernel a tail call into a program of its own, so that
     /// the verifier walks the TLS parser once, not in every copy of the accounting.
@@ -283,7 +286,7 @@ fn by_sender<T>(pair: *mut [T; 2], sender: usize) -> *mut T {
 #[inline(always)]
 unsafe fn zero<T>(value: *mut T) {
     const {
-        assert!(mem::size_of::<T>() % 8 == 0 && mem::align_of::<T>() >= 8);
+        assert!(mem::size_of::<T>().is_multiple_of(8) && mem::align_of::<T>() >= 8);
     }
     let words = value as *mut u64;
     for i in 0..mem::size_of::<T>() / 8 {
@@ -294,7 +297,8 @@ unsafe fn zero<T>(value: *mut T) {
 
 /// The flow key as 32-bit words, for comparing and copying without memcmp or memcpy calls.
 const KEY_WORDS: usize = mem::size_of::<FlowKey>() / 4;
-const _: () = assert!(mem::size_of::<FlowKey>() % 4 == 0 && mem::align_of::<FlowKey>() >= 4);
+const _: () =
+    assert!(mem::size_of::<FlowKey>().is_multiple_of(4) && mem::align_of::<FlowKey>() >= 4);
 
 /// Whether the key behind `stored` is `obs.key`. ORs the difference of the words rather than
 /// stopping at the first: a chain of early exits is what LLVM turns back into memcmp. An IPv4 key
@@ -583,11 +587,14 @@ fn keep_payload<T: Tables>(tables: &T, payload: &mut RstPayload, obs: &Observati
     if copied == 0 || copied > RST_PAYLOAD_BYTES as u32 {
         return;
     }
-    if tables.copy_packet(
-        obs.segment.payload_offset(),
-        payload.bytes.as_mut_ptr(),
-        copied,
-    ) {
+    // SAFETY: `copied` is at most the payload array's length.
+    if unsafe {
+        tables.copy_packet(
+            obs.segment.payload_offset(),
+            payload.bytes.as_mut_ptr(),
+            copied,
+        )
+    } {
         payload.len = len.min(u16::MAX as u32) as u16;
         payload.sender = obs.sender as u8;
     }

@@ -233,7 +233,7 @@ impl<C: HookContext + EbpfContext> Tables for Maps<'_, C> {
     }
 
     #[inline(always)]
-    fn copy_packet(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+    unsafe fn copy_packet(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
         self.ctx.copy_to(offset, dst, len)
     }
 
@@ -244,7 +244,7 @@ impl<C: HookContext + EbpfContext> Tables for Maps<'_, C> {
             Hook::Egress => &HELLO_READER_EGRESS,
         };
         // On success this does not return; on failure (no reader loaded) the name is not kept.
-        let _ = unsafe { readers.tail_call(self.ctx, 0) };
+        unsafe { readers.tail_call(self.ctx, 0) };
     }
 
     #[inline(always)]

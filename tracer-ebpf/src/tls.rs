@@ -29,9 +29,8 @@ const SESSION_ID_OFFSET: u32 = 5 + 4 + 2 + 32;
 #[inline(always)]
 fn read<T: Tables, const N: usize>(tables: &T, offset: u32) -> Option<[u8; N]> {
     let mut bytes = [0u8; N];
-    tables
-        .copy_packet(offset, bytes.as_mut_ptr(), N as u32)
-        .then_some(bytes)
+    // SAFETY: `bytes` has room for its N bytes.
+    unsafe { tables.copy_packet(offset, bytes.as_mut_ptr(), N as u32) }.then_some(bytes)
 }
 
 #[inline(always)]
@@ -99,7 +98,8 @@ fn copy_name<T: Tables>(tables: &T, offset: u32, len: u16, out: &mut TlsName) ->
     if kept == 0 || kept > TLS_NAME_MAX as u32 {
         return None;
     }
-    if !tables.copy_packet(offset, out.name.as_mut_ptr(), kept) {
+    // SAFETY: `kept` is at most the name array's length.
+    if !unsafe { tables.copy_packet(offset, out.name.as_mut_ptr(), kept) } {
         return None;
     }
     out.len = len;

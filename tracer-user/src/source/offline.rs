@@ -224,7 +224,7 @@ impl Tables for HostTables {
         ticks.min(MS_UNKNOWN - 1)
     }
 
-    fn copy_packet(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+    unsafe fn copy_packet(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
         let (start, frame_len) = self.frame.get();
         let (offset, len) = (offset as usize, len as usize);
         if start.is_null() || offset.saturating_add(len) > frame_len {

@@ -297,7 +297,7 @@ impl Watcher {
                 continue;
             };
             self.output
-                .print(&Record::Verdict(FlowRow::new(&report)), || {
+                .print(&Record::Verdict(Box::new(FlowRow::new(&report))), || {
                     resets_text(slice::from_ref(&report))
                 })?;
         }

@@ -23,7 +23,7 @@ use crate::{
 pub enum Record<'a> {
     Rst(RstRecord<'a>),
     /// The same object as a line of `resets --json`.
-    Verdict(FlowRow<'a>),
+    Verdict(Box<FlowRow<'a>>),
     Dropped(DroppedRecord<'a>),
     End(EndRecord),
 }

@@ -19,7 +19,7 @@ use tracer_common::{
     HELLOS_MAP, RESETS_MAP, RESET_GATE_SECTION, RESET_GATE_SLOTS, TC_PROGRAM, WATCH_SECTION,
     XDP_PROGRAM,
 };
-use tracer_user::sys::loader::TracerLoader;
+use tracer_user::sys::loader::{program_mut, TracerLoader};
 
 use crate::{
     hex,
@@ -410,18 +410,6 @@ where
 {
     let program = ebpf
         .program(name)
-        .with_context(|| format!("no program {name} in the object"))?;
-    program
-        .try_into()
-        .with_context(|| format!("program {name} has an unexpected type"))
-}
-
-fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
-where
-    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    let program = ebpf
-        .program_mut(name)
         .with_context(|| format!("no program {name} in the object"))?;
     program
         .try_into()

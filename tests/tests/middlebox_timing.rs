@@ -325,19 +325,11 @@ fn an_injector_with_the_servers_mac_and_ttl_is_told_by_the_servers_answer() {
         let flow = flow(&injected.views.live, *addresses);
         show("reset by an injector, then answered by the server", flow);
         assert_passes_for_the_servers(flow, &injected.server_mac);
-        assert_verdict(
+        assert_injected(
             flow,
-            "middlebox",
-            Some("on_path"),
             "request",
             "an injector reset the client after its request, with the server's MAC and TTL; \
              the server answered after the RST, at its sequence number",
-        );
-        assert_ms(
-            flow,
-            "reset_delay_ms",
-            0..50,
-            "the injector strikes at once",
         );
     }
     assert_same_verdicts(&injected.views);
@@ -364,21 +356,20 @@ fn an_injector_with_the_servers_mac_and_ttl_is_told_by_the_servers_ack_of_the_fi
             flow,
         );
         assert_passes_for_the_servers(flow, &injected.server_mac);
-        assert_verdict(
+        assert_injected(
             flow,
-            "middlebox",
-            Some("on_path"),
             "closing",
             "an injector reset the client after its request and FIN, with the server's MAC and \
              TTL; the server acknowledged the FIN after the RST, beyond the RST's \
              acknowledgement",
         );
-        assert_ms(
-            flow,
-            "reset_delay_ms",
-            0..50,
-            "the injector strikes at once",
-        );
     }
     assert_same_verdicts(&injected.views);
+}
+
+/// Asserts the verdict on a flow an injector reset in `phase`: a middlebox on the path, which
+/// struck at once after what the client sent.
+fn assert_injected(flow: &Value, phase: &str, lab: &str) {
+    assert_verdict(flow, "middlebox", Some("on_path"), phase, lab);
+    assert_ms(flow, "reset_delay_ms", 0..50, lab);
 }

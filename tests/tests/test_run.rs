@@ -1850,6 +1850,18 @@ impl Harness {
         self.hook = client_hook(seg);
         self.send_seg(name, seg)
     }
+
+    /// The handshake on the client's side; returns the client's first segment with `payload`.
+    fn handshake_then(&mut self, payload: &'static [u8]) -> Seg {
+        self.send_on_client_side("SYN", &Seg::client(TCP_SYN));
+        self.send_on_client_side("SYN/ACK", &server_syn_ack(false));
+        Seg {
+            seq: 1001,
+            ack: 7001,
+            payload,
+            ..Seg::client(PSH | TCP_ACK)
+        }
+    }
 }
 
 const CLIENT_HELLO: &[u8] = b"\x16\x03\x01 a ClientHello, as far as timing goes";
@@ -1857,14 +1869,7 @@ const CLIENT_HELLO: &[u8] = b"\x16\x03\x01 a ClientHello, as far as timing goes"
 #[test]
 fn a_rst_keeps_how_long_after_the_other_sides_last_new_segment_it_came() {
     let mut h = Harness::new(Hook::Egress);
-    h.send_on_client_side("SYN", &Seg::client(TCP_SYN));
-    h.send_on_client_side("SYN/ACK", &server_syn_ack(false));
-    let hello = Seg {
-        seq: 1001,
-        ack: 7001,
-        payload: CLIENT_HELLO,
-        ..Seg::client(PSH | TCP_ACK)
-    };
+    let hello = h.handshake_then(CLIENT_HELLO);
     h.send_on_client_side("ClientHello", &hello);
     std::thread::sleep(Duration::from_millis(300));
     // A retransmission carries nothing new: the delay still counts from the first sending.
@@ -1976,14 +1981,7 @@ const OPENSSL_CLIENT_HELLO: &[u8] = include_bytes!("../fixtures/openssl-client-h
 #[test]
 fn the_client_hellos_server_name_is_kept_once_per_connection() {
     let mut h = Harness::new(Hook::Egress);
-    h.send_on_client_side("SYN", &Seg::client(TCP_SYN));
-    h.send_on_client_side("SYN/ACK", &server_syn_ack(false));
-    let hello = Seg {
-        seq: 1001,
-        ack: 7001,
-        payload: OPENSSL_CLIENT_HELLO,
-        ..Seg::client(PSH | TCP_ACK)
-    };
+    let hello = h.handshake_then(OPENSSL_CLIENT_HELLO);
     h.send_on_client_side("ClientHello", &hello);
     let hellos = h.tracer.hellos().expect("reading the server names");
     let (key, _) = h.only_flow();

@@ -327,15 +327,7 @@ mod tests {
     /// The client's handshake, then `payload` as its first data, through fresh tables; the flow's
     /// record.
     fn first_payload(payload: &[u8]) -> FlowRecord {
-        let tables = HostTables::new();
-        const T: u64 = 1_700_000_000_000_000_000;
-        tables.account(&frame(true, 64, 100, |b| b.syn(), &[]), 7, Hook::Egress, T);
-        tables.account(
-            &frame(false, 57, 900, |b| b.syn().ack(101), &[]),
-            7,
-            Hook::Ingress,
-            T + 1_000,
-        );
+        let tables = handshake();
         tables.account(
             &frame(true, 64, 101, |b| b.ack(901), &[]),
             7,
@@ -401,10 +393,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn syn_syn_ack_rst_gives_the_kernels_entry() {
+    /// The time of the first packet of the tests' connections.
+    const T: u64 = 1_700_000_000_000_000_000;
+
+    /// Fresh tables that saw the client's SYN at [`T`] and the server's SYN/ACK 1 µs later.
+    fn handshake() -> HostTables {
         let tables = HostTables::new();
-        const T: u64 = 1_700_000_000_000_000_000;
         tables.account(&frame(true, 64, 100, |b| b.syn(), &[]), 7, Hook::Egress, T);
         tables.account(
             &frame(false, 57, 900, |b| b.syn().ack(101), &[]),
@@ -412,6 +406,12 @@ mod tests {
             Hook::Ingress,
             T + 1_000,
         );
+        tables
+    }
+
+    #[test]
+    fn syn_syn_ack_rst_gives_the_kernels_entry() {
+        let tables = handshake();
         tables.account(
             &frame(false, 64, 901, |b| b.rst().ack(101), &[]),
             7,

@@ -104,12 +104,15 @@ fn load_hello_readers(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
+/// The program `name` of `ebpf`, as its type `P`.
+pub fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     let program = ebpf
         .program_mut(name)
         .with_context(|| format!("no program {name} in the object"))?;
-    Ok(program.try_into()?)
+    program
+        .try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
 }

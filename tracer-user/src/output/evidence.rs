@@ -31,8 +31,9 @@ pub fn timing(report: &FlowReport) -> Option<String> {
     };
     // What the other side last sent that was new: the phase says which of its segments that was.
     let what = match (report.phase?, other) {
-        (Phase::Syn | Phase::Handshake, Role::Client) => "SYN".to_owned(),
-        (Phase::Handshake, Role::Server) | (Phase::Request, Role::Server) => "SYN/ACK".to_owned(),
+        (Phase::Syn, Role::Client) => "SYN".to_owned(),
+        (Phase::Handshake, _) => "handshake".to_owned(),
+        (Phase::Request, Role::Server) => "SYN/ACK".to_owned(),
         (Phase::Request, Role::Client) => match &report.flow.tls_sni {
             Some(name) => format!("TLS ClientHello for {name}"),
             None => "request".to_owned(),

@@ -127,6 +127,11 @@ fn assert_flow(
         // An honest refusal (see `verdict_of`): never a middlebox's, and it answered a SYN.
         "middlebox_role": null,
         "reset_phase": if state == "refused" { json!("syn") } else { Value::Null },
+        "reset_delay_ms": refusal_delay(flow, state),
+        // The SYN was the only packet before the refusal: no silence to measure.
+        "idle_before_ms": null,
+        "tls_sni": null,
+        "rst_payload": null,
         "evidence": reset.1,
         "signals": reset.2,
         "gateway_mac": lab.server.mac(),
@@ -161,6 +166,20 @@ fn terminate_and_check_detached(loader: Loader, netns: &Netns, iface: &str) {
 /// here: `endpoint` when another flow gave the server a baseline, `unknown` when none did, and
 /// never `middlebox`; its evidence says which (resets.rs checks the sentences themselves), one
 /// signal for each sentence.
+/// A refusal's `reset_delay_ms`: the time from the SYN to the RST on a veth pair, a tick or two
+/// at most; `null` for a flow without a RST.
+fn refusal_delay(flow: &Value, state: &str) -> Value {
+    let delay = &flow["reset_delay_ms"];
+    if state == "closed" {
+        return Value::Null;
+    }
+    assert!(
+        delay.as_u64().is_some_and(|ms| ms < 100),
+        "a refusal comes at once after the SYN: {flow}"
+    );
+    delay.clone()
+}
+
 fn verdict_of(flow: &Value, state: &str) -> (Value, Value, Value) {
     if state == "closed" {
         return (Value::Null, json!([]), json!([]));

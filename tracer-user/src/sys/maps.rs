@@ -236,8 +236,9 @@ impl PinnedMaps {
         let context = |spec: &MapSpec| format!("opening {}", dir.join(spec.name).display());
         let (flows, capacity) = open(&FLOWS)?;
         let (resets, resets_capacity) = open(&RESETS)?;
-        let (hellos, hellos_capacity) = open(&HELLOS)?;
         let (counters, _) = open(&COUNTERS)?;
+        // Last: a pin set from before it lacks it, and a map of the wrong shape says more.
+        let (hellos, hellos_capacity) = open(&HELLOS)?;
         Ok(PinnedMaps {
             dir: dir.to_owned(),
             flows: HashMap::try_from(flows).with_context(|| context(&FLOWS))?,

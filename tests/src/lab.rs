@@ -89,7 +89,7 @@ pub fn run_ok(command: &mut Command) -> String {
 }
 
 /// `Some(status)` once the child exited, `None` if it still runs after `timeout`.
-fn wait_until(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub fn wait_until(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("waiting for a child") {
@@ -727,6 +727,13 @@ impl Loader {
     /// Sends SIGTERM and waits for the loader to exit.
     pub fn terminate(self) -> ExitStatus {
         self.0.terminate()
+    }
+
+    /// Waits for the loader to exit by itself; its exit status and what it printed.
+    pub fn wait(self) -> (ExitStatus, String) {
+        let mut daemon = self.0;
+        let status = daemon.wait_for_exit();
+        (status, daemon.log())
     }
 }
 

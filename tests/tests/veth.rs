@@ -19,7 +19,8 @@ use std::{
 use flagtrace_tests::{
     lab::{
         assert_csv_matches_json, echo_exchange, flagtrace, flagtrace_bin, flows_json, hooks_on,
-        rfc3339_utc_seconds, run, run_ok, spawn_echo_server, Family, Loader, Netns, VethLab,
+        rfc3339_utc_seconds, run, run_ok, spawn_echo_server, wait_until, Family, Loader, Netns,
+        VethLab, TIMEOUT,
     },
     tracer::PinDir,
     unique_name,
@@ -568,4 +569,87 @@ fn expected_failures_exit_with_documented_codes() {
         hooks.xdp.is_empty() && hooks.tc.is_empty(),
         "left behind: {hooks:?}"
     );
+}
+
+#[test]
+fn detach_refuses_a_running_attach_and_the_attach_says_when_forced_out() {
+    let pins = PinDir::create().expect("pin root");
+    let lab = VethLab::create();
+    let loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
+    let root = pins.path().to_str().expect("UTF-8 path");
+    let detach = |extra: &[&str]| {
+        let mut args = vec![
+            "--netns",
+            lab.client.netns.name(),
+            "--pin-root",
+            root,
+            "detach",
+            lab.client.iface,
+        ];
+        args.extend(extra);
+        flagtrace(&args)
+    };
+
+    let refused = detach(&[]);
+    assert_eq!(refused.status.code(), Some(10), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("belong to a running process") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(
+        !hooks_on(&lab.client.netns, lab.client.iface).xdp.is_empty(),
+        "a refused detach leaves the hooks"
+    );
+
+    let forced = detach(&["--force"]);
+    assert!(forced.status.success(), "{forced:?}");
+    let (status, log) = loader.wait();
+    assert_eq!(
+        status.code(),
+        Some(11),
+        "the blinded attach ends non-zero:\n{log}"
+    );
+    assert!(log.contains("were removed"), "and says why:\n{log}");
+}
+
+#[test]
+fn a_closed_output_pipe_ends_a_command_quietly() {
+    let pins = PinDir::create().expect("pin root");
+    let lab = VethLab::create();
+    let _loader = Loader::attach(&lab.client.netns, pins.path(), lab.client.iface);
+    refused(&lab, Family::V4);
+    let root = pins.path().to_str().expect("UTF-8 path");
+    for stderr_too in [false, true] {
+        // A reader that went away before the output came: `flagtrace flows | head -0`.
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let mut command = Command::new(flagtrace_bin());
+        command
+            .args(["--pin-root", root, "flows", "--json"])
+            .stdin(std::process::Stdio::null())
+            .stdout(writer.try_clone().expect("the pipe again"));
+        let stderr = if stderr_too {
+            command.stderr(writer);
+            None
+        } else {
+            drop(writer);
+            let (stderr, stderr_writer) = std::io::pipe().expect("a pipe for stderr");
+            command.stderr(stderr_writer);
+            Some(stderr)
+        };
+        let mut child = command.spawn().expect("starting flagtrace");
+        drop(command);
+        let status = wait_until(&mut child, TIMEOUT).expect("flows ends at once");
+        let said = stderr.map_or_else(String::new, |mut stderr| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut stderr, &mut text).expect("reading stderr");
+            text
+        });
+        assert_eq!(
+            (status.code(), said.as_str()),
+            (Some(0), ""),
+            "stderr on the closed pipe too: {stderr_too}"
+        );
+    }
 }

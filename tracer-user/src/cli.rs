@@ -262,6 +262,10 @@ pub struct DetachArgs {
     /// Also remove the pinned maps (and with them the counts).
     #[arg(long)]
     pub purge: bool,
+
+    /// Remove hooks even when a running `attach` holds them (it then exits with code 11).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Interface and namespace names become directory names under the pin root: accept only what

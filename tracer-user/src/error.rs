@@ -35,6 +35,11 @@ pub enum Failure {
     /// `flagtrace pcap` on a truncated or corrupt capture, after printing what it could read.
     /// The message names the file and the byte offset of the damage.
     CaptureDamaged(String),
+    /// `detach` on hooks that a running process holds (a live `attach`), without `--force`.
+    HooksInUse { what: String, pids: Vec<u32> },
+    /// A running `attach` found its hooks gone (`detach --force`, another tool, or the
+    /// interface): it counts nothing any more.
+    HooksGone(String),
 }
 
 impl Failure {
@@ -47,6 +52,8 @@ impl Failure {
             Failure::IncompatiblePin { .. } => 7,
             Failure::CaptureDamaged(_) => 8,
             Failure::NotACapture(_) => 9,
+            Failure::HooksInUse { .. } => 10,
+            Failure::HooksGone(_) => 11,
         }
     }
 }
@@ -66,6 +73,16 @@ impl fmt::Display for Failure {
                 f,
                 "no such network namespace: {name} (no /run/netns/{name}; see `ip netns list`)"
             ),
+            Failure::HooksInUse { what, pids } => {
+                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                write!(
+                    f,
+                    "{what} belong to a running process (pid {}), an `attach` that is counting: \
+                     stop it (SIGTERM) to detach cleanly, or use --force to blind it",
+                    pids.join(", ")
+                )
+            }
+            Failure::HooksGone(what) => write!(f, "{what}: nothing is counted any more"),
             Failure::NothingAttached(what) => write!(f, "nothing attached: {what}"),
             Failure::IncompatiblePin { path, reason, fix } => write!(
                 f,
@@ -84,6 +101,16 @@ impl fmt::Display for Failure {
 impl std::error::Error for Failure {}
 
 /// The exit code for an error: the first [`Failure`] in its chain decides.
+/// Whether `error` is a write to a pipe whose reader has gone (EPIPE): the output's reader
+/// stopped reading, which ends a command quietly, as it ends `ls | head`.
+pub fn is_closed_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     error
         .chain()

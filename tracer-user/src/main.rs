@@ -29,8 +29,11 @@ fn main() -> ExitCode {
     }
     match tracer_user::run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // `flagtrace flows | head`: whoever read the output has all they wanted.
+        Err(err) if error::is_closed_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("flagtrace: {err:#}");
+            // A closed stderr leaves nobody to tell, and must not turn into a panic.
+            let _ = writeln!(std::io::stderr(), "flagtrace: {err:#}");
             ExitCode::from(error::exit_code(&err))
         }
     }

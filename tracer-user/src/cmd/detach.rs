@@ -2,14 +2,16 @@
 //! its pins.
 //!
 //! Links die with the process that holds them, so leftovers are links someone pinned, or
-//! netlink attachments (XDP when bpf links are refused, tc filters before TCX). Only programs
-//! carrying our names are touched, and only on this interface in this namespace: programs are
-//! found through the interface (netlink for XDP, a TCX query for TC), never by name alone, since
-//! interface indexes repeat across namespaces.
+//! netlink attachments (XDP when bpf links are refused, tc filters before TCX). A link that a
+//! running process holds is a live `attach`'s: detaching it would blind that process, so it is
+//! refused without `--force`. Only programs carrying our names are touched, and only on this
+//! interface in this namespace: programs are found through the interface (netlink for XDP, a
+//! TCX query for TC), never by name alone, since interface indexes repeat across namespaces.
 
 use std::{
     collections::HashSet,
-    fmt, io,
+    fmt,
+    io::{self, Write as _},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -29,7 +31,7 @@ use tracer_common::{TC_PROGRAM, XDP_PROGRAM};
 use crate::{
     cli::DetachArgs,
     error::Failure,
-    sys::bpf::bpf_u32,
+    sys::bpf::{bpf_u32, BPF_LINK_DETACH, BPF_LINK_GET_FD_BY_ID},
     sys::netns::{run_ip, Netns},
     sys::pins::{Attachment, PinRoot},
     sys::privileges::{self, CAP_BPF, CAP_NET_ADMIN},
@@ -41,7 +43,7 @@ pub fn run(root: &PinRoot, netns: &Netns, args: &DetachArgs) -> anyhow::Result<(
         netns: netns.clone(),
         iface: args.iface.clone(),
     };
-    let removed = match remove_hooks(&attachment) {
+    let removed = match remove_hooks(&attachment, args.force) {
         Ok(removed) => removed,
         // Hooks go away with their interface or namespace; the pins outlive both.
         Err(error) if args.purge && interface_is_gone(&error) => {
@@ -50,8 +52,9 @@ pub fn run(root: &PinRoot, netns: &Netns, args: &DetachArgs) -> anyhow::Result<(
         }
         Err(error) => return Err(error),
     };
+    let mut stdout = io::stdout().lock();
     for hook in &removed {
-        println!("flagtrace: removed {hook} from {attachment}");
+        writeln!(stdout, "flagtrace: removed {hook} from {attachment}")?;
     }
     let purged = if args.purge {
         root.purge(&attachment)?
@@ -59,7 +62,7 @@ pub fn run(root: &PinRoot, netns: &Netns, args: &DetachArgs) -> anyhow::Result<(
         None
     };
     if let Some(dir) = &purged {
-        println!("flagtrace: removed the pins in {}", dir.display());
+        writeln!(stdout, "flagtrace: removed the pins in {}", dir.display())?;
     }
     if removed.is_empty() && purged.is_none() {
         let mut what = format!("no flagtrace hooks on {attachment}");
@@ -109,8 +112,9 @@ impl fmt::Display for RemovedHook {
     }
 }
 
-/// Enters the namespace and removes our hooks from the interface.
-fn remove_hooks(attachment: &Attachment) -> anyhow::Result<Vec<RemovedHook>> {
+/// Enters the namespace and removes our hooks from the interface; without `force`, refuses
+/// (before removing any) when a running process holds one of the links.
+fn remove_hooks(attachment: &Attachment, force: bool) -> anyhow::Result<Vec<RemovedHook>> {
     attachment.netns.enter()?;
     let iface = attachment.iface.as_str();
     attachment.netns.ifindex(iface)?;
@@ -124,7 +128,7 @@ fn remove_hooks(attachment: &Attachment) -> anyhow::Result<Vec<RemovedHook>> {
         .map(|program| program.id())
         .collect();
 
-    let mut removed = Vec::new();
+    let mut ours_linked = Vec::new();
     for link in loaded_links() {
         let link = match link {
             Ok(link) => link,
@@ -141,15 +145,29 @@ fn remove_hooks(attachment: &Attachment) -> anyhow::Result<Vec<RemovedHook>> {
             Ok(LinkType::Tcx) => ("TCX", &tcx_ids),
             _ => continue,
         };
-        if !ours.contains(&link.program_id()) {
-            continue;
+        if ours.contains(&link.program_id()) {
+            ours_linked.push((kind, link.id(), link.program_id()));
         }
-        detach_link(link.id())
-            .with_context(|| format!("detaching {kind} link {} from {attachment}", link.id()))?;
+    }
+    if !force {
+        let ids: HashSet<u32> = ours_linked.iter().map(|(_, id, _)| *id).collect();
+        let pids = link_holders(&ids);
+        if !pids.is_empty() {
+            return Err(Failure::HooksInUse {
+                what: format!("the flagtrace hooks on {attachment}"),
+                pids,
+            }
+            .into());
+        }
+    }
+    let mut removed = Vec::new();
+    for (kind, link_id, program_id) in ours_linked {
+        detach_link(link_id)
+            .with_context(|| format!("detaching {kind} link {link_id} from {attachment}"))?;
         removed.push(RemovedHook::Link {
             kind,
-            link_id: link.id(),
-            program_id: link.program_id(),
+            link_id,
+            program_id,
         });
     }
 
@@ -271,11 +289,42 @@ fn detach_netlink_xdp(iface: &str, mode: u8) -> anyhow::Result<()> {
 }
 
 /// bpf(2) commands from include/uapi/linux/bpf.h that aya does not wrap.
-const BPF_LINK_GET_FD_BY_ID: libc::c_int = 30;
-const BPF_LINK_DETACH: libc::c_int = 34;
 
 /// Detaches a link by id, whoever holds it: the link object lives on (pinned or held open) but no
 /// longer hooks anything.
+/// The processes other than this one that hold a file descriptor of one of the bpf links
+/// `ids`: their fdinfo names the link (`link_id:`). A process that goes while we look is not
+/// counted; one we may not read (another user's, without privileges) is not either.
+fn link_holders(ids: &HashSet<u32>) -> Vec<u32> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let me = std::process::id();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut holders: Vec<u32> = processes
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me && holds_link(pid, ids))
+        .collect();
+    holders.sort_unstable();
+    holders
+}
+
+fn holds_link(pid: u32, ids: &HashSet<u32>) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_to_string(fd.path()).is_ok_and(|info| {
+            info.lines()
+                .filter_map(|line| line.strip_prefix("link_id:"))
+                .any(|id| id.trim().parse().is_ok_and(|id: u32| ids.contains(&id)))
+        })
+    })
+}
+
 fn detach_link(link_id: u32) -> io::Result<()> {
     let fd = bpf_u32(BPF_LINK_GET_FD_BY_ID, link_id)?;
     // SAFETY: BPF_LINK_GET_FD_BY_ID returned a new file descriptor that nothing else owns.

@@ -6,13 +6,16 @@
 use std::{
     io,
     mem::{size_of, MaybeUninit},
-    os::fd::{AsFd as _, AsRawFd as _, RawFd},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, RawFd},
 };
 
 use aya::{maps::IterableMap, Pod};
 
-/// bpf(2) command from include/uapi/linux/bpf.h.
+/// bpf(2) commands from include/uapi/linux/bpf.h.
 const BPF_MAP_LOOKUP_BATCH: libc::c_int = 24;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_int = 15;
+pub const BPF_LINK_GET_FD_BY_ID: libc::c_int = 30;
+pub const BPF_LINK_DETACH: libc::c_int = 34;
 
 /// The kernel's ENOTSUPP (include/linux/errno.h), which libc does not define since it is not
 /// meant for user space; bpf(2) returns it for a map type without batch operations.
@@ -45,6 +48,31 @@ pub fn bpf_u32(command: libc::c_int, first_field: u32) -> io::Result<RawFd> {
     let mut attr: [u32; 3] = [first_field, 0, 0];
     // SAFETY: the attribute holds no pointers.
     Ok(unsafe { bpf(command, &mut attr) }? as RawFd)
+}
+
+/// The interface the bpf link `link_id` (of an XDP or TCX program) is attached to: 0 once it
+/// was detached (BPF_LINK_DETACH, or its interface went away), while its holder still has it.
+pub fn link_ifindex(link_id: u32) -> io::Result<u32> {
+    let fd = bpf_u32(BPF_LINK_GET_FD_BY_ID, link_id)?;
+    // SAFETY: BPF_LINK_GET_FD_BY_ID returned a new file descriptor that nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // struct bpf_link_info: type, id, prog_id, then a union 8-aligned at 16 whose `xdp` and
+    // `tcx` members both start with the ifindex.
+    let mut info = [0u32; 16];
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<[u32; 16]>() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: `info` is valid for `info_len` bytes of writes.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    Ok(info[4])
 }
 
 /// `bpf_attr.batch` of include/uapi/linux/bpf.h, the attribute of the BPF_MAP_*_BATCH commands.

@@ -40,6 +40,24 @@ impl TerminationSignals {
         Ok(name(signal as u32))
     }
 
+    /// Waits at most `timeout` for one of the signals; its name, or `None` when none came.
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> io::Result<Option<&'static str>> {
+        let timeout = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: the set was initialised in `block`; the info pointer may be null.
+        let signal = unsafe { libc::sigtimedwait(&self.0, ptr::null_mut(), &timeout) };
+        if signal >= 0 {
+            return Ok(Some(name(signal as u32)));
+        }
+        match io::Error::last_os_error() {
+            error if error.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
+            error if error.kind() == io::ErrorKind::Interrupted => Ok(None),
+            error => Err(error),
+        }
+    }
+
     /// A non-blocking signalfd for the signals, for a poll(2) loop.
     pub fn signalfd(&self) -> io::Result<OwnedFd> {
         // SAFETY: the set was initialised in `block`.

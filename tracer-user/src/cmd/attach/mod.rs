@@ -6,15 +6,17 @@ mod metrics_endpoint;
 use std::{
     io::{self, Write as _},
     path::Path,
+    time::Duration,
 };
 
-use anyhow::{anyhow, Context as _};
+use anyhow::Context as _;
 use aya::{
     programs::{
+        loaded_links,
         tc::SchedClassifierLinkId,
         tc::{qdisc_add_clsact, TcError},
         xdp::XdpLinkId,
-        Program, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     util::KernelVersion,
     Ebpf,
@@ -26,7 +28,9 @@ use tracer_common::{
 use crate::{
     analysis::oui::Vendors,
     cli::{AttachArgs, XdpModeArg},
-    sys::loader::TracerLoader,
+    error::Failure,
+    sys::bpf,
+    sys::loader::{program_mut, TracerLoader},
     sys::maps::{self, PinnedMaps},
     sys::netns::Netns,
     sys::pins::{Attachment, PinRoot},
@@ -87,9 +91,12 @@ pub fn run(
     .with_context(|| format!("loading the eBPF object for {attachment}"))?;
 
     // On any error from here on, dropping `ebpf` detaches whatever was attached.
-    let (xdp_link, xdp_mode) =
-        attach_xdp(program(&mut ebpf, XDP_PROGRAM)?, &attachment, args.xdp_mode)?;
-    let tc_link = attach_tc(program(&mut ebpf, TC_PROGRAM)?, &attachment)?;
+    let (xdp_link, xdp_mode) = attach_xdp(
+        program_mut(&mut ebpf, XDP_PROGRAM)?,
+        &attachment,
+        args.xdp_mode,
+    )?;
+    let tc_link = attach_tc(program_mut(&mut ebpf, TC_PROGRAM)?, &attachment)?;
     let ready = format!(
         "flagtrace: attached to {attachment} xdp={} tc=egress, pins in {}",
         xdp_mode_name(xdp_mode),
@@ -113,11 +120,26 @@ pub fn run(
         .context("writing to stdout")?;
     drop(stdout);
 
-    let signal = signals.wait().context("waiting for SIGINT or SIGTERM")?;
-    program::<Xdp>(&mut ebpf, XDP_PROGRAM)?
+    let our_links = links_of(&mut ebpf)?;
+    let signal = loop {
+        if let Some(signal) = signals
+            .wait_timeout(HOOK_CHECK_INTERVAL)
+            .context("waiting for SIGINT or SIGTERM")?
+        {
+            break signal;
+        }
+        if let Some(link_id) = detached_link(&our_links) {
+            return Err(Failure::HooksGone(format!(
+                "the hooks of {attachment} were removed (bpf link {link_id} detached: `detach \
+                 --force`, another tool, or the interface went away)"
+            ))
+            .into());
+        }
+    };
+    program_mut::<Xdp>(&mut ebpf, XDP_PROGRAM)?
         .detach(xdp_link)
         .with_context(|| format!("detaching XDP from {attachment}"))?;
-    program::<SchedClassifier>(&mut ebpf, TC_PROGRAM)?
+    program_mut::<SchedClassifier>(&mut ebpf, TC_PROGRAM)?
         .detach(tc_link)
         .with_context(|| format!("detaching TC egress from {attachment}"))?;
     log::info!(
@@ -125,6 +147,31 @@ pub fn run(
         dir.display()
     );
     Ok(())
+}
+
+/// How often a running `attach` checks that its hooks are still in place.
+const HOOK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The bpf links of our programs: XDP and TCX links (netlink attachments have none, and are
+/// not checked).
+fn links_of(ebpf: &mut Ebpf) -> anyhow::Result<Vec<u32>> {
+    let xdp = program_mut::<Xdp>(ebpf, XDP_PROGRAM)?.info()?.id();
+    let tc = program_mut::<SchedClassifier>(ebpf, TC_PROGRAM)?
+        .info()?
+        .id();
+    Ok(loaded_links()
+        .flatten()
+        .filter(|link| link.program_id() == xdp || link.program_id() == tc)
+        .map(|link| link.id())
+        .collect())
+}
+
+/// The first of `links` that is no longer attached to an interface.
+fn detached_link(links: &[u32]) -> Option<u32> {
+    links
+        .iter()
+        .copied()
+        .find(|&link| bpf::link_ifindex(link).is_ok_and(|ifindex| ifindex == 0))
 }
 
 /// The capacity to load a table with: a pinned table keeps the one it was created with, and
@@ -148,17 +195,6 @@ fn table_capacity(
         (Some(pinned), _) => pinned,
         (None, asked) => asked.unwrap_or(default),
     }
-}
-
-/// The program `name` of the object, as its concrete type.
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
-where
-    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
-{
-    let program = ebpf
-        .program_mut(name)
-        .ok_or_else(|| anyhow!("no program {name} in the eBPF object"))?;
-    Ok(program.try_into()?)
 }
 
 /// Loads and attaches the XDP program; `auto` falls back from native to skb mode.

@@ -11,6 +11,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Count SYN, SYN/ACK, FIN and RST per TCP flow in the kernel, to answer "who reset this
 /// connection?".
+/// The largest `--max-flows`: 16 GiB of locked memory, far below the kernel's own limit on a
+/// hash table's buckets, and beyond any appliance's connection count.
+pub const MAX_FLOWS_LIMIT: i64 = 1 << 26;
+/// The largest `--max-resets`, a power of two.
+pub const MAX_RESETS_LIMIT: i64 = 1 << 24;
+
 #[derive(Debug, Parser)]
 #[command(name = "flagtrace", version, after_help = EXIT_CODES)]
 pub struct Cli {
@@ -101,14 +107,16 @@ pub struct AttachArgs {
     #[arg(value_parser = parse_name)]
     pub iface: String,
 
-    /// Flow-table capacity [default: 262144]. When full, the least recently used flow makes
+    /// Flow-table capacity [default: 262144], at most 67108864 (about 249 bytes of locked
+    /// memory each, with its activity slot). When full, the least recently used flow makes
     /// room. A table already pinned keeps its capacity.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_FLOWS_LIMIT))]
     pub max_flows: Option<u32>,
 
-    /// Reset evidence table capacity [default: 65536]: flows with a RST whose evidence is
-    /// kept. A table already pinned keeps its capacity.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Reset evidence table capacity [default: 65536], at most 16777216 (about 420 bytes
+    /// each with its server name): flows with a RST whose evidence is kept. A table already
+    /// pinned keeps its capacity.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_RESETS_LIMIT))]
     pub max_resets: Option<u32>,
 
     /// XDP attach mode: auto tries native (driver) mode and falls back to skb (generic) mode.
@@ -563,6 +571,23 @@ mod tests {
         };
         assert_eq!(args.max_resets, Some(100));
         assert!(parse(&["attach", "veth0", "--max-resets", "0"]).is_err());
+    }
+
+    #[test]
+    fn table_capacities_beyond_their_limits_are_usage_errors() {
+        for (option, limit) in [
+            ("--max-flows", MAX_FLOWS_LIMIT),
+            ("--max-resets", MAX_RESETS_LIMIT),
+        ] {
+            assert!(parse(&["attach", "veth0", option, &limit.to_string()]).is_ok());
+            let error = parse(&["attach", "veth0", option, &(limit + 1).to_string()]).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{option}"
+            );
+            assert!(parse(&["attach", "veth0", option, "4294967295"]).is_err());
+        }
     }
 
     #[test]

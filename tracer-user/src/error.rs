@@ -101,14 +101,19 @@ impl fmt::Display for Failure {
 impl std::error::Error for Failure {}
 
 /// The exit code for an error: the first [`Failure`] in its chain decides.
-/// Whether `error` is a write to a pipe whose reader has gone (EPIPE): the output's reader
-/// stopped reading, which ends a command quietly, as it ends `ls | head`.
-pub fn is_closed_pipe(error: &anyhow::Error) -> bool {
+/// Whether a system call behind `error` failed with `errno`.
+pub fn has_errno(error: &anyhow::Error, errno: i32) -> bool {
     error.chain().any(|cause| {
         cause
             .downcast_ref::<std::io::Error>()
-            .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe)
+            .is_some_and(|error| error.raw_os_error() == Some(errno))
     })
+}
+
+/// Whether `error` is a write to a pipe whose reader has gone (EPIPE): the output's reader
+/// stopped reading, which ends a command quietly, as it ends `ls | head`.
+pub fn is_closed_pipe(error: &anyhow::Error) -> bool {
+    has_errno(error, libc::EPIPE)
 }
 
 pub fn exit_code(error: &anyhow::Error) -> u8 {

@@ -18,6 +18,7 @@ use tracer_common::{
 };
 
 use super::{clock::KernelClock, objects::EBPF_OBJECT};
+use crate::error::has_errno;
 
 /// How to load the kernel programs: where their maps are pinned and how large the tables are.
 /// The defaults are the object's own.
@@ -73,12 +74,31 @@ impl<'p> TracerLoader<'p> {
             .override_global(ACTIVITY_SLOTS_GLOBAL, &activity_slots, true)
             .override_global(WATCH_GLOBAL, &self.watch, true)
             .load(EBPF_OBJECT)
+            .map_err(|error| {
+                let error = anyhow::Error::new(error);
+                if has_errno(&error, libc::ENOMEM) {
+                    return error.context(format!(
+                        "the kernel could not allocate the tables: --max-flows {} and \
+                         --max-resets {} lock about {} MiB",
+                        self.max_flows,
+                        self.max_resets,
+                        self.locked_bytes() >> 20
+                    ));
+                }
+                error
+            })
             .with_context(|| {
                 format!(
                     "loading the kernel programs with their maps pinned in {}",
                     self.pin_dir.display()
                 )
             })
+    }
+
+    /// About how much memory the tables lock: per flow its entry, bucket and activity slot,
+    /// per reset-table entry the entry and a server name's LRU entry (BENCHMARKS.md).
+    fn locked_bytes(&self) -> u64 {
+        u64::from(self.max_flows) * 249 + u64::from(self.max_resets) * (248 + 168)
     }
 }
 

@@ -28,7 +28,7 @@ use tracer_common::{
 use crate::{
     analysis::oui::Vendors,
     cli::{AttachArgs, XdpModeArg},
-    error::Failure,
+    error::{has_errno, Failure},
     sys::bpf,
     sys::loader::{program_mut, TracerLoader},
     sys::maps::{self, PinnedMaps},
@@ -207,12 +207,25 @@ fn attach_xdp(
         .load()
         .with_context(|| format!("loading {XDP_PROGRAM}"))?;
     let mut attach = |mode| {
-        program.attach(&attachment.iface, mode).with_context(|| {
-            format!(
-                "attaching XDP in {} mode to {attachment}",
-                xdp_mode_name(mode)
-            )
-        })
+        let attached = program
+            .attach(&attachment.iface, mode)
+            .map_err(anyhow::Error::new);
+        attached
+            .map_err(|error| {
+                if has_errno(&error, libc::EBUSY) {
+                    return error.context(format!(
+                        "{attachment} already has an XDP program: another `flagtrace attach` \
+                         (`flagtrace stats` lists the attachments), or another tool's"
+                    ));
+                }
+                error
+            })
+            .with_context(|| {
+                format!(
+                    "attaching XDP in {} mode to {attachment}",
+                    xdp_mode_name(mode)
+                )
+            })
     };
     let mode = match mode {
         XdpModeArg::Native => XdpMode::Driver,

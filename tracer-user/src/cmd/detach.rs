@@ -288,8 +288,6 @@ fn detach_netlink_xdp(iface: &str, mode: u8) -> anyhow::Result<()> {
     run_ip(&["link", "set", "dev", iface, keyword, "off"]).map(drop)
 }
 
-/// bpf(2) commands from include/uapi/linux/bpf.h that aya does not wrap.
-
 /// Detaches a link by id, whoever holds it: the link object lives on (pinned or held open) but no
 /// longer hooks anything.
 /// The processes other than this one that hold a file descriptor of one of the bpf links

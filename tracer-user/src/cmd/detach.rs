@@ -288,8 +288,6 @@ fn detach_netlink_xdp(iface: &str, mode: u8) -> anyhow::Result<()> {
     run_ip(&["link", "set", "dev", iface, keyword, "off"]).map(drop)
 }
 
-/// Detaches a link by id, whoever holds it: the link object lives on (pinned or held open) but no
-/// longer hooks anything.
 /// The processes other than this one that hold a file descriptor of one of the bpf links
 /// `ids`: their fdinfo names the link (`link_id:`). A process that goes while we look is not
 /// counted; one we may not read (another user's, without privileges) is not either.
@@ -323,6 +321,8 @@ fn holds_link(pid: u32, ids: &HashSet<u32>) -> bool {
     })
 }
 
+/// Detaches a link by id, whoever holds it: the link object lives on (pinned or held open) but no
+/// longer hooks anything.
 fn detach_link(link_id: u32) -> io::Result<()> {
     let fd = bpf_u32(BPF_LINK_GET_FD_BY_ID, link_id)?;
     // SAFETY: BPF_LINK_GET_FD_BY_ID returned a new file descriptor that nothing else owns.

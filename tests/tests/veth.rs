@@ -544,6 +544,19 @@ fn expected_failures_exit_with_documented_codes() {
         stderr.contains(COUNTERS_MAP),
         "should name the old map: {stderr}"
     );
+    // Beside a healthy attachment, the broken one is reported and skipped, not fatal.
+    let healthy = Loader::attach(&lab.server.netns, pins.path(), lab.server.iface);
+    let output = flagtrace(&["--pin-root", root, "stats", "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout.lines().count(), 1, "the healthy attachment: {stdout}");
+    assert!(stdout.contains(lab.server.netns.name()), "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(COUNTERS_MAP) && stderr.contains("skipped"),
+        "the broken one, named: {stderr}"
+    );
+    assert!(healthy.terminate().success());
     std::fs::remove_dir_all(pins.path().join(netns)).expect("removing the old pin");
 
     let public = PublicCopy::new();

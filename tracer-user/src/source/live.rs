@@ -194,15 +194,28 @@ pub fn open_attachments(
         }
         return Err(Failure::NothingAttached(what).into());
     }
-    attachments
-        .into_iter()
-        .map(|attachment| {
-            let dir = root.dir(&attachment);
-            let maps = PinnedMaps::open(&dir, &root.purge_command(&attachment))
-                .with_context(|| format!("opening the pinned maps of {attachment}"))?;
-            Ok((attachment, maps))
-        })
-        .collect()
+    // One broken attachment (pins of another version, a table half made) must not hide the
+    // others: it is reported and skipped, and fails the command only when it is all there is.
+    let alone = attachments.len() == 1;
+    let mut opened = Vec::new();
+    let mut first_failure = None;
+    for attachment in attachments {
+        let dir = root.dir(&attachment);
+        match PinnedMaps::open(&dir, &root.purge_command(&attachment))
+            .with_context(|| format!("opening the pinned maps of {attachment}"))
+        {
+            Ok(maps) => opened.push((attachment, maps)),
+            Err(error) if alone => return Err(error),
+            Err(error) => {
+                log::warn!("{error:#}; skipped");
+                first_failure.get_or_insert(error);
+            }
+        }
+    }
+    match first_failure {
+        Some(error) if opened.is_empty() => Err(error),
+        _ => Ok(opened),
+    }
 }
 
 #[cfg(test)]

@@ -549,7 +549,11 @@ fn expected_failures_exit_with_documented_codes() {
     let output = flagtrace(&["--pin-root", root, "stats", "--json"]);
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(stdout.lines().count(), 1, "the healthy attachment: {stdout}");
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "the healthy attachment: {stdout}"
+    );
     assert!(stdout.contains(lab.server.netns.name()), "{stdout}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

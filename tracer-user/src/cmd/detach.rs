@@ -38,7 +38,10 @@ use crate::{
 };
 
 pub fn run(root: &PinRoot, netns: &Netns, args: &DetachArgs) -> anyhow::Result<()> {
-    privileges::require("detach", &[CAP_BPF, CAP_NET_ADMIN])?;
+    privileges::require(
+        "detach",
+        &privileges::entering(netns, &[CAP_BPF, CAP_NET_ADMIN]),
+    )?;
     let attachment = Attachment {
         netns: netns.clone(),
         iface: args.iface.clone(),

@@ -722,7 +722,8 @@ fn a_reset_says_how_long_after_what_it_came_and_what_it_carried() {
     assert_eq!(value["tls_sni"], "customerweb");
     assert_eq!(
         value["rst_payload"],
-        json!({"bytes": 24, "code": null, "pen": null, "text": "No pool member available",
+        json!({"bytes": 24, "code": null, "pen": null, "reason": null, "enterprise": null,
+               "text": "No pool member available",
                "hex": "4e6f20706f6f6c206d656d62657220617661696c61626c65"})
     );
     // In CSV the payload is one cell of JSON text, like the lists.

@@ -5,6 +5,7 @@ use std::fs;
 
 use anyhow::Context as _;
 
+use super::netns::Netns;
 use crate::error::Failure;
 
 /// A Linux capability, with the capabilities that imply it for BPF purposes.
@@ -17,6 +18,7 @@ pub struct Capability {
 
 const CAP_NET_ADMIN_BIT: u32 = 12;
 const CAP_SYS_ADMIN_BIT: u32 = 21;
+const CAP_PERFMON_BIT: u32 = 38;
 const CAP_BPF_BIT: u32 = 39;
 
 /// Loading programs and maps, and reading maps. The kernel accepts CAP_SYS_ADMIN in its place.
@@ -25,11 +27,34 @@ pub const CAP_BPF: Capability = Capability {
     granted_by: &[CAP_BPF_BIT, CAP_SYS_ADMIN_BIT],
 };
 
+/// What the verifier asks of the programs beyond CAP_BPF: pointer arithmetic on packet
+/// pointers and reading kernel memory through helpers (`bpf_capable` is not enough: it checks
+/// `perfmon_capable`). The kernel accepts CAP_SYS_ADMIN in its place.
+pub const CAP_PERFMON: Capability = Capability {
+    name: "CAP_PERFMON",
+    granted_by: &[CAP_PERFMON_BIT, CAP_SYS_ADMIN_BIT],
+};
+
+/// Entering another network namespace (setns(2)), for `--netns`.
+pub const CAP_SYS_ADMIN: Capability = Capability {
+    name: "CAP_SYS_ADMIN",
+    granted_by: &[CAP_SYS_ADMIN_BIT],
+};
+
 /// Attaching to and detaching from network interfaces.
 pub const CAP_NET_ADMIN: Capability = Capability {
     name: "CAP_NET_ADMIN",
     granted_by: &[CAP_NET_ADMIN_BIT],
 };
+
+/// `needed`, and CAP_SYS_ADMIN when the command enters `netns`.
+pub fn entering(netns: &Netns, needed: &[Capability]) -> Vec<Capability> {
+    let mut needed = needed.to_vec();
+    if netns.name().is_some() {
+        needed.push(CAP_SYS_ADMIN);
+    }
+    needed
+}
 
 /// Fails with [`Failure::MissingCapabilities`] unless the process has all of `needed`.
 pub fn require(command: &'static str, needed: &[Capability]) -> anyhow::Result<()> {

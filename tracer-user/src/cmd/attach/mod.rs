@@ -34,7 +34,7 @@ use crate::{
     sys::maps::{self, PinnedMaps},
     sys::netns::Netns,
     sys::pins::{Attachment, PinRoot},
-    sys::privileges::{self, CAP_BPF, CAP_NET_ADMIN},
+    sys::privileges::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON},
     sys::signals::TerminationSignals,
 };
 
@@ -44,7 +44,10 @@ pub fn run(
     oui_db: Option<&Path>,
     args: &AttachArgs,
 ) -> anyhow::Result<()> {
-    privileges::require("attach", &[CAP_BPF, CAP_NET_ADMIN])?;
+    privileges::require(
+        "attach",
+        &privileges::entering(netns, &[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON]),
+    )?;
     // Blocked before anything is attached, so a signal that arrives during setup waits for
     // `wait` and still ends in a clean detach.
     let signals = TerminationSignals::block().context("blocking SIGINT and SIGTERM")?;

@@ -94,6 +94,18 @@ mod tests {
     }
 
     #[test]
+    fn perfmon_for_attach_and_sys_admin_for_a_namespace() {
+        assert!(has(1 << CAP_PERFMON_BIT, &CAP_PERFMON));
+        assert!(has(1 << CAP_SYS_ADMIN_BIT, &CAP_PERFMON));
+        assert!(!has(1 << CAP_BPF_BIT, &CAP_PERFMON));
+        let names = |netns: &Netns| -> Vec<&str> {
+            entering(netns, &[CAP_BPF]).iter().map(|cap| cap.name).collect()
+        };
+        assert_eq!(names(&Netns::Host), ["CAP_BPF"]);
+        assert_eq!(names(&Netns::Named("lab".into())), ["CAP_BPF", "CAP_SYS_ADMIN"]);
+    }
+
+    #[test]
     fn sys_admin_stands_in_for_bpf_but_not_for_net_admin() {
         let sys_admin_only = 1 << CAP_SYS_ADMIN_BIT;
         assert!(has(sys_admin_only, &CAP_BPF));

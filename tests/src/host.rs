@@ -5,7 +5,7 @@
 
 use std::{cell::Cell, collections::HashMap};
 
-use tracer_common::{FlowKey, FlowValue, GlobalCounters, Hook, ResetEvidence};
+use tracer_common::{FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry};
 use tracer_user::{source::offline::HostTables, sys::maps::Counters};
 
 use crate::model::{Tracer, Window};
@@ -63,7 +63,7 @@ impl Tracer for HostTracer {
         Ok(self.tables.flows())
     }
 
-    fn resets(&self) -> anyhow::Result<HashMap<FlowKey, ResetEvidence>> {
+    fn resets(&self) -> anyhow::Result<HashMap<FlowKey, ResetEntry>> {
         Ok(self.tables.resets())
     }
 

@@ -9,10 +9,11 @@ use std::collections::HashMap;
 
 use tracer_common::{
     activity_slot, activity_tag, flow_hash, gate_slot, reset_set, reset_set_mask, FlowKey,
-    FlowValue, GlobalCounters, Hook, ResetEvidence, RstEvidence, RstPayload, BACK_TO_BACK_NS,
-    FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, HOOK_COUNT, MS_UNKNOWN, RESET_GATE_BUDGET,
-    RESET_GATE_SLOTS, RESET_WAYS, RST_PAYLOAD_BYTES, SEEN_EGRESS, SEEN_INGRESS, SEEN_NONE,
-    SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    FlowValue, GlobalCounters, Hook, ResetEntry, ResetEvidence, RstEvidence, RstPayload,
+    BACK_TO_BACK_NS, FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, HOOK_COUNT, MS_UNKNOWN,
+    RESET_GATE_BUDGET, RESET_GATE_SLOTS, RESET_OF_CONNECTION, RESET_OF_UNANSWERED, RESET_WAYS,
+    RST_PAYLOAD_BYTES, SEEN_EGRESS, SEEN_INGRESS, SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST,
+    TCP_SYN,
 };
 
 use crate::{
@@ -38,8 +39,8 @@ pub trait Tracer {
     /// Every entry of the flow table.
     fn flows(&self) -> anyhow::Result<HashMap<FlowKey, FlowValue>>;
 
-    /// Every flow of the reset evidence table, with its evidence.
-    fn resets(&self) -> anyhow::Result<HashMap<FlowKey, ResetEvidence>>;
+    /// Every flow of the reset evidence table, with its entry.
+    fn resets(&self) -> anyhow::Result<HashMap<FlowKey, ResetEntry>>;
 
     /// Every slot of the reset gate, in slot order.
     fn reset_gate(&self) -> anyhow::Result<Vec<u32>>;
@@ -147,6 +148,8 @@ struct ExpectedActivity {
     before_last: Option<Window>,
     /// By hook: the highest sequence end, and the run of the segment that set it.
     seq_end: [Option<(u32, Window)>; 2],
+    /// By hook: a segment without SYN brought new payload.
+    payload_seen: [bool; 2],
 }
 
 /// Expected maps and global counters of one tracer.
@@ -156,8 +159,12 @@ pub struct FlowModel {
     resets: HashMap<FlowKey, [Option<ExpectedRst>; 2]>,
     /// Mask of the reset table's sets, from the tracer's capacity.
     reset_set_mask: u32,
-    /// The flows holding each set of the reset table.
-    reset_sets: HashMap<u32, Vec<FlowKey>>,
+    /// The flows holding each set of the reset table, by way.
+    reset_sets: HashMap<u32, [Option<FlowKey>; RESET_WAYS as usize]>,
+    /// Each reset flow's class ([`RESET_OF_UNANSWERED`] or [`RESET_OF_CONNECTION`]).
+    reset_classes: HashMap<FlowKey, u8>,
+    /// Each reset flow's copy of its flow entry, timestamps zero.
+    reset_flows: HashMap<FlowKey, FlowValue>,
     /// Budget left in every slot of the reset gate.
     gate: Vec<u32>,
     /// The kept payload of each reset flow's first RST that carried one.
@@ -235,6 +242,8 @@ impl FlowModel {
             resets: HashMap::new(),
             reset_set_mask: reset_set_mask(tracer.reset_capacity()),
             reset_sets: HashMap::new(),
+            reset_classes: HashMap::new(),
+            reset_flows: HashMap::new(),
             gate: vec![0; RESET_GATE_SLOTS as usize],
             payloads: HashMap::new(),
             activity: HashMap::new(),
@@ -339,8 +348,7 @@ impl FlowModel {
         counts.rst += u32::from(seen.has(TCP_RST));
         let baseline = &mut value.baseline[seen.sender];
         if seen.has(TCP_RST) {
-            let max_seq_before = baseline.max_seq_end;
-            self.record_reset(seen, hash, max_seq_before);
+            self.record_reset(seen, hash);
             return;
         }
         let seq_end = seen.seq_end();
@@ -353,17 +361,46 @@ impl FlowModel {
         baseline.seen_on = seen.seen_on();
     }
 
-    fn record_reset(&mut self, seen: &Seen, hash: u32, max_seq_before: u32) {
+    fn record_reset(&mut self, seen: &Seen, hash: u32) {
+        let flow = self.flows[&seen.key].value;
+        let max_seq_before = flow.baseline[seen.sender].max_seq_end;
         if !self.resets.contains_key(&seen.key) {
-            // The frames between two clears span far less than RESET_ENTRY_IDLE_NS, so a full
-            // set never gives way here.
-            let set = reset_set(hash, self.reset_set_mask);
-            let occupants = self.reset_sets.entry(set).or_default();
-            if occupants.len() == RESET_WAYS as usize {
+            let class = if self.was_connection(seen, hash, &flow) {
+                RESET_OF_CONNECTION
+            } else {
+                RESET_OF_UNANSWERED
+            };
+            // The frames between two clears span far less than RESET_ENTRY_IDLE_NS, so only
+            // an empty entry or an unanswered flow's gives way: the first empty one, else the
+            // last unanswered one.
+            let ways = self
+                .reset_sets
+                .entry(reset_set(hash, self.reset_set_mask))
+                .or_default();
+            let classes = &self.reset_classes;
+            let victim = ways.iter().position(Option::is_none).or_else(|| {
+                ways.iter()
+                    .rposition(|key| key.is_some_and(|key| classes[&key] != RESET_OF_CONNECTION))
+            });
+            let Some(victim) = victim else {
                 self.counters[seen.hook as usize].resets_unrecorded += 1;
                 return;
+            };
+            if let Some(evicted) = ways[victim].replace(seen.key) {
+                self.resets.remove(&evicted);
+                self.payloads.remove(&evicted);
+                self.reset_classes.remove(&evicted);
+                self.reset_flows.remove(&evicted);
             }
-            occupants.push(seen.key);
+            self.reset_classes.insert(seen.key, class);
+            self.reset_flows.insert(seen.key, FlowValue::default());
+        }
+        if self
+            .resets
+            .get(&seen.key)
+            .is_none_or(|rsts| rsts[seen.sender].is_none())
+        {
+            self.reset_flows.insert(seen.key, untimed(&flow));
         }
         let seq = seen.segment.seq;
         let timing = self.reset_timing(seen, hash);
@@ -422,6 +459,29 @@ impl FlowModel {
         rst.last = seen.window;
     }
 
+    /// Whether a flow's RST finds it a connection: its activity slot saw payload, or the RST's
+    /// sender answered the other's SYN.
+    fn was_connection(&self, seen: &Seen, hash: u32, flow: &FlowValue) -> bool {
+        let payload = self
+            .activity_slot(seen, hash)
+            .is_some_and(|slot| slot.payload_seen.contains(&true));
+        let syn_from_other = if seen.sender == SENDER_LO {
+            FIRST_SYN_HI
+        } else {
+            FIRST_SYN_LO
+        };
+        let answered = self.flows[&seen.key].syn_ack.is_some();
+        payload || (answered && flow.first_syn_from == syn_from_other)
+    }
+
+    /// The flow's activity slot, while the flow holds it.
+    fn activity_slot(&self, seen: &Seen, hash: u32) -> Option<&ExpectedActivity> {
+        let tag = activity_tag(hash, seen.key.ifindex);
+        self.activity
+            .get(&activity_slot(tag, self.activity_slots))
+            .filter(|slot| slot.tag == tag)
+    }
+
     /// A segment other than a RST after its flow's RST (a plain one through the open gate, or a
     /// SYN or FIN of a flow that has had a RST): counts for its sender, if that sender sent a
     /// RST on this flow.
@@ -473,18 +533,16 @@ impl FlowModel {
         let seq_end = &mut slot.seq_end[seen.hook as usize];
         if seq_end.is_none_or(|(before, _)| seq_after(end, before)) {
             *seq_end = Some((end, seen.window));
+            if !seen.has(TCP_SYN) && seen.segment.payload_len > 0 {
+                slot.payload_seen[seen.hook as usize] = true;
+            }
         }
     }
 
     /// The bounds of a first RST's delay since the other direction's latest new segment and
     /// of the silence before the packet that preceded it, when its flow still holds its slot.
     fn reset_timing(&self, seen: &Seen, hash: u32) -> (MsBounds, MsBounds) {
-        let tag = activity_tag(hash, seen.key.ifindex);
-        let Some(slot) = self
-            .activity
-            .get(&activity_slot(tag, self.activity_slots))
-            .filter(|slot| slot.tag == tag)
-        else {
+        let Some(slot) = self.activity_slot(seen, hash) else {
             return (None, None);
         };
         let other = match seen.hook {
@@ -527,6 +585,8 @@ impl FlowModel {
         self.flows.clear();
         self.resets.clear();
         self.reset_sets.clear();
+        self.reset_classes.clear();
+        self.reset_flows.clear();
         self.gate.fill(0);
         self.payloads.clear();
         self.activity.clear();
@@ -565,15 +625,29 @@ impl FlowModel {
             &self.resets,
             &resets,
             "reset evidence",
-            reset_mismatch,
+            |expected, got| reset_mismatch(expected, &got.evidence),
             &mut found,
         );
         for (key, got) in &resets {
             let expected = self.payloads.get(key).copied().unwrap_or_default();
-            if got.payload != expected {
+            if got.evidence.payload != expected {
                 found.push(format!(
                     "RST payload {key:?}:\n  expected {expected:?}\n  got      {:?}",
-                    got.payload
+                    got.evidence.payload
+                ));
+            }
+            let class = self.reset_classes.get(key);
+            if class != Some(&got.class) {
+                found.push(format!(
+                    "reset class {key:?}: expected {class:?}, got {}",
+                    got.class
+                ));
+            }
+            let flow = self.reset_flows.get(key);
+            if flow != Some(&untimed(&got.flow)) {
+                found.push(format!(
+                    "reset entry's flow {key:?}:\n  expected {flow:?}\n  got      {:?}",
+                    got.flow
                 ));
             }
         }
@@ -612,15 +686,19 @@ fn compare_tables<E: std::fmt::Debug, V: std::fmt::Debug>(
     }
 }
 
-fn flow_mismatch(expected: &ExpectedFlow, got: &FlowValue) -> bool {
-    let untimed = FlowValue {
+/// A flow entry with its four timestamps zero, which the model bounds by windows instead.
+fn untimed(value: &FlowValue) -> FlowValue {
+    FlowValue {
         first_seen_ns: 0,
         last_seen_ns: 0,
         syn_ns: 0,
         syn_ack_ns: 0,
-        ..*got
-    };
-    let matches = untimed == expected.value
+        ..*value
+    }
+}
+
+fn flow_mismatch(expected: &ExpectedFlow, got: &FlowValue) -> bool {
+    let matches = untimed(got) == expected.value
         && expected.created.contains(got.first_seen_ns)
         && expected.updated.contains(got.last_seen_ns)
         && got.first_seen_ns <= got.last_seen_ns

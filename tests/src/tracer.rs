@@ -15,9 +15,8 @@ use aya::{
 };
 use tracer_common::{
     activity_capacity, Activity, FlowKey, FlowValue, GlobalCounters, Hook, PacketEvent, ResetEntry,
-    ResetEvidence, TlsName, WatchConfig, ACTIVITY_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP,
-    HELLOS_MAP, RESETS_MAP, RESET_GATE_SECTION, RESET_GATE_SLOTS, TC_PROGRAM, WATCH_SECTION,
-    XDP_PROGRAM,
+    TlsName, WatchConfig, ACTIVITY_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, HELLOS_MAP,
+    RESETS_MAP, RESET_GATE_SECTION, RESET_GATE_SLOTS, TC_PROGRAM, WATCH_SECTION, XDP_PROGRAM,
 };
 use tracer_user::sys::loader::{program_mut, TracerLoader};
 
@@ -323,11 +322,11 @@ impl Tracer for LoadedTracer {
         self.entries(FLOWS_MAP)
     }
 
-    fn resets(&self) -> anyhow::Result<HashMap<FlowKey, ResetEvidence>> {
+    fn resets(&self) -> anyhow::Result<HashMap<FlowKey, ResetEntry>> {
         Ok(self
             .reset_entries()?
             .into_iter()
-            .map(|(_, entry)| (entry.key, entry.evidence))
+            .map(|(_, entry)| (entry.key, entry))
             .collect())
     }
 

@@ -151,10 +151,7 @@ fn batch_reads_equal_entry_by_entry_reads() {
         "{capacity} reset entries: {batched_ms:.1} ms in batches, {walked_ms:.1} ms entry by entry"
     );
     assert_eq!(batched_resets.len(), capacity as usize);
-    let walked_resets: HashMap<_, _> = walked_resets
-        .into_iter()
-        .map(|(key, entry)| (key, entry.evidence))
-        .collect();
+    let walked_resets: HashMap<_, _> = walked_resets.into_iter().collect();
     assert!(
         batched_resets == walked_resets,
         "the two reads of RESETS differ"
@@ -169,16 +166,9 @@ fn batch_reads_equal_entry_by_entry_reads() {
         let set = reset_set(key.flow_hash(), reset_set_mask(capacity));
         let in_its_set = (set..set + RESET_WAYS).contains(&index);
         let expected = in_its_set.then(|| walked_resets[&key]);
-        assert_eq!(
-            maps.reset_evidence(&key).unwrap(),
-            expected,
-            "entry {index}"
-        );
+        assert_eq!(maps.reset_entry(&key).unwrap(), expected, "entry {index}");
     }
-    assert_eq!(
-        maps.reset_evidence(&keys[FLOWS as usize - 1]).unwrap(),
-        None
-    );
+    assert_eq!(maps.reset_entry(&keys[FLOWS as usize - 1]).unwrap(), None);
     drop(ebpf);
 }
 
@@ -219,6 +209,6 @@ fn point_lookups_find_what_the_programs_recorded() {
     let maps = PinnedMaps::open(tracer.pin_dir(), FIX).expect("opening the pins");
     for key in &keys {
         assert_eq!(maps.flow(key).unwrap().as_ref(), flows.get(key));
-        assert_eq!(maps.reset_evidence(key).unwrap().as_ref(), resets.get(key));
+        assert_eq!(maps.reset_entry(key).unwrap().as_ref(), resets.get(key));
     }
 }

@@ -27,8 +27,9 @@ use flagtrace_tests::{
 use tracer_common::{
     flow_hash, gate_slot, reset_set, reset_set_mask, Baseline, FlagCounts, FlowKey, FlowValue,
     Hook, ResetEvidence, RstEvidence, RstPayload, WatchConfig, BACK_TO_BACK_NS, EVENT_SNAP_LEN,
-    FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, MS_UNKNOWN, RESET_GATE_BUDGET, RESET_WAYS,
-    RST_PAYLOAD_BYTES, SEEN_EGRESS, SEEN_INGRESS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, MS_UNKNOWN, RESET_GATE_BUDGET, RESET_OF_CONNECTION,
+    RESET_OF_UNANSWERED, RESET_WAYS, RST_PAYLOAD_BYTES, SEEN_EGRESS, SEEN_INGRESS, TCP_ACK,
+    TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 const CLIENT_V4: [u8; 4] = [10, 0, 0, 1];
@@ -136,7 +137,7 @@ impl Harness {
             1,
             "expected exactly one entry, got {resets:?}"
         );
-        resets[&key]
+        resets[&key].evidence
     }
 
     /// The budget left in the reset gate slot of `seg`'s flow.
@@ -1423,7 +1424,7 @@ fn a_flow_entry_without_its_hash_still_opens_its_own_gate_slot_and_reset_set() {
         tracer
             .run(hook, &server_data(7001).frame())
             .expect("test run");
-        let evidence = tracer.resets().expect("resets")[key].by_sender[rst.sender()];
+        let evidence = tracer.resets().expect("resets")[key].evidence.by_sender[rst.sender()];
         assert_eq!(
             (evidence.packets_after, evidence.bytes_beyond),
             (1, PAYLOAD_LEN),
@@ -1678,8 +1679,8 @@ fn the_baseline_keeps_the_highest_sequence_end_and_the_latest_packets_fields() {
     });
 }
 
-#[test]
-fn a_full_set_of_the_reset_table_counts_the_next_reset_flow_without_evidence() {
+/// Client ports whose flows (with the server of [`Seg`]) share one set of the reset table.
+fn ports_of_one_set(count: usize) -> Vec<u16> {
     let mask = reset_set_mask(RESET_CAPACITY);
     let set_of = |client_port: u16| {
         let segment = Seg {
@@ -1699,30 +1700,94 @@ fn a_full_set_of_the_reset_table_counts_the_next_reset_flow_without_evidence() {
             mask,
         )
     };
-    // Three flows of one set: two fit, the third finds it full.
     let target = set_of(CLIENT_PORT);
-    let ports: Vec<u16> = (CLIENT_PORT..)
+    (CLIENT_PORT..)
         .filter(|port| set_of(*port) == target)
-        .take(RESET_WAYS as usize + 1)
-        .collect();
+        .take(count)
+        .collect()
+}
+
+#[test]
+fn unanswered_resets_give_way_and_connections_keep_their_evidence() {
+    let ways = RESET_WAYS as usize;
+    let ports = ports_of_one_set(2 * ways + 3);
+    let (unanswered, rest) = ports.split_at(ways + 1);
+    let (connections, late) = rest.split_at(ways + 1);
     on_both_hooks(|h| {
-        for (index, &client_port) in ports.iter().enumerate() {
+        let resets_of = |h: &Harness| -> Vec<(u16, u8)> {
+            let mut kept: Vec<(u16, u8)> = h
+                .tracer
+                .resets()
+                .expect("reading resets")
+                .values()
+                .map(|entry| (entry.key.port_hi.max(entry.key.port_lo), entry.class))
+                .collect();
+            kept.sort_unstable();
+            kept
+        };
+        // RSTs out of nowhere: one more than the set holds. The newest gives way, so the
+        // evidence from before stays.
+        for &client_port in unanswered {
             let rst = Seg {
                 client_port,
                 ..forged_rst(false, 7001)
             };
-            h.send_seg(&format!("RST of flow {index}"), &rst);
+            h.send_seg(&format!("unanswered RST from port {client_port}"), &rst);
         }
-        let resets = h.tracer.resets().expect("reading resets");
-        assert_eq!(resets.len(), RESET_WAYS as usize, "{resets:?}");
+        let mut expected: Vec<(u16, u8)> = unanswered[..ways - 1]
+            .iter()
+            .chain(&unanswered[ways..])
+            .map(|&port| (port, RESET_OF_UNANSWERED))
+            .collect();
+        assert_eq!(resets_of(h), expected);
+        // Connections (data has passed) take the unanswered flows' entries, then the set is
+        // full of protected evidence: the next connection's RST and any unanswered one are
+        // counted without evidence.
+        for &client_port in connections {
+            let data = Seg {
+                client_port,
+                ..server_data(7001)
+            };
+            h.send_seg(&format!("data of port {client_port}"), &data);
+            let rst = Seg {
+                client_port,
+                ..forged_rst(false, 7001 + PAYLOAD.len() as u32)
+            };
+            h.send_seg(&format!("RST of the connection from {client_port}"), &rst);
+        }
+        expected = connections[..ways]
+            .iter()
+            .map(|&port| (port, RESET_OF_CONNECTION))
+            .collect();
+        assert_eq!(resets_of(h), expected);
+        let rst = Seg {
+            client_port: late[0],
+            ..forged_rst(false, 7001)
+        };
+        h.send_seg("an unanswered RST into a set of connections", &rst);
+        assert_eq!(resets_of(h), expected);
         let counters = h.tracer.counters(h.hook).expect("reading counters");
-        assert_eq!((counters.rst(), counters.resets_unrecorded), (3, 1));
-        // The third flow still counts its RST in the flow table.
+        assert_eq!(counters.resets_unrecorded, 2);
+        // Every RST still counts in the flow table.
         let flows = h.tracer.flows().expect("reading flows");
         assert_eq!(flows.len(), ports.len());
-        assert!(flows
-            .values()
-            .all(|flow| flow.sent_by[0].rst + flow.sent_by[1].rst == 1));
+    });
+}
+
+#[test]
+fn a_reset_entry_keeps_a_copy_of_its_flow_for_when_the_flow_table_evicts_it() {
+    on_both_hooks(|h| {
+        h.send_seg("SYN", &Seg::client(TCP_SYN));
+        h.send_seg("SYN/ACK", &server_syn_ack(false));
+        h.send_seg("data", &server_data(7001));
+        h.send_seg("RST", &forged_rst(false, 7001 + PAYLOAD.len() as u32));
+        let flows = h.tracer.flows().expect("reading flows");
+        let resets = h.tracer.resets().expect("reading resets");
+        let (key, flow) = flows.iter().next().expect("one flow");
+        let entry = &resets[key];
+        assert_eq!(entry.class, RESET_OF_CONNECTION);
+        // The copy is the entry as the RST left it: every count and baseline.
+        assert_eq!(entry.flow, *flow);
     });
 }
 

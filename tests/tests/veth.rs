@@ -139,6 +139,7 @@ fn assert_flow(
         "gateway_vendor": null,
         "gateway_ip": server_ip.to_string(),
         "gateway_is_default": false,
+        "flow_evicted": false,
     });
     assert_eq!(flow, &expected, "flow line differs (left: got)");
     let (first, last) = (seconds(flow, "first_seen"), seconds(flow, "last_seen"));

@@ -11,12 +11,23 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the reset evidence table: an array of [`ResetEntry`], set-associative on
 /// [`reset_set`], with an entry for each flow that has carried a RST (while it has room).
 pub const RESETS_MAP: &str = "RESETS";
-/// Entries of the reset table a flow may occupy: a set of two adjacent entries (see
-/// [`RESET_ENTRY_IDLE_NS`] for what happens when both are taken).
-pub const RESET_WAYS: u32 = 2;
-/// A full set of the reset table gives its older entry to a new reset flow only once that entry
-/// has seen no RST for this long: a burst of resets cannot wipe the evidence of the ones before.
+/// Entries of the reset table a flow may occupy: a set of four adjacent entries. When all are
+/// taken, a new reset flow takes the newest entry of an unanswered flow ([`RESET_OF_UNANSWERED`]),
+/// else a connection's entry that has seen no RST for [`RESET_ENTRY_IDLE_NS`], else it finds no
+/// room (counted in [`GlobalCounters::resets_unrecorded`]).
+pub const RESET_WAYS: u32 = 4;
+/// A connection's entry ([`RESET_OF_CONNECTION`]) gives way to a new reset flow only once it has
+/// seen no RST for this long: a burst of resets cannot wipe the evidence of the ones before.
 pub const RESET_ENTRY_IDLE_NS: u64 = 60_000_000_000;
+/// [`ResetEntry::class`]: the flow's RST came before any sign of a connection: a refusal of a
+/// SYN, an answer to a stray packet, a RST out of nowhere. A flood of SYNs or RSTs with made-up
+/// sources makes these in bulk, so they protect nothing: each gives way to any newer reset flow.
+/// (0, from a build before classes, counts as this.)
+pub const RESET_OF_UNANSWERED: u8 = 1;
+/// [`ResetEntry::class`]: the flow was a connection when its RST came: payload had passed, or
+/// the RST came from the endpoint that had answered the SYN. Its entry is kept for
+/// [`RESET_ENTRY_IDLE_NS`] after its latest RST.
+pub const RESET_OF_CONNECTION: u8 = 2;
 /// Name of the global (read-only data, set at load time) that holds [`reset_set_mask`] for the
 /// reset table's capacity.
 pub const RESET_SET_MASK_GLOBAL: &str = "RESET_SET_MASK";
@@ -525,8 +536,15 @@ pub struct ResetEvidence {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ResetEntry {
     pub key: FlowKey,
-    pub _pad: u32,
+    /// [`RESET_OF_UNANSWERED`] or [`RESET_OF_CONNECTION`], set when the flow took the entry.
+    pub class: u8,
+    pub _pad0: u8,
+    pub _pad1: u16,
     pub evidence: ResetEvidence,
+    /// The flow's entry of the flow table as it stood at each sender's first RST: the reset is
+    /// listed and judged from it once the flow table has evicted the flow (a flood of new flows
+    /// does that within seconds).
+    pub flow: FlowValue,
 }
 
 impl ResetEntry {
@@ -735,7 +753,7 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 104);
 const _: () = assert!(core::mem::size_of::<RstEvidence>() == 72);
 const _: () = assert!(core::mem::size_of::<RstPayload>() == 8 + RST_PAYLOAD_BYTES);
 const _: () = assert!(core::mem::size_of::<ResetEvidence>() == 200);
-const _: () = assert!(core::mem::size_of::<ResetEntry>() == 248);
+const _: () = assert!(core::mem::size_of::<ResetEntry>() == 352);
 const _: () = assert!(core::mem::size_of::<Activity>() == 32);
 const _: () = assert!(core::mem::size_of::<TlsName>() == 8 + TLS_NAME_MAX);
 const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 176);

@@ -9,7 +9,8 @@ use tracer_common::{
     FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, RstEvidence, RstPayload, TlsName,
     WatchConfig, ACTIVITY_PAYLOAD_SEEN, ACTIVITY_SEQ_KNOWN, ACTIVITY_SYN_SEEN, BACK_TO_BACK_NS,
     FAMILY_IPV4, FIRST_SYN_HI, FIRST_SYN_LO, FIRST_SYN_NONE, MS_UNKNOWN, RESET_ENTRY_IDLE_NS,
-    RESET_GATE_BUDGET, RST_PAYLOAD_BYTES, SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    RESET_GATE_BUDGET, RESET_OF_CONNECTION, RESET_OF_UNANSWERED, RESET_WAYS, RST_PAYLOAD_BYTES,
+    SEEN_NONE, SENDER_LO, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::{load_u16, load_u32, parse, tls, EthHdr, NoSegment, OnSegment, Packet, TcpSegment};
@@ -135,10 +136,7 @@ impl<'a, T: Tables> OnSegment<'a> for Accounting<'_, T> {
             _ => segment.flow_hash(),
         };
         if obs.is_rst() {
-            let max_seq_before = recorded
-                .as_ref()
-                .map_or(0, |recorded| recorded.max_seq_end(obs.sender));
-            if !record_reset(tables, &obs, hash, max_seq_before) {
+            if !record_reset(tables, &obs, hash, recorded.as_ref()) {
                 counters.resets_unrecorded += 1;
             }
         } else {
@@ -330,6 +328,18 @@ fn same_key(stored: *const FlowKey, obs: &Observation) -> bool {
     difference == 0
 }
 
+/// Copies a table entry with 8-byte loads and stores, for the reason [`zero`] gives.
+#[inline(always)]
+unsafe fn copy_words<T>(dst: *mut T, src: *const T) {
+    const {
+        assert!(mem::size_of::<T>().is_multiple_of(8) && mem::align_of::<T>() >= 8);
+    }
+    let (dst, src) = (dst as *mut u64, src as *const u64);
+    for i in 0..mem::size_of::<T>() / 8 {
+        unsafe { dst.add(i).write_volatile(src.add(i).read()) };
+    }
+}
+
 #[inline(always)]
 fn copy_key(stored: *mut FlowKey, key: &FlowKey) {
     let stored = stored as *mut u32;
@@ -483,83 +493,153 @@ fn record_baseline(baseline: &mut Baseline, obs: &Observation) {
     baseline.seen_on = obs.seen_on();
 }
 
-/// The reset-table entry of `key`, among the [`tracer_common::RESET_WAYS`] of its set. With
-/// `claim`, a flow without one takes an empty entry of the set, or the older one once it has
-/// been idle for [`RESET_ENTRY_IDLE_NS`], cleared for it.
+/// The reset-table entry of `key`, among the [`RESET_WAYS`] of its set. With `claim`, a flow
+/// without one takes an empty entry of the set; else the newest entry of an unanswered flow;
+/// else a connection's entry idle for [`RESET_ENTRY_IDLE_NS`]. The newest unanswered one gives
+/// way, not the oldest: a flood of refusals churns one entry and leaves the evidence from before
+/// it. The entry is cleared and takes the claim's class.
 #[inline(always)]
 fn reset_entry<T: Tables>(
     tables: &T,
     obs: &Observation,
     hash: u32,
-    claim: Option<u64>,
+    claim: Option<u8>,
 ) -> Option<*mut ResetEntry> {
     let set = reset_set(hash, tables.reset_set_mask());
-    let first = tables.reset_entry(set)?;
-    if same_key(unsafe { &raw const (*first).key }, obs) {
-        return Some(first);
-    }
-    let second = tables.reset_entry(set + 1)?;
-    if same_key(unsafe { &raw const (*second).key }, obs) {
-        return Some(second);
-    }
-    let now = claim?;
-    let (first_ref, second_ref) = unsafe { (&*first, &*second) };
-    let victim = if first_ref.is_empty() {
-        first
-    } else if second_ref.is_empty() {
-        second
-    } else {
-        let (older, older_ns) = if first_ref.last_rst_ns() <= second_ref.last_rst_ns() {
-            (first, first_ref.last_rst_ns())
-        } else {
-            (second, second_ref.last_rst_ns())
-        };
-        if now.wrapping_sub(older_ns) < RESET_ENTRY_IDLE_NS {
-            return None;
+    let mut ways = [core::ptr::null_mut::<ResetEntry>(); RESET_WAYS as usize];
+    for (way, slot) in ways.iter_mut().enumerate() {
+        let entry = tables.reset_entry(set + way as u32)?;
+        if same_key(unsafe { &raw const (*entry).key }, obs) {
+            return Some(entry);
         }
-        older
-    };
+        *slot = entry;
+    }
+    let class = claim?;
+    let mut victim = core::ptr::null_mut();
+    let mut victim_rank = Occupant::Protected;
+    for entry in ways {
+        let rank = Occupant::of(unsafe { &*entry }, obs.now);
+        // Ties: the first empty entry (they fill in order), the last unanswered one (the newest
+        // of those that came in order), the first idle connection.
+        if rank < victim_rank || (rank == victim_rank && rank == Occupant::Unanswered) {
+            victim = entry;
+            victim_rank = rank;
+        }
+    }
+    if victim_rank == Occupant::Protected {
+        return None;
+    }
     // Racy on purpose: two CPUs claiming one entry at the same instant mix their evidence.
     unsafe {
         zero(&raw mut (*victim).evidence);
+        zero(&raw mut (*victim).flow);
         copy_key(&raw mut (*victim).key, obs.key);
+        (*victim).class = class;
     }
     Some(victim)
+}
+
+/// What giving an entry of the reset table to a new flow would lose, least first.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Occupant {
+    Empty,
+    Unanswered,
+    IdleConnection,
+    Protected,
+}
+
+impl Occupant {
+    #[inline(always)]
+    fn of(entry: &ResetEntry, now: u64) -> Occupant {
+        if entry.is_empty() {
+            Occupant::Empty
+        } else if entry.class != RESET_OF_CONNECTION {
+            Occupant::Unanswered
+        } else if now.wrapping_sub(entry.last_rst_ns()) >= RESET_ENTRY_IDLE_NS {
+            Occupant::IdleConnection
+        } else {
+            Occupant::Protected
+        }
+    }
 }
 
 /// Keeps what a RST says about who sent it, and opens the gate so that the plain packets after
 /// it are examined too. Returns false when the reset table had no room for the flow.
 #[inline(always)]
-fn record_reset<T: Tables>(tables: &T, obs: &Observation, hash: u32, max_seq_before: u32) -> bool {
+fn record_reset<T: Tables>(
+    tables: &T,
+    obs: &Observation,
+    hash: u32,
+    flow: Option<&Recorded>,
+) -> bool {
     if let Some(budget) = tables.gate(gate_slot(hash)) {
         unsafe { *budget = RESET_GATE_BUDGET };
     }
-    let Some(entry) = reset_entry(tables, obs, hash, Some(obs.now)) else {
+    let activity = activity_of(tables, obs, hash);
+    let class = if was_connection(flow, activity, obs) {
+        RESET_OF_CONNECTION
+    } else {
+        RESET_OF_UNANSWERED
+    };
+    let Some(entry) = reset_entry(tables, obs, hash, Some(class)) else {
         return false;
     };
     let rst = by_sender(unsafe { &raw mut (*entry).evidence.by_sender }, obs.sender);
+    let max_seq_before = flow.map_or(0, |flow| flow.max_seq_end(obs.sender));
     if unsafe { (*rst).first_rst_ns } == 0 {
         let rst = unsafe { &mut *rst };
-        (rst.reset_delay_ms, rst.idle_before_ms) = reset_timing(tables, obs, hash);
+        (rst.reset_delay_ms, rst.idle_before_ms) = reset_timing(tables, obs, activity);
         keep_payload(tables, unsafe { &mut (*entry).evidence.payload }, obs);
+        if let Some(flow) = flow {
+            unsafe { copy_words(&raw mut (*entry).flow, flow.entry) };
+        }
     }
     update_reset(rst, obs, max_seq_before);
     true
+}
+
+/// Whether the flow was a connection when this RST came: payload had passed either way, or the
+/// RST's sender is the endpoint that answered the SYN. Not a refusal of a SYN, nor the answer of
+/// a host that never sent the SYN its SYN/ACK answered (the backscatter of a spoofed SYN flood),
+/// nor a RST of a flow never seen before.
+#[inline(always)]
+fn was_connection(flow: Option<&Recorded>, activity: Option<&Activity>, obs: &Observation) -> bool {
+    const EITHER_PAYLOAD: u32 = ACTIVITY_PAYLOAD_SEEN | ACTIVITY_PAYLOAD_SEEN << 1;
+    if activity.is_some_and(|slot| slot.state & EITHER_PAYLOAD != 0) {
+        return true;
+    }
+    let Some(flow) = flow else {
+        return false;
+    };
+    let value = unsafe { &*flow.entry };
+    let syn_from_other = if obs.sender == SENDER_LO {
+        FIRST_SYN_HI
+    } else {
+        FIRST_SYN_LO
+    };
+    value.syn_ack_ns != 0 && value.first_syn_from == syn_from_other
+}
+
+/// The flow's activity slot, when the flow is the latest to have written it.
+#[inline(always)]
+fn activity_of<'t, T: Tables>(tables: &'t T, obs: &Observation, hash: u32) -> Option<&'t Activity> {
+    let tag = activity_tag(hash, obs.key.ifindex);
+    let slot = unsafe { &*tables.activity(tag)? };
+    (slot.tag == tag).then_some(slot)
 }
 
 /// How long before the RST the other side last sent something new, and how long the connection
 /// had been silent before the packet that preceded the RST: read from the activity slot, which
 /// RSTs leave alone. Unknown when another flow has taken the slot since.
 #[inline(always)]
-fn reset_timing<T: Tables>(tables: &T, obs: &Observation, hash: u32) -> (u32, u32) {
-    let tag = activity_tag(hash, obs.key.ifindex);
-    let Some(slot) = tables.activity(tag) else {
+fn reset_timing<T: Tables>(
+    tables: &T,
+    obs: &Observation,
+    activity: Option<&Activity>,
+) -> (u32, u32) {
+    let Some(slot) = activity else {
         return (MS_UNKNOWN, MS_UNKNOWN);
     };
-    let slot = unsafe { &*slot };
-    if slot.tag != tag {
-        return (MS_UNKNOWN, MS_UNKNOWN);
-    }
     let now = tables.ticks();
     let other = other_hook(obs.hook);
     let delay = if slot.state & (ACTIVITY_SEQ_KNOWN << other as u32) != 0 {

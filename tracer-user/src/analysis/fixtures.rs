@@ -77,6 +77,7 @@ pub fn flow(client_port: u16, server: &str) -> FlowRecord {
         },
         server_evidence: SideEvidence::default(),
         tls_sni: None,
+        flow_evicted: false,
     }
 }
 

@@ -5,6 +5,7 @@
 //! values, so the live maps and an offline capture share them.
 
 use std::{
+    collections::{HashMap, HashSet},
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
@@ -12,9 +13,9 @@ use std::{
 use anyhow::bail;
 use serde::Serialize;
 use tracer_common::{
-    Baseline as WireBaseline, FlagCounts, FlowKey, FlowValue, Hook, ResetEvidence, RstEvidence,
-    RstPayload, TlsName, FAMILY_IPV4, FAMILY_IPV6, FIRST_SYN_HI, FIRST_SYN_LO, MS_UNKNOWN,
-    RST_PAYLOAD_BYTES, SENDER_HI, SENDER_LO, TLS_NAME_MAX,
+    Baseline as WireBaseline, FlagCounts, FlowKey, FlowValue, Hook, ResetEntry, ResetEvidence,
+    RstEvidence, RstPayload, TlsName, FAMILY_IPV4, FAMILY_IPV6, FIRST_SYN_HI, FIRST_SYN_LO,
+    MS_UNKNOWN, RST_PAYLOAD_BYTES, SENDER_HI, SENDER_LO, TLS_NAME_MAX,
 };
 
 use crate::{analysis::mac::MacAddr, sys::clock::ClockSnapshot};
@@ -289,6 +290,42 @@ pub struct FlowRecord {
     pub server_evidence: SideEvidence,
     /// The server name of the client's TLS ClientHello, when its first payload was one.
     pub tls_sni: Option<String>,
+    /// The flow table had evicted the flow: what it says comes from the reset table's copy of
+    /// the flow's entry, made at the first RST of each sender.
+    pub flow_evicted: bool,
+}
+
+/// Every flow as a record: the flow table's, each with its reset evidence and ClientHello's
+/// server name when the kernel kept them, and the reset table's flows that the flow table has
+/// evicted, from the copy of their entry in the reset table. Linear in the tables' sizes.
+pub fn flow_records<'t>(
+    flows: impl IntoIterator<Item = (&'t FlowKey, &'t FlowValue)>,
+    resets: &HashMap<FlowKey, ResetEntry>,
+    hellos: &HashMap<FlowKey, TlsName>,
+    clock: &ClockSnapshot,
+) -> anyhow::Result<Vec<FlowRecord>> {
+    let mut records = Vec::new();
+    let mut listed = HashSet::new();
+    for (key, value) in flows {
+        let reset = resets.get_key_value(key);
+        if let Some((key, _)) = reset {
+            listed.insert(key);
+        }
+        let evidence = reset.map(|(_, entry)| &entry.evidence);
+        records.push(FlowRecord::decode(
+            key,
+            value,
+            evidence,
+            hellos.get(key),
+            clock,
+        )?);
+    }
+    for (key, entry) in resets {
+        if !listed.contains(key) {
+            records.push(FlowRecord::from_reset_entry(entry, hellos.get(key), clock)?);
+        }
+    }
+    Ok(records)
 }
 
 impl FlowRecord {
@@ -342,6 +379,33 @@ impl FlowRecord {
             client_evidence,
             server_evidence,
             tls_sni: hello.and_then(server_name),
+            flow_evicted: false,
+        })
+    }
+
+    /// A flow that only the reset table still holds, from its copy of the flow's entry. The copy
+    /// is completed from the evidence where it falls short: it is empty when no flow entry could
+    /// be made for the RST (a full flow table), and the RSTs after each sender's first are not
+    /// in it.
+    pub fn from_reset_entry(
+        entry: &ResetEntry,
+        hello: Option<&TlsName>,
+        clock: &ClockSnapshot,
+    ) -> anyhow::Result<FlowRecord> {
+        let mut value = entry.flow;
+        for (counts, rst) in value.sent_by.iter_mut().zip(&entry.evidence.by_sender) {
+            if rst.first_rst_ns != 0 {
+                counts.rst = counts.rst.max(1);
+                if value.first_seen_ns == 0 || rst.first_rst_ns < value.first_seen_ns {
+                    value.first_seen_ns = rst.first_rst_ns;
+                }
+                value.last_seen_ns = value.last_seen_ns.max(rst.last_rst_ns);
+            }
+        }
+        let record = FlowRecord::decode(&entry.key, &value, Some(&entry.evidence), hello, clock)?;
+        Ok(FlowRecord {
+            flow_evicted: true,
+            ..record
         })
     }
 

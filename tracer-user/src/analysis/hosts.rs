@@ -280,6 +280,7 @@ mod tests {
                 rst: None,
             },
             tls_sni: None,
+            flow_evicted: false,
         }
     }
 

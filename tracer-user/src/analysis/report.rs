@@ -228,6 +228,7 @@ mod tests {
             client_evidence: client,
             server_evidence: server,
             tls_sni: None,
+            flow_evicted: false,
         };
         flow.client_to_server.syn = 1;
         flow.server_to_client.rst = u32::from(flow.server_evidence.rst.is_some());

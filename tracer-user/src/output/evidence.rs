@@ -342,11 +342,15 @@ pub fn sentence(flow: &FlowRecord, signal: &Signal) -> String {
             flow.server.ip(),
             if *prompt_answers == 1 { "was" } else { "were" }
         ),
-        SignalKind::EvidenceLost => "the kernel kept no evidence of this flow's RSTs (the reset \
-                                     evidence table evicted it; see attach --max-resets)"
-            .to_owned(),
+        SignalKind::EvidenceLost => LOST_EVIDENCE.to_owned(),
     }
 }
+
+/// Why a flow with RSTs may have no evidence: both ways the reset table loses it.
+const LOST_EVIDENCE: &str = "the kernel kept no evidence of this flow's RSTs: the reset table \
+    had no room for the flow when they came (counted in resets_unrecorded), or gave its entry to \
+    a newer reset flow since (an unanswered flow's entry gives way at once, a connection's after \
+    60 s without RSTs); see attach --max-resets";
 
 /// The signal in a few words, for the signals that can lead a verdict; `None` for the others.
 fn signal_summary(flow: &FlowRecord, signal: &Signal) -> Option<String> {
@@ -744,9 +748,7 @@ mod tests {
         assert_eq!(
             said(&v4(), &lost),
             (
-                "the kernel kept no evidence of this flow's RSTs (the reset evidence table \
-                 evicted it; see attach --max-resets)"
-                    .to_owned(),
+                LOST_EVIDENCE.to_owned(),
                 Some("no reset evidence kept".to_owned())
             )
         );

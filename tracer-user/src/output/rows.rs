@@ -73,6 +73,8 @@ pub struct FlowRow<'a> {
     gateway_vendor: Option<&'a str>,
     gateway_ip: Option<IpAddr>,
     gateway_is_default: bool,
+    /// The flow table had evicted the flow; the row comes from the reset table's copy.
+    flow_evicted: bool,
 }
 
 impl<'a> FlowRow<'a> {
@@ -105,6 +107,7 @@ impl<'a> FlowRow<'a> {
             gateway_vendor: gateway.and_then(|gateway| gateway.vendor.organization()),
             gateway_ip: neighbour.map(|neighbour| neighbour.ip),
             gateway_is_default: neighbour.is_some_and(|neighbour| neighbour.is_default),
+            flow_evicted: flow.flow_evicted,
         }
     }
 }

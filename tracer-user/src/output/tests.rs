@@ -163,6 +163,7 @@ fn flow_json_has_the_documented_shape() {
             "gateway_vendor": "F5 Networks, Inc.",
             "gateway_ip": "10.0.0.254",
             "gateway_is_default": true,
+            "flow_evicted": false,
         })
     );
     assert!(!line.contains('\n'));
@@ -417,7 +418,7 @@ fn stats_json_csv_and_text() {
 }
 
 /// The CSV columns of `flows` and `resets`, as documented in the README: stable.
-const FLOW_COLUMNS: [&str; 32] = [
+const FLOW_COLUMNS: [&str; 33] = [
     "iface",
     "netns",
     "client",
@@ -450,6 +451,7 @@ const FLOW_COLUMNS: [&str; 32] = [
     "gateway_vendor",
     "gateway_ip",
     "gateway_is_default",
+    "flow_evicted",
 ];
 
 /// The CSV columns of `stats`, as documented in the README: stable.
@@ -549,7 +551,7 @@ fn csv_quotes_commas_and_quotes_and_matches_the_json() {
             r#"""rst_ttl"":64,""rst_hops"":0,""usual_ttl"":127,""usual_hops"":1,""baseline"":{""of"":""other_connections"",""count"":1},"#,
             r#"""relation"":""other_distance""},"#,
             r#"{""from"":""server"",""weight"":""supporting"",""signal"":""packets_after_rst"",""rst_seq"":7,""packets_after"":2}]","#,
-            r#"00:01:d7:3c:5e:01,"ACME ""Best"", Inc.",10.0.0.254,true"#
+            r#"00:01:d7:3c:5e:01,"ACME ""Best"", Inc.",10.0.0.254,true,false"#
         )
     );
 

@@ -133,8 +133,13 @@ pub fn resets_text(reports: &[FlowReport]) -> String {
             let said = report.rst_payload().map_or(String::new(), |payload| {
                 format!("; {}", rst_payload::describe(&payload))
             });
+            let evicted = if flow.flow_evicted {
+                ", from the reset table's copy: the flow table evicted it"
+            } else {
+                ""
+            };
             block += &format!(
-                "  {} <- {}{via}{when}: {}{said} [client {}, {phase}{}]\n",
+                "  {} <- {}{via}{when}: {}{said} [client {}, {phase}{}{evicted}]\n",
                 flow.server,
                 reset_by_phrase(verdict),
                 evidence::summary(flow, verdict),

@@ -12,7 +12,7 @@ use tracer_common::FlowKey;
 
 use crate::{
     analysis::{
-        flow::FlowRecord,
+        flow::{self, FlowRecord},
         hosts::HostIndex,
         neighbours::Neighbours,
         oui::Vendors,
@@ -52,13 +52,7 @@ pub fn flow_records(attachment: &Attachment, maps: &PinnedMaps) -> anyhow::Resul
     let hellos = maps.hellos().with_context(context)?;
     let flows = maps.flows().with_context(context)?;
     let clock = ClockSnapshot::now().context("reading the clocks")?;
-    flows
-        .iter()
-        .map(|(key, value)| {
-            FlowRecord::decode(key, value, resets.get(key), hellos.get(key), &clock)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()
-        .with_context(context)
+    flow::flow_records(&flows, &resets, &hellos, &clock).with_context(context)
 }
 
 /// Reports on every flow of one attachment, judged together (`resets`, `flows`, and `watch`
@@ -123,18 +117,23 @@ impl FlowJudge {
         Ok(())
     }
 
-    /// The flow's record as the maps hold it now; `None` once the kernel evicted it.
+    /// The flow's record as the maps hold it now, from the reset table's copy once the flow
+    /// table has evicted it; `None` once both have.
     fn lookup(&self, maps: &PinnedMaps, key: &FlowKey) -> anyhow::Result<Option<FlowRecord>> {
         let context = || format!("looking up a flow of {}", self.attachment);
-        let Some(value) = maps.flow(key).with_context(context)? else {
-            return Ok(None);
-        };
-        let resets = maps.reset_evidence(key).with_context(context)?;
+        let value = maps.flow(key).with_context(context)?;
+        let reset = maps.reset_entry(key).with_context(context)?;
         let hello = maps.hello(key).with_context(context)?;
         let clock = ClockSnapshot::now().context("reading the clocks")?;
-        FlowRecord::decode(key, &value, resets.as_ref(), hello.as_ref(), &clock)
-            .map(Some)
-            .with_context(context)
+        let record = match (value, reset) {
+            (Some(value), reset) => {
+                let evidence = reset.as_ref().map(|entry| &entry.evidence);
+                FlowRecord::decode(key, &value, evidence, hello.as_ref(), &clock)
+            }
+            (None, Some(entry)) => FlowRecord::from_reset_entry(&entry, hello.as_ref(), &clock),
+            (None, None) => return Ok(None),
+        };
+        record.map(Some).with_context(context)
     }
 
     /// Learns what the flow's entry says of its hosts (a SYN/ACK just passed).

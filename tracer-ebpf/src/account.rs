@@ -497,13 +497,14 @@ fn record_baseline(baseline: &mut Baseline, obs: &Observation) {
 /// without one takes an empty entry of the set; else the newest entry of an unanswered flow;
 /// else a connection's entry idle for [`RESET_ENTRY_IDLE_NS`]. The newest unanswered one gives
 /// way, not the oldest: a flood of refusals churns one entry and leaves the evidence from before
-/// it. The entry is cleared and takes the claim's class.
+/// it. The entry is cleared and takes the class `claim` gives, asked only then: a flow's later
+/// RSTs find their entry without it.
 #[inline(always)]
 fn reset_entry<T: Tables>(
     tables: &T,
     obs: &Observation,
     hash: u32,
-    claim: Option<u8>,
+    claim: Option<impl FnOnce() -> u8>,
 ) -> Option<*mut ResetEntry> {
     let set = reset_set(hash, tables.reset_set_mask());
     let mut ways = [core::ptr::null_mut::<ResetEntry>(); RESET_WAYS as usize];
@@ -514,7 +515,7 @@ fn reset_entry<T: Tables>(
         }
         *slot = entry;
     }
-    let class = claim?;
+    let claim = claim?;
     let mut victim = core::ptr::null_mut();
     let mut victim_rank = Occupant::Protected;
     for entry in ways {
@@ -534,7 +535,7 @@ fn reset_entry<T: Tables>(
         zero(&raw mut (*victim).evidence);
         zero(&raw mut (*victim).flow);
         copy_key(&raw mut (*victim).key, obs.key);
-        (*victim).class = class;
+        (*victim).class = claim();
     }
     Some(victim)
 }
@@ -575,11 +576,12 @@ fn record_reset<T: Tables>(
     if let Some(budget) = tables.gate(gate_slot(hash)) {
         unsafe { *budget = RESET_GATE_BUDGET };
     }
-    let activity = activity_of(tables, obs, hash);
-    let class = if was_connection(flow, activity, obs) {
-        RESET_OF_CONNECTION
-    } else {
-        RESET_OF_UNANSWERED
+    let class = || {
+        if was_connection(flow, activity_of(tables, obs, hash), obs) {
+            RESET_OF_CONNECTION
+        } else {
+            RESET_OF_UNANSWERED
+        }
     };
     let Some(entry) = reset_entry(tables, obs, hash, Some(class)) else {
         return false;
@@ -588,6 +590,7 @@ fn record_reset<T: Tables>(
     let max_seq_before = flow.map_or(0, |flow| flow.max_seq_end(obs.sender));
     if unsafe { (*rst).first_rst_ns } == 0 {
         let rst = unsafe { &mut *rst };
+        let activity = activity_of(tables, obs, hash);
         (rst.reset_delay_ms, rst.idle_before_ms) = reset_timing(tables, obs, activity);
         keep_payload(tables, unsafe { &mut (*entry).evidence.payload }, obs);
         if let Some(flow) = flow {
@@ -735,7 +738,7 @@ fn take_gate_budget<T: Tables>(tables: &T, slot: u32) -> bool {
 /// went on sending.
 #[inline(always)]
 fn note_after_reset<T: Tables>(tables: &T, obs: &Observation, hash: u32) {
-    let Some(entry) = reset_entry(tables, obs, hash, None) else {
+    let Some(entry) = reset_entry(tables, obs, hash, None::<fn() -> u8>) else {
         return;
     };
     let rst = by_sender(unsafe { &raw mut (*entry).evidence.by_sender }, obs.sender);

@@ -306,6 +306,9 @@ impl<C: HookContext + EbpfContext> Tables for Maps<'_, C> {
 }
 
 #[xdp]
+// Inlined into the entry point the macro makes: a bpf-to-bpf call would cost a frame, and
+// tests/tools/xlated_paths.py follows no calls.
+#[inline(always)]
 pub fn flagtrace_ingress(ctx: XdpContext) -> u32 {
     let packet = Packet::new(ctx.data(), ctx.data_end());
     account(&Maps { ctx: &ctx }, packet, Hook::Ingress);
@@ -315,6 +318,7 @@ pub fn flagtrace_ingress(ctx: XdpContext) -> u32 {
 /// Returns TC_ACT_UNSPEC: "no verdict", so the packet continues to the next filter (TCX_NEXT on
 /// TCX links) exactly as if flagtrace were not there.
 #[classifier]
+#[inline(always)]
 pub fn flagtrace_egress(ctx: TcContext) -> i32 {
     let packet = Packet::new(ctx.data(), ctx.data_end());
     account(&Maps { ctx: &ctx }, packet, Hook::Egress);

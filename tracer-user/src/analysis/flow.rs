@@ -5,12 +5,14 @@
 //! values, so the live maps and an offline capture share them.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fmt,
+    hash::BuildHasher,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use anyhow::bail;
+use foldhash::{HashSet, HashSetExt as _};
 use serde::Serialize;
 use tracer_common::{
     Baseline as WireBaseline, FlagCounts, FlowKey, FlowValue, Hook, ResetEntry, ResetEvidence,
@@ -299,13 +301,14 @@ pub struct FlowRecord {
 /// server name when the kernel kept them, and the reset table's flows that the flow table has
 /// evicted, from the copy of their entry in the reset table. Linear in the tables' sizes.
 pub fn flow_records<'t>(
-    flows: impl IntoIterator<Item = (&'t FlowKey, &'t FlowValue)>,
-    resets: &HashMap<FlowKey, ResetEntry>,
-    hellos: &HashMap<FlowKey, TlsName>,
+    flows: impl ExactSizeIterator<Item = (&'t FlowKey, &'t FlowValue)>,
+    resets: &HashMap<FlowKey, ResetEntry, impl BuildHasher>,
+    hellos: &HashMap<FlowKey, TlsName, impl BuildHasher>,
     clock: &ClockSnapshot,
 ) -> anyhow::Result<Vec<FlowRecord>> {
-    let mut records = Vec::new();
-    let mut listed = HashSet::new();
+    // Sized once: a record is large, and growing the vector copies them all each time.
+    let mut records = Vec::with_capacity(flows.len() + resets.len());
+    let mut listed = HashSet::with_capacity(resets.len());
     for (key, value) in flows {
         let reset = resets.get_key_value(key);
         if let Some((key, _)) = reset {

@@ -6,11 +6,11 @@
 //! Answers leave out the flow being judged, which is no baseline for itself.
 
 use std::{
-    collections::{HashMap, HashSet},
     hash::Hash,
     net::{IpAddr, SocketAddr},
 };
 
+use foldhash::{HashMap, HashMapExt as _, HashSet};
 use tracer_common::Hook;
 
 use crate::analysis::{

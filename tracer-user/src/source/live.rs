@@ -52,7 +52,7 @@ pub fn flow_records(attachment: &Attachment, maps: &PinnedMaps) -> anyhow::Resul
     let hellos = maps.hellos().with_context(context)?;
     let flows = maps.flows().with_context(context)?;
     let clock = ClockSnapshot::now().context("reading the clocks")?;
-    flow::flow_records(&flows, &resets, &hellos, &clock).with_context(context)
+    flow::flow_records(flows.iter(), &resets, &hellos, &clock).with_context(context)
 }
 
 /// Reports on every flow of one attachment, judged together (`resets`, `flows`, and `watch`

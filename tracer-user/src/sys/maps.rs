@@ -4,7 +4,6 @@
 //! entries, where aya's iterators make one or two per entry.
 
 use std::{
-    collections::HashMap as StdHashMap,
     io,
     mem::size_of,
     ops::Range,
@@ -19,6 +18,7 @@ use aya::{
     sys::SyscallError,
     Pod,
 };
+use foldhash::{HashMap as StdHashMap, HashMapExt as _};
 use tracer_common::{
     reset_set, reset_set_mask, FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, TlsName,
     WatchConfig, COUNTERS_MAP, EVENTS_MAP, EVENTS_RING_BYTES, FLOWS_MAP, HELLOS_MAP, HOOK_COUNT,
@@ -120,23 +120,6 @@ impl MapSpec {
         Ok(Some((data, info)))
     }
 
-    /// Opens the pin of this map in `dir`, which must be there: every build pins the whole set,
-    /// so a missing map means pins of another version. Returns it with its capacity.
-    fn open_required(&self, dir: &Path, fix: &str) -> anyhow::Result<(Map, u32)> {
-        let path = dir.join(self.name);
-        let (data, info) =
-            self.open_checked(dir, fix)?
-                .ok_or_else(|| Failure::IncompatiblePin {
-                    path: path.clone(),
-                    reason: "missing: the other maps there were pinned by another version"
-                        .to_owned(),
-                    fix: fix.to_owned(),
-                })?;
-        let map =
-            Map::from_map_data(data).with_context(|| format!("opening {}", path.display()))?;
-        Ok((map, info.max_entries()))
-    }
-
     /// How the map in `info` differs from this spec, if it does.
     fn mismatch(&self, info: &MapInfo) -> Option<String> {
         let map_type = info.map_type().ok();
@@ -164,6 +147,42 @@ impl MapSpec {
             _ => None,
         }
     }
+}
+
+/// Opens the pins of `specs` in `dir`, each with its capacity. A pin of the wrong shape is from
+/// another version ([`Failure::IncompatiblePin`]). A missing one is not: every build pins its
+/// whole set, so a set with some pins missing, all of the right shape, is one an `attach` is
+/// still making, or one a failed `attach` left: nothing to read yet, and no reason to purge.
+fn open_set<const N: usize>(
+    dir: &Path,
+    fix: &str,
+    specs: [&MapSpec; N],
+) -> anyhow::Result<[(Map, u32); N]> {
+    let mut opened = Vec::with_capacity(N);
+    let mut missing = Vec::new();
+    for spec in specs {
+        match spec.open_checked(dir, fix)? {
+            Some((data, info)) => {
+                let path = dir.join(spec.name);
+                let map = Map::from_map_data(data)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                opened.push((map, info.max_entries()));
+            }
+            None => missing.push(spec.name),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Failure::NothingAttached(format!(
+            "the pins in {} are incomplete (no {}): an attach is starting there, or one failed \
+             before it finished; try again, or attach again",
+            dir.display(),
+            missing.join(", ")
+        ))
+        .into());
+    }
+    Ok(opened
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one map per spec")))
 }
 
 /// What an earlier `attach` left pinned that the next load must keep.
@@ -232,13 +251,9 @@ pub struct PinnedMaps {
 impl PinnedMaps {
     /// Opens and checks the pins in `dir`. `fix` is the command that removes incompatible pins.
     pub fn open(dir: &Path, fix: &str) -> anyhow::Result<PinnedMaps> {
-        let open = |spec: &MapSpec| spec.open_required(dir, fix);
         let context = |spec: &MapSpec| format!("opening {}", dir.join(spec.name).display());
-        let (flows, capacity) = open(&FLOWS)?;
-        let (resets, resets_capacity) = open(&RESETS)?;
-        let (counters, _) = open(&COUNTERS)?;
-        // Last: a pin set from before it lacks it, and a map of the wrong shape says more.
-        let (hellos, hellos_capacity) = open(&HELLOS)?;
+        let [(flows, capacity), (resets, resets_capacity), (counters, _), (hellos, hellos_capacity)] =
+            open_set(dir, fix, [&FLOWS, &RESETS, &COUNTERS, &HELLOS])?;
         Ok(PinnedMaps {
             dir: dir.to_owned(),
             flows: HashMap::try_from(flows).with_context(|| context(&FLOWS))?,
@@ -259,7 +274,7 @@ impl PinnedMaps {
     /// Every entry of the flow table. The kernel updates and evicts entries while it is read:
     /// entries are deduplicated by key, and the read is bounded (see `read_all`).
     pub fn flows(&self) -> anyhow::Result<StdHashMap<FlowKey, FlowValue>> {
-        let mut flows = StdHashMap::new();
+        let mut flows = StdHashMap::with_capacity(presized(self.capacity));
         read_all(
             &self.flows,
             || self.flows.iter(),
@@ -279,7 +294,7 @@ impl PinnedMaps {
 
     /// Every ClientHello's server name, by flow.
     pub fn hellos(&self) -> anyhow::Result<StdHashMap<FlowKey, TlsName>> {
-        let mut hellos = StdHashMap::new();
+        let mut hellos = StdHashMap::with_capacity(presized(self.hellos_capacity));
         read_all(
             &self.hellos,
             || self.hellos.iter(),
@@ -357,13 +372,19 @@ impl WatchMaps {
     /// Opens and checks the pins in `dir`. `fix` is the command that removes incompatible pins.
     pub fn open(dir: &Path, fix: &str) -> anyhow::Result<WatchMaps> {
         let context = |spec: &MapSpec| format!("opening {}", dir.join(spec.name).display());
-        let (switch, _) = WATCH.open_required(dir, fix)?;
-        let (events, _) = EVENTS.open_required(dir, fix)?;
+        let [(switch, _), (events, _)] = open_set(dir, fix, [&WATCH, &EVENTS])?;
         Ok(WatchMaps {
             switch: Array::try_from(switch).with_context(|| context(&WATCH))?,
             events: RingBuf::try_from(events).with_context(|| context(&EVENTS))?,
         })
     }
+}
+
+/// Room for the entries of a table of `capacity`, reserved before reading it: growing a map
+/// of a quarter million entries rehashes and copies it again and again. Bounded, since the
+/// table's capacity may be far above what it holds.
+fn presized(capacity: u32) -> usize {
+    (capacity as usize).min(1 << 20)
 }
 
 /// Reads every entry of `map` (at most `limit`) into `keep`: in batches where the kernel can,

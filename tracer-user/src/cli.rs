@@ -50,13 +50,15 @@ Exit codes:
   0  success
   1  other error
   2  usage error
-  3  missing privileges (CAP_BPF and CAP_NET_ADMIN, or root)
+  3  missing privileges (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON; CAP_SYS_ADMIN for --netns; or root)
   4  no such interface
   5  no such network namespace
-  6  nothing attached (no pins, or nothing to detach)
+  6  nothing attached (no pins, nothing to detach, or pins an attach has not finished)
   7  pin from an incompatible version (run `flagtrace detach IFACE --purge`)
   8  capture truncated or corrupt (pcap: the flows before the damage are printed)
-  9  not a capture (pcap: no such file, unreadable, not pcap/pcapng, unsupported link type)";
+  9  not a capture (pcap: no such file, unreadable, not pcap/pcapng, unsupported link type)
+ 10  detach: the hooks belong to a running attach (detach --force overrides)
+ 11  attach: its hooks were removed while it ran";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -113,7 +115,7 @@ pub struct AttachArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_FLOWS_LIMIT))]
     pub max_flows: Option<u32>,
 
-    /// Reset evidence table capacity [default: 65536], at most 16777216 (about 420 bytes
+    /// Reset evidence table capacity [default: 65536], at most 16777216 (about 520 bytes
     /// each with its server name): flows with a RST whose evidence is kept. A table already
     /// pinned keeps its capacity.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_RESETS_LIMIT))]

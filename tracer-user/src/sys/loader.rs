@@ -98,7 +98,7 @@ impl<'p> TracerLoader<'p> {
     /// About how much memory the tables lock: per flow its entry, bucket and activity slot,
     /// per reset-table entry the entry and a server name's LRU entry (BENCHMARKS.md).
     fn locked_bytes(&self) -> u64 {
-        u64::from(self.max_flows) * 249 + u64::from(self.max_resets) * (248 + 168)
+        u64::from(self.max_flows) * 249 + u64::from(self.max_resets) * (352 + 168)
     }
 }
 

@@ -94,8 +94,10 @@ struct HostSamples {
 }
 
 impl HostSamples {
-    fn insert(&mut self, side: SampleId, baseline: Baseline, seen_ns: u64) {
-        self.remove(&side);
+    fn insert(&mut self, side: SampleId, baseline: Baseline, seen_ns: u64, update: Update) {
+        if update == Update::Replace {
+            self.remove(&side);
+        }
         self.ttls.add(baseline.ttl, seen_ns);
         if let Some(mac) = baseline.mac {
             self.macs.add(mac, seen_ns);
@@ -136,20 +138,35 @@ impl HostSamples {
 /// Samples by host and hook.
 type SamplesByHost = HashMap<(IpAddr, Hook), HostSamples>;
 
+/// Whether a flow may already be in the index.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Update {
+    /// A flow seen before: what its earlier record said is taken away first.
+    Replace,
+    /// A flow of a snapshot, whose flows are all different: nothing to take away, which halves
+    /// the work of indexing a quarter million flows.
+    New,
+}
+
 /// Puts `side`'s sample at `key`, or takes it away (`None`).
 fn place(
     map: &mut SamplesByHost,
     key: (IpAddr, Hook),
     side: SampleId,
     sample: Option<(Baseline, u64)>,
+    update: Update,
 ) {
     match sample {
-        Some((baseline, seen_ns)) => map.entry(key).or_default().insert(side, baseline, seen_ns),
-        None => {
+        Some((baseline, seen_ns)) => map
+            .entry(key)
+            .or_default()
+            .insert(side, baseline, seen_ns, update),
+        None if update == Update::Replace => {
             if let Some(samples) = map.get_mut(&key) {
                 samples.remove(&side);
             }
         }
+        None => {}
     }
 }
 
@@ -166,17 +183,21 @@ pub struct HostIndex {
 }
 
 impl HostIndex {
-    /// The index of `flows`, in one pass.
+    /// The index of `flows`, in one pass: a snapshot's flows, each once.
     pub fn new<'a>(flows: impl IntoIterator<Item = &'a FlowRecord>) -> HostIndex {
         let mut index = HostIndex::default();
         for flow in flows {
-            index.insert(flow);
+            index.add(flow, Update::New);
         }
         index
     }
 
     /// Adds a flow, or replaces what an earlier record of it said.
     pub fn insert(&mut self, flow: &FlowRecord) {
+        self.add(flow, Update::Replace);
+    }
+
+    fn add(&mut self, flow: &FlowRecord, update: Update) {
         let id = flow_id(flow);
         let sides = [
             (true, flow.client, &flow.client_evidence),
@@ -191,16 +212,20 @@ impl HostIndex {
                     .baseline
                     .filter(|b| b.hook == hook)
                     .map(|b| (b, flow.last_seen_ns));
-                place(&mut self.samples, key, sample, here);
+                place(&mut self.samples, key, sample, here, update);
                 let after = here.filter(|(b, _)| b.role == PacketRole::AfterHandshake);
-                place(&mut self.after_handshake, key, sample, after);
+                place(&mut self.after_handshake, key, sample, after, update);
             }
         }
-        let answers = self.prompt_answers.entry(flow.server.ip()).or_default();
         if answered_promptly(flow) {
-            answers.insert(id);
-        } else {
-            answers.remove(&id);
+            self.prompt_answers
+                .entry(flow.server.ip())
+                .or_default()
+                .insert(id);
+        } else if update == Update::Replace {
+            if let Some(answers) = self.prompt_answers.get_mut(&flow.server.ip()) {
+                answers.remove(&id);
+            }
         }
     }
 

@@ -165,20 +165,37 @@ pub fn report<F: FnOnce() -> Option<Neighbours>>(
     })
 }
 
-/// Reports on the flows of one origin. The verdicts compare each flow with the others, so
-/// `flows` must be all of the origin's flows: they are indexed once ([`HostIndex`]), then each
-/// is judged in constant time. `neighbours` reads the origin's neighbour table; it is called at
-/// most once, and only when some flow has a gateway MAC.
+/// Which flows [`analyse`] reports on. Every flow is a baseline for the others either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    AllFlows,
+    /// Only the flows that carried a RST: what `resets` and the metrics show. At a quarter
+    /// million flows, reporting on the others cost more than judging these.
+    ResetFlows,
+}
+
+impl Scope {
+    fn includes(self, flow: &FlowRecord) -> bool {
+        self == Scope::AllFlows || flow.totals().rst > 0
+    }
+}
+
+/// Reports on the flows of one origin that `scope` asks for. The verdicts compare each flow
+/// with the others, so `flows` must be all of the origin's flows: they are indexed once
+/// ([`HostIndex`]), then each is judged in constant time. `neighbours` reads the origin's
+/// neighbour table; it is called at most once, and only when some flow has a gateway MAC.
 pub fn analyse(
     origin: &Origin,
     flows: Vec<FlowRecord>,
     vendors: &Vendors,
     neighbours: impl FnOnce() -> Option<Neighbours>,
+    scope: Scope,
 ) -> anyhow::Result<Vec<FlowReport>> {
     let hosts = HostIndex::new(&flows);
     let mut gateways = Gateways::new(vendors, neighbours);
     flows
         .into_iter()
+        .filter(|flow| scope.includes(flow))
         .map(|flow| report(origin, flow, &hosts, &mut gateways))
         .collect()
 }
@@ -303,11 +320,23 @@ mod tests {
             reads += 1;
             None
         };
-        let reports = analyse(&lab(), vec![refused, answered], &f5_registry(), neighbours).unwrap();
+        let flows = vec![refused, answered];
+        let reports = analyse(
+            &lab(),
+            flows.clone(),
+            &f5_registry(),
+            neighbours,
+            Scope::AllFlows,
+        )
+        .unwrap();
         assert_eq!(reads, 1);
         let verdict = reports[0].verdict.as_ref().unwrap();
         assert_eq!(verdict.reset_by, ResetBy::Middlebox);
         assert_eq!(reports[1].verdict, None);
+        // Only the reset flow is reported on, judged against the other all the same.
+        let resets = analyse(&lab(), flows, &f5_registry(), || None, Scope::ResetFlows).unwrap();
+        assert_eq!(resets.len(), 1);
+        assert_eq!(resets[0].verdict, reports[0].verdict);
         let gateway = reports[0].gateway.as_ref().unwrap();
         assert_eq!(gateway.mac.to_string(), "00:01:d7:3c:5e:01");
         assert_eq!(
@@ -324,6 +353,7 @@ mod tests {
             vec![flow(side(None, None), side(None, None))],
             &f5_registry(),
             || panic!("the neighbour table is not needed"),
+            Scope::AllFlows,
         )
         .unwrap();
         assert_eq!(reports[0].gateway, None);

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use crate::{
+    analysis::report::Scope,
     cli::FlowsArgs,
     cmd::sort_flows,
     output::Printer,
@@ -21,7 +22,12 @@ pub fn run(
     args: &FlowsArgs,
 ) -> anyhow::Result<()> {
     privileges::require("flows", &[CAP_BPF])?;
-    let mut reports = live::reports(root, netns, args.iface.as_deref(), oui_db)?;
+    let mut reports = live::reports(
+        root,
+        (netns, args.iface.as_deref()),
+        oui_db,
+        Scope::AllFlows,
+    )?;
     sort_flows(&mut reports, args.sort);
     reports.truncate(args.limit.unwrap_or(usize::MAX));
     Printer::stdout(args.output.format()).flows(&reports)?;

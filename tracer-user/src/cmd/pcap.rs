@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::{
-    analysis::oui::Vendors,
+    analysis::{oui::Vendors, report::Scope},
     cli::{PcapArgs, SortKey},
     cmd::{print_resets, sort_flows},
     error::Failure,
@@ -19,7 +19,12 @@ pub fn run(oui_db: Option<&Path>, args: &PcapArgs) -> anyhow::Result<()> {
     if args.stats {
         Printer::stdout(format).stats(&capture.stats())?;
     } else {
-        let mut reports = capture.reports(&Vendors::new(oui_db))?;
+        let scope = if args.flows {
+            Scope::AllFlows
+        } else {
+            Scope::ResetFlows
+        };
+        let mut reports = capture.reports(&Vendors::new(oui_db), scope)?;
         if args.flows {
             sort_flows(&mut reports, SortKey::Last);
             Printer::stdout(format).flows(&reports)?;

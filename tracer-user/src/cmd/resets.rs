@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::{
+    analysis::report::Scope,
     cli::{format_duration, ResetsArgs},
     cmd::print_resets,
     source::live,
@@ -23,7 +24,7 @@ pub fn run(
     args: &ResetsArgs,
 ) -> anyhow::Result<()> {
     privileges::require("resets", &[CAP_BPF])?;
-    let mut reports = live::reports(root, netns, None, oui_db)?;
+    let mut reports = live::reports(root, (netns, None), oui_db, Scope::ResetFlows)?;
     let clock = ClockSnapshot::now().context("reading the clocks")?;
     let cutoff = args.since.map_or(0, |since| clock.unix_before(since));
     reports.retain(|report| report.flow.first_rst_ns().is_some_and(|at| at >= cutoff));

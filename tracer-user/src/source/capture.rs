@@ -25,7 +25,7 @@ use crate::{
         mac::MacAddr,
         neighbours::Neighbours,
         oui::Vendors,
-        report::{self, FlowReport, Origin},
+        report::{self, FlowReport, Origin, Scope},
     },
     capture::{CaptureError, CaptureErrorKind, CaptureReader, CapturedPacket, Direction},
     error::Failure,
@@ -113,8 +113,9 @@ impl Capture {
             .collect()
     }
 
-    /// Reports on every flow of every interface; each interface's flows are judged together.
-    pub fn reports(&self, vendors: &Vendors) -> anyhow::Result<Vec<FlowReport>> {
+    /// Reports on the flows in `scope` of every interface; each interface's flows are judged
+    /// together.
+    pub fn reports(&self, vendors: &Vendors, scope: Scope) -> anyhow::Result<Vec<FlowReport>> {
         let mut reports = Vec::new();
         for (id, interface) in &self.interfaces {
             let neighbours = || Some(Neighbours::from_entries(self.neighbours.iter().copied()));
@@ -123,6 +124,7 @@ impl Capture {
                 interface.tables.flow_records()?,
                 vendors,
                 neighbours,
+                scope,
             )?);
         }
         Ok(reports)

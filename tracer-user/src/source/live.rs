@@ -16,7 +16,7 @@ use crate::{
         hosts::HostIndex,
         neighbours::Neighbours,
         oui::Vendors,
-        report::{self, FlowReport, Gateways, Origin},
+        report::{self, FlowReport, Gateways, Origin, Scope},
     },
     error::Failure,
     source::neighbour,
@@ -28,18 +28,23 @@ use crate::{
     },
 };
 
-/// Reports on every flow of the attachments that match the filters. Each attachment's flows are
-/// judged together, since they are each other's baselines.
+/// Reports on the flows in `scope` of the attachments that match the filters. Each
+/// attachment's flows are judged together, since they are each other's baselines.
 pub fn reports(
     root: &PinRoot,
-    netns: Option<&Netns>,
-    iface: Option<&str>,
+    (netns, iface): (Option<&Netns>, Option<&str>),
     oui_db: Option<&Path>,
+    scope: Scope,
 ) -> anyhow::Result<Vec<FlowReport>> {
     let vendors = Vendors::new(oui_db);
     let mut reports = Vec::new();
     for (attachment, maps) in open_attachments(root, netns, iface)? {
-        reports.extend(attachment_reports(&attachment, &maps, &vendors)?);
+        let flows = flow_records(&attachment, &maps)?;
+        let origin = Origin::Live(attachment.clone());
+        let neighbours = || neighbours(&attachment);
+        reports.extend(report::analyse(
+            &origin, flows, &vendors, neighbours, scope,
+        )?);
     }
     Ok(reports)
 }
@@ -53,19 +58,6 @@ pub fn flow_records(attachment: &Attachment, maps: &PinnedMaps) -> anyhow::Resul
     let flows = maps.flows().with_context(context)?;
     let clock = ClockSnapshot::now().context("reading the clocks")?;
     flow::flow_records(flows.iter(), &resets, &hellos, &clock).with_context(context)
-}
-
-/// Reports on every flow of one attachment, judged together (`resets`, `flows`, and `watch`
-/// once a RST's evidence is in).
-pub fn attachment_reports(
-    attachment: &Attachment,
-    maps: &PinnedMaps,
-    vendors: &Vendors,
-) -> anyhow::Result<Vec<FlowReport>> {
-    let flows = flow_records(attachment, maps)?;
-    report::analyse(&Origin::Live(attachment.clone()), flows, vendors, || {
-        neighbours(attachment)
-    })
 }
 
 /// The attachment's neighbour table; `None`, with a warning, when it cannot be read.

@@ -15,7 +15,7 @@ use tiny_http::{Header, Method, Request, Response, Server};
 use crate::{
     analysis::{
         oui::Vendors,
-        report::{self, Origin},
+        report::{self, Origin, Scope},
     },
     output::metrics::{Metrics, ResetFlow, Snapshot},
     source::live,
@@ -134,6 +134,7 @@ impl Source {
             flows,
             &self.vendors,
             || None,
+            Scope::ResetFlows,
         )?;
         Ok(Snapshot {
             counters,

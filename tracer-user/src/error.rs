@@ -37,6 +37,9 @@ pub enum Failure {
     CaptureDamaged(String),
     /// `detach` on hooks that a running process holds (a live `attach`), without `--force`.
     HooksInUse { what: String, pids: Vec<u32> },
+    /// A pin this user may not open: bpffs checks file permissions like any file system, and
+    /// `attach` pins with mode 0600 for its own user.
+    PinAccess { path: PathBuf, uid: u32, mode: u32 },
     /// A running `attach` found its hooks gone (`detach --force`, another tool, or the
     /// interface): it counts nothing any more.
     HooksGone(String),
@@ -45,7 +48,7 @@ pub enum Failure {
 impl Failure {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Failure::MissingCapabilities { .. } => 3,
+            Failure::MissingCapabilities { .. } | Failure::PinAccess { .. } => 3,
             Failure::NoSuchInterface { .. } => 4,
             Failure::NoSuchNamespace(_) => 5,
             Failure::NothingAttached(_) => 6,
@@ -69,6 +72,14 @@ impl fmt::Display for Failure {
             Failure::NoSuchInterface { iface, netns } => {
                 write!(f, "no such interface: {iface} (in {netns})")
             }
+            Failure::PinAccess { path, uid, mode } => write!(
+                f,
+                "pin {} belongs to uid {uid} with mode {:04o}: run flagtrace as that user or as \
+                 root (capabilities do not open another user's pins), or use a --pin-root of your \
+                 own",
+                path.display(),
+                mode & 0o7777
+            ),
             Failure::NoSuchNamespace(name) => write!(
                 f,
                 "no such network namespace: {name} (no /run/netns/{name}; see `ip netns list`)"

@@ -102,6 +102,19 @@ impl MapSpec {
             {
                 return Ok(None)
             }
+            Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                use std::os::unix::fs::MetadataExt as _;
+                let metadata = std::fs::metadata(&path)
+                    .with_context(|| format!("reading the owner of {}", path.display()))?;
+                return Err(Failure::PinAccess {
+                    path,
+                    uid: metadata.uid(),
+                    mode: metadata.mode(),
+                }
+                .into());
+            }
             Err(error) => {
                 return Err(error).with_context(|| format!("opening pinned map {}", path.display()))
             }

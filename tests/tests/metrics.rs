@@ -582,3 +582,77 @@ fn the_readmes_prometheus_examples_are_valid() {
     let tests = dir.join("flagtrace-rules.test.yml");
     promtool(&["test", "rules", tests.to_str().expect("UTF-8 path")], "");
 }
+
+/// Raises this process's soft limit of open files to `wanted` (or the hard limit, if lower).
+fn raise_open_files(wanted: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit struct for the calls.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_cur.max(wanted.min(limit.rlim_max));
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    limit.rlim_cur
+}
+
+/// A scrape that must succeed, with how long it took (printed, not asserted: the soak
+/// measures time).
+fn scrape_ok(addr: SocketAddr, after: &str) {
+    let started = Instant::now();
+    let response = http_get(addr, "/metrics").unwrap_or_else(|e| panic!("{after}: {e}"));
+    assert_eq!(response.status, 200, "{after}: {response:?}");
+    assert!(response.body.contains("flagtrace_flows"), "{after}");
+    eprintln!("scrape {after}: {:?}", started.elapsed());
+}
+
+#[test]
+fn the_endpoint_answers_through_idle_connections_pipelining_and_a_huge_header() {
+    let pins = PinDir::create().expect("pin root");
+    let lab = VethLab::create();
+    let (loader, addr) = attach_with_metrics(&lab.client.netns, pins.path(), lab.client.iface);
+    scrape_ok(addr, "at first");
+
+    // A thousand connections that never send a byte: each holds a task, not a thread, and
+    // goes after the header timeout.
+    let limit = raise_open_files(4096);
+    assert!(limit >= 1100, "open files limit {limit}");
+    let idle: Vec<TcpStream> = (0..1000)
+        .map(|_| TcpStream::connect_timeout(&addr, TIMEOUT).expect("an idle connection"))
+        .collect();
+    scrape_ok(addr, "beside 1,000 idle connections");
+
+    // One client pipelines 2,000 requests and leaves without reading the answers.
+    let mut pipeline = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connecting");
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    pipeline
+        .write_all(request.repeat(2000).as_bytes())
+        .expect("sending 2,000 requests");
+    drop(pipeline);
+    scrape_ok(addr, "after 2,000 pipelined requests");
+
+    // A request head of a mebibyte is refused (431) or cut off, not buffered.
+    let mut huge = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connecting");
+    huge.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let head = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    // The server may close while the head is still being sent.
+    let _ = huge.write_all(head.as_bytes());
+    let mut answer = Vec::new();
+    let _ = huge.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    scrape_ok(addr, "after a 1 MiB header");
+    drop(idle);
+
+    // The endpoint never failed: attach ends on SIGTERM like any other time.
+    let status = loader.terminate();
+    assert!(status.success(), "{status}");
+}

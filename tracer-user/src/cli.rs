@@ -58,7 +58,8 @@ Exit codes:
   8  capture truncated or corrupt (pcap: the flows before the damage are printed)
   9  not a capture (pcap: no such file, unreadable, not pcap/pcapng, unsupported link type)
  10  detach: the hooks belong to a running attach (detach --force overrides)
- 11  attach: its hooks were removed while it ran";
+ 11  attach: its hooks were removed while it ran
+ 12  attach: its metrics endpoint failed";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

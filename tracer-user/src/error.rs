@@ -43,6 +43,9 @@ pub enum Failure {
     /// A running `attach` found its hooks gone (`detach --force`, another tool, or the
     /// interface): it counts nothing any more.
     HooksGone(String),
+    /// The metrics endpoint of a running `attach` stopped serving: `attach` ends rather than
+    /// leave Prometheus without an answer. The message says why.
+    MetricsFailed(String),
 }
 
 impl Failure {
@@ -57,6 +60,7 @@ impl Failure {
             Failure::NotACapture(_) => 9,
             Failure::HooksInUse { .. } => 10,
             Failure::HooksGone(_) => 11,
+            Failure::MetricsFailed(_) => 12,
         }
     }
 }
@@ -94,6 +98,7 @@ impl fmt::Display for Failure {
                 )
             }
             Failure::HooksGone(what) => write!(f, "{what}: nothing is counted any more"),
+            Failure::MetricsFailed(why) => write!(f, "{why}; detached"),
             Failure::NothingAttached(what) => write!(f, "nothing attached: {what}"),
             Failure::IncompatiblePin { path, reason, fix } => write!(
                 f,

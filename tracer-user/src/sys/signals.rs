@@ -1,22 +1,26 @@
 //! SIGINT and SIGTERM, blocked so that `attach` and `watch` handle them in their own loop and
-//! end cleanly (detach, or end the watch lease) instead of dying in the middle.
+//! end cleanly (detach, or end the watch lease) instead of dying in the middle, and read from a
+//! signalfd: by poll(2) in `watch`, by the tokio runtime in `attach`.
 
 use std::{
     io,
-    mem::MaybeUninit,
-    os::fd::{FromRawFd as _, OwnedFd},
+    mem::{self, MaybeUninit},
+    os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     ptr,
 };
 
-/// SIGINT and SIGTERM, blocked in this thread (and the threads it starts afterwards).
-pub struct TerminationSignals(libc::sigset_t);
+use tokio::io::unix::AsyncFd;
 
-impl TerminationSignals {
-    pub fn block() -> io::Result<TerminationSignals> {
+/// SIGINT and SIGTERM, blocked in this thread (and the threads it starts afterwards), as a
+/// readable, non-blocking fd.
+pub struct SignalFd(OwnedFd);
+
+impl SignalFd {
+    pub fn block() -> io::Result<SignalFd> {
         let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-        // SAFETY: sigemptyset initialises the set; sigaddset and pthread_sigmask get valid
-        // pointers to it.
-        let set = unsafe {
+        // SAFETY: sigemptyset initialises the set; sigaddset, pthread_sigmask and signalfd get
+        // valid pointers to it.
+        let fd = unsafe {
             libc::sigemptyset(set.as_mut_ptr());
             libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
             libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
@@ -24,54 +28,66 @@ impl TerminationSignals {
             if errno != 0 {
                 return Err(io::Error::from_raw_os_error(errno));
             }
-            set.assume_init()
+            libc::signalfd(-1, set.as_ptr(), libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
         };
-        Ok(TerminationSignals(set))
-    }
-
-    /// Waits for one of the signals and returns its name.
-    pub fn wait(&self) -> io::Result<&'static str> {
-        let mut signal = 0;
-        // SAFETY: both pointers are valid; the set was initialised in `block`.
-        let errno = unsafe { libc::sigwait(&self.0, &mut signal) };
-        if errno != 0 {
-            return Err(io::Error::from_raw_os_error(errno));
-        }
-        Ok(name(signal as u32))
-    }
-
-    /// Waits at most `timeout` for one of the signals; its name, or `None` when none came.
-    pub fn wait_timeout(&self, timeout: std::time::Duration) -> io::Result<Option<&'static str>> {
-        let timeout = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: timeout.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: the set was initialised in `block`; the info pointer may be null.
-        let signal = unsafe { libc::sigtimedwait(&self.0, ptr::null_mut(), &timeout) };
-        if signal >= 0 {
-            return Ok(Some(name(signal as u32)));
-        }
-        match io::Error::last_os_error() {
-            error if error.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
-            error if error.kind() == io::ErrorKind::Interrupted => Ok(None),
-            error => Err(error),
-        }
-    }
-
-    /// A non-blocking signalfd for the signals, for a poll(2) loop.
-    pub fn signalfd(&self) -> io::Result<OwnedFd> {
-        // SAFETY: the set was initialised in `block`.
-        let fd = unsafe { libc::signalfd(-1, &self.0, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a fresh fd that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        Ok(SignalFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// The name of the signal that arrived; `WouldBlock` when none has.
+    pub fn read(&self) -> io::Result<&'static str> {
+        let mut info = MaybeUninit::<libc::signalfd_siginfo>::uninit();
+        let size = mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: the buffer is valid for `size` bytes.
+        let read = unsafe { libc::read(self.0.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+        if read != size as isize {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel filled the whole struct.
+        let info = unsafe { info.assume_init() };
+        Ok(name(info.ssi_signo))
+    }
+
+    /// The signals for a tokio runtime, which must be running.
+    pub fn into_async(self) -> io::Result<AsyncSignals> {
+        // SAFETY: the fd is an OwnedFd that `self` holds, open and the same until the AsyncFd,
+        // which owns `self`, is dropped.
+        Ok(AsyncSignals(unsafe { AsyncFd::register(self) }?))
+    }
+}
+
+impl AsFd for SignalFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl std::os::fd::AsRawFd for SignalFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// [`SignalFd`] on a tokio runtime.
+pub struct AsyncSignals(AsyncFd<SignalFd>);
+
+impl AsyncSignals {
+    /// Waits for one of the signals and returns its name.
+    pub async fn recv(&self) -> io::Result<&'static str> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            if let Ok(read) = ready.try_io(|fd| fd.get_ref().read()) {
+                return read;
+            }
+        }
     }
 }
 
 /// The name of one of the two signals.
-pub fn name(signal: u32) -> &'static str {
+fn name(signal: u32) -> &'static str {
     if signal == libc::SIGINT as u32 {
         "SIGINT"
     } else {

@@ -4,6 +4,7 @@
 mod metrics_endpoint;
 
 use std::{
+    future::Future,
     io::{self, Write as _},
     path::Path,
     time::Duration,
@@ -35,7 +36,7 @@ use crate::{
     sys::netns::Netns,
     sys::pins::{Attachment, PinRoot},
     sys::privileges::{self, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON},
-    sys::signals::TerminationSignals,
+    sys::signals::{AsyncSignals, SignalFd},
 };
 
 pub fn run(
@@ -49,8 +50,8 @@ pub fn run(
         &privileges::entering(netns, &[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON]),
     )?;
     // Blocked before anything is attached, so a signal that arrives during setup waits for
-    // `wait` and still ends in a clean detach.
-    let signals = TerminationSignals::block().context("blocking SIGINT and SIGTERM")?;
+    // the loop below and still ends in a clean detach.
+    let signals = SignalFd::block().context("blocking SIGINT and SIGTERM")?;
     // Bound before entering the namespace: the socket stays in the namespace flagtrace was
     // started from, so one Prometheus reaches attachments in any namespace.
     let metrics = args
@@ -105,17 +106,25 @@ pub fn run(
         xdp_mode_name(xdp_mode),
         dir.display()
     );
-    let metrics_line = match metrics {
+    let (server, metrics_line) = match metrics {
         Some(endpoint) => {
             let addr = endpoint.addr();
             let maps = PinnedMaps::open(&dir, &fix)?;
             let source =
                 metrics_endpoint::Source::new(attachment.clone(), maps, Vendors::new(oui_db));
-            endpoint.serve(source)?;
-            format!("flagtrace: metrics of {attachment} at http://{addr}/metrics\n")
+            (
+                Some(endpoint.serve(source)),
+                format!("flagtrace: metrics of {attachment} at http://{addr}/metrics\n"),
+            )
         }
-        None => String::new(),
+        None => (None, String::new()),
     };
+    // One thread: the hooks, the signals and the endpoint's connections are all waiting; a
+    // scrape's work goes to the blocking pool.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
     // Flushed at once: whoever started us waits for the ready line before sending traffic.
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "{metrics_line}{ready}")
@@ -124,21 +133,12 @@ pub fn run(
     drop(stdout);
 
     let our_links = links_of(&mut ebpf)?;
-    let signal = loop {
-        if let Some(signal) = signals
-            .wait_timeout(HOOK_CHECK_INTERVAL)
-            .context("waiting for SIGINT or SIGTERM")?
-        {
-            break signal;
-        }
-        if let Some(link_id) = detached_link(&our_links) {
-            return Err(Failure::HooksGone(format!(
-                "the hooks of {attachment} were removed (bpf link {link_id} detached: `detach \
-                 --force`, another tool, or the interface went away)"
-            ))
-            .into());
-        }
-    };
+    let signal = runtime.block_on(async {
+        let signals = signals
+            .into_async()
+            .context("waiting for SIGINT and SIGTERM")?;
+        until_stopped(&signals, &our_links, server, &attachment).await
+    })?;
     program_mut::<Xdp>(&mut ebpf, XDP_PROGRAM)?
         .detach(xdp_link)
         .with_context(|| format!("detaching XDP from {attachment}"))?;
@@ -150,6 +150,41 @@ pub fn run(
         dir.display()
     );
     Ok(())
+}
+
+/// Runs until SIGINT or SIGTERM, whose name it returns; or until the hooks vanish, or the
+/// metrics endpoint fails: each is an error that ends `attach`, which detaches what is left.
+async fn until_stopped(
+    signals: &AsyncSignals,
+    links: &[u32],
+    server: Option<impl Future<Output = anyhow::Error>>,
+    attachment: &Attachment,
+) -> anyhow::Result<&'static str> {
+    let server = async move {
+        match server {
+            Some(server) => server.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(server);
+    let mut hook_check = tokio::time::interval(HOOK_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            signal = signals.recv() => return signal.context("reading SIGINT or SIGTERM"),
+            error = &mut server => {
+                return Err(Failure::MetricsFailed(format!("{error:#}")).into());
+            }
+            _ = hook_check.tick() => {
+                if let Some(link_id) = detached_link(links) {
+                    return Err(Failure::HooksGone(format!(
+                        "the hooks of {attachment} were removed (bpf link {link_id} detached: \
+                         `detach --force`, another tool, or the interface went away)"
+                    ))
+                    .into());
+                }
+            }
+        }
+    }
 }
 
 /// How often a running `attach` checks that its hooks are still in place.

@@ -11,15 +11,13 @@
 //!
 //! Here the loop: wait, read the events, renew the leases, judge the flows whose time has come.
 //! Beside it: `events` (the ring buffer's entries, parsed), `lease` (the watch switch),
-//! `handshakes` (packets kept for the pcap), `pcap_writer`, `records` (what is printed) and
-//! `signals`.
+//! `handshakes` (packets kept for the pcap), `pcap_writer` and `records` (what is printed).
 
 mod events;
 mod handshakes;
 mod lease;
 mod pcap_writer;
 mod records;
-mod signals;
 
 use std::{
     collections::HashMap,
@@ -44,13 +42,13 @@ use crate::{
     sys::netns::Netns,
     sys::pins::{Attachment, PinRoot},
     sys::privileges::{self, CAP_BPF},
+    sys::signals::SignalFd,
 };
 use events::Event;
 use handshakes::Handshakes;
 use lease::{RateLimit, Watched};
 use pcap_writer::PcapWriter;
 use records::{rst_text, DroppedRecord, EndRecord, Output, Record, RstRecord};
-use signals::Signals;
 
 /// How often the lease is renewed, and the dropped-event counters read.
 const RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
@@ -69,7 +67,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     privileges::require("watch", &[CAP_BPF])?;
     // Blocked before any lease is taken, so that a signal during setup still ends in a release.
-    let signals = Signals::block().context("blocking SIGINT and SIGTERM")?;
+    let signals = SignalFd::block().context("blocking SIGINT and SIGTERM")?;
     let mut watched = Vec::new();
     for (attachment, maps) in live::open_attachments(root, netns, args.iface.as_deref())? {
         let dir = root.dir(&attachment);
@@ -146,7 +144,7 @@ struct Watcher {
 impl Watcher {
     /// Prints events, renews the leases and judges flows until SIGINT or SIGTERM; returns the
     /// signal's name.
-    fn watch_until(&mut self, signals: &Signals) -> anyhow::Result<&'static str> {
+    fn watch_until(&mut self, signals: &SignalFd) -> anyhow::Result<&'static str> {
         let mut next_renewal = Instant::now() + RENEWAL_INTERVAL;
         loop {
             let wake = self

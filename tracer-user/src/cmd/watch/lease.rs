@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use aya::maps::{Array, MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
 use tracer_common::WatchConfig;
 
 use super::{clock, kernel_now};
@@ -33,7 +34,8 @@ pub struct Watched {
     /// Judges its flows one at a time.
     pub judge: FlowJudge,
     switch: Array<MapData, WatchConfig>,
-    pub events: RingBuf<MapData>,
+    /// Its events, on the runtime that waits for them.
+    pub events: AsyncFd<RingBuf<MapData>>,
     /// The attachment's `events_dropped` when we started, and when we last reported it.
     pub dropped_at_start: u64,
     pub dropped_reported: u64,
@@ -48,7 +50,7 @@ impl Watched {
         maps: PinnedMaps,
         judge: FlowJudge,
         switch: Array<MapData, WatchConfig>,
-        events: RingBuf<MapData>,
+        events: AsyncFd<RingBuf<MapData>>,
         events_dropped: u64,
     ) -> Watched {
         Watched {

@@ -23,13 +23,14 @@ use std::{
     collections::HashMap,
     io,
     net::SocketAddr,
-    os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
     slice,
+    task::Poll,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
+use tokio::io::unix::AsyncFd;
 use tracer_common::{FlowKey, TCP_ACK, TCP_RST, TCP_SYN};
 
 use crate::{
@@ -42,7 +43,7 @@ use crate::{
     sys::netns::Netns,
     sys::pins::{Attachment, PinRoot},
     sys::privileges::{self, CAP_BPF},
-    sys::signals::SignalFd,
+    sys::signals::{AsyncSignals, SignalFd},
 };
 use events::Event;
 use handshakes::Handshakes;
@@ -68,12 +69,22 @@ pub fn run(
     privileges::require("watch", &[CAP_BPF])?;
     // Blocked before any lease is taken, so that a signal during setup still ends in a release.
     let signals = SignalFd::block().context("blocking SIGINT and SIGTERM")?;
+    // One thread waits for the signals, the events of every attachment and the next deadline.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let _in_runtime = runtime.enter();
     let mut watched = Vec::new();
     for (attachment, maps) in live::open_attachments(root, netns, args.iface.as_deref())? {
         let dir = root.dir(&attachment);
         let WatchMaps { switch, events } = WatchMaps::open(&dir, &root.purge_command(&attachment))
             .with_context(|| format!("opening the event maps of {attachment}"))?;
         let dropped = dropped_events(&attachment, &maps)?;
+        // SAFETY: the ring buffer owns its fd, which stays open and the same until the AsyncFd,
+        // which owns the ring buffer, is dropped.
+        let events = unsafe { AsyncFd::register(events) }
+            .with_context(|| format!("waiting for the events of {attachment}"))?;
         let judge = FlowJudge::new(&attachment, &maps)?;
         watched.push(Watched::new(
             attachment, maps, judge, switch, events, dropped,
@@ -109,7 +120,10 @@ pub fn run(
         args.rate,
         args.burst
     );
-    let signal = watcher.watch_until(&signals)?;
+    let signals = signals
+        .into_async()
+        .context("waiting for SIGINT and SIGTERM")?;
+    let signal = runtime.block_on(watcher.watch_until(&signals))?;
     watcher.finish(signal)
 }
 
@@ -144,7 +158,7 @@ struct Watcher {
 impl Watcher {
     /// Prints events, renews the leases and judges flows until SIGINT or SIGTERM; returns the
     /// signal's name.
-    fn watch_until(&mut self, signals: &SignalFd) -> anyhow::Result<&'static str> {
+    async fn watch_until(&mut self, signals: &AsyncSignals) -> anyhow::Result<&'static str> {
         let mut next_renewal = Instant::now() + RENEWAL_INTERVAL;
         loop {
             let wake = self
@@ -153,18 +167,10 @@ impl Watcher {
                 .map(|(due, _)| *due)
                 .min()
                 .map_or(next_renewal, |due| due.min(next_renewal));
-            let mut fds: Vec<libc::pollfd> = [signals.as_fd().as_raw_fd()]
-                .into_iter()
-                .chain(self.watched.iter().map(|w| w.events.as_fd().as_raw_fd()))
-                .map(|fd| libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
-            poll(&mut fds, wake.saturating_duration_since(Instant::now()))?;
-            if fds[0].revents != 0 {
-                return signals.read().context("reading the signal");
+            tokio::select! {
+                signal = signals.recv() => return signal.context("reading the signal"),
+                ready = any_events(&self.watched) => ready.context("waiting for events")?,
+                () = tokio::time::sleep_until(wake.into()) => {}
             }
             self.read_events()?;
             if Instant::now() >= next_renewal {
@@ -215,7 +221,7 @@ impl Watcher {
         for index in 0..self.watched.len() {
             let watched = &mut self.watched[index];
             let mut events = Vec::new();
-            while let Some(item) = watched.events.next() {
+            while let Some(item) = watched.events.get_mut().next() {
                 match Event::parse(&item) {
                     Some(event) => events.push(event),
                     None => log::warn!(
@@ -333,20 +339,18 @@ fn clock() -> anyhow::Result<ClockSnapshot> {
     ClockSnapshot::now().context("reading the clocks")
 }
 
-/// Waits until one of `fds` is readable or `timeout` passes; a signal interrupting the wait
-/// counts as a timeout (the signal itself is read from its fd).
-fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> anyhow::Result<()> {
-    // Rounded up: rounding down would wake just before the deadline, to no purpose.
-    let millis = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-    // SAFETY: `fds` is a valid array of pollfd of the length given.
-    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
-    if ready < 0 {
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error).context("waiting for events");
+/// Waits until some attachment's ring buffer has events. Its readiness is cleared before they
+/// are read: an event that comes after the read makes it ready again.
+async fn any_events(watched: &[Watched]) -> io::Result<()> {
+    std::future::poll_fn(|cx| {
+        for watched in watched {
+            if let Poll::Ready(ready) = watched.events.poll_read_ready(cx) {
+                return Poll::Ready(ready.map(|mut guard| guard.clear_ready()));
+            }
         }
-    }
-    Ok(())
+        Poll::Pending
+    })
+    .await
 }
 
 /// One flow of one attachment, the same for both directions.

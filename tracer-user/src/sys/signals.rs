@@ -1,11 +1,11 @@
 //! SIGINT and SIGTERM, blocked so that `attach` and `watch` handle them in their own loop and
 //! end cleanly (detach, or end the watch lease) instead of dying in the middle, and read from a
-//! signalfd: by poll(2) in `watch`, by the tokio runtime in `attach`.
+//! signalfd, by the tokio runtime that `attach` and `watch` each run on.
 
 use std::{
     io,
     mem::{self, MaybeUninit},
-    os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
     ptr,
 };
 
@@ -38,7 +38,7 @@ impl SignalFd {
     }
 
     /// The name of the signal that arrived; `WouldBlock` when none has.
-    pub fn read(&self) -> io::Result<&'static str> {
+    fn read(&self) -> io::Result<&'static str> {
         let mut info = MaybeUninit::<libc::signalfd_siginfo>::uninit();
         let size = mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: the buffer is valid for `size` bytes.
@@ -59,14 +59,8 @@ impl SignalFd {
     }
 }
 
-impl AsFd for SignalFd {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
-    }
-}
-
-impl std::os::fd::AsRawFd for SignalFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+impl AsRawFd for SignalFd {
+    fn as_raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
     }
 }

@@ -123,3 +123,30 @@ fn reset_evidence_survives_a_syn_flood_from_made_up_sources() {
     ]));
     assert!(text.contains("from the reset table's copy"), "{text}");
 }
+
+/// A reset table full of connections' evidence, all younger than a minute, keeps it, and the
+/// next connection's RST goes unrecorded: the kernel program says so through aya-log, and
+/// `attach` passes it on stderr, once per power of two of such RSTs.
+#[test]
+fn a_full_reset_table_is_told_on_stderr() {
+    const WAYS: u16 = 4;
+    let pins = PinDir::create().expect("pin root");
+    let lab = VethLab::create();
+    let server = &lab.server;
+    let loader = Loader::attach_with(
+        &server.netns,
+        pins.path(),
+        server.iface,
+        &["--max-resets", &WAYS.to_string()],
+    );
+    for port in AFTER_PORT..=AFTER_PORT + WAYS {
+        aborted_after_the_request(&lab.client, server, Family::V4, port, REQUEST);
+    }
+    let total = &stats_json(pins.path())[0]["total"];
+    assert_eq!(total["resets_unrecorded"], 1, "{total}");
+    let log = loader.log();
+    assert!(
+        log.contains("flagtrace: reset table full: 1 RSTs on egress"),
+        "{log}"
+    );
+}

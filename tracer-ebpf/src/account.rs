@@ -63,6 +63,9 @@ pub trait Tables {
     fn event_budget(&self) -> Option<*mut EventBudget>;
     /// Sends the packet being accounted to the watcher; false when the ring buffer is full.
     fn send_event(&self, hook: Hook, now: u64) -> bool;
+    /// Says that `count` RSTs on this CPU and hook found no room in the reset table: a rare
+    /// event, as it is told only at powers of two.
+    fn warn_unrecorded(&self, hook: Hook, count: u64);
 }
 
 const TCP_FLAGS_OF_INTEREST: u8 = TCP_SYN | TCP_FIN | TCP_RST;
@@ -138,6 +141,10 @@ impl<'a, T: Tables> OnSegment<'a> for Accounting<'_, T> {
         if obs.is_rst() {
             if !record_reset(tables, &obs, hash, recorded.as_ref()) {
                 counters.resets_unrecorded += 1;
+                // 1, 2, 4, 8...: a table that stays full is told of ever more rarely.
+                if counters.resets_unrecorded.is_power_of_two() {
+                    tables.warn_unrecorded(hook, counters.resets_unrecorded);
+                }
             }
         } else {
             // A first payload with SYN or FIN (TCP Fast Open) is not read for a ClientHello.

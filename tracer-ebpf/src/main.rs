@@ -14,6 +14,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
+use aya_log_ebpf::warn;
 use tracer_common::{
     activity_capacity, activity_slot, reset_set_mask, Activity, EventBudget, FlowKey, FlowValue,
     GlobalCounters, Hook, PacketEvent, ResetEntry, TlsName, WatchConfig, DEFAULT_MAX_FLOWS,
@@ -163,6 +164,16 @@ struct Maps<'a, C> {
 }
 
 impl<C: HookContext + EbpfContext> Tables for Maps<'_, C> {
+    #[inline(always)]
+    fn warn_unrecorded(&self, hook: Hook, count: u64) {
+        warn!(
+            self.ctx,
+            "reset table full: {} RSTs on {} of this CPU kept no evidence (more --max-resets?)",
+            count,
+            hook.name()
+        );
+    }
+
     #[inline(always)]
     fn counters(&self, hook: Hook) -> Option<*mut GlobalCounters> {
         COUNTERS.get_ptr_mut(hook as u32)

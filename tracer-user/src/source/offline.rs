@@ -261,6 +261,13 @@ impl Tables for HostTables {
     fn send_event(&self, _hook: Hook, _now: u64) -> bool {
         false
     }
+
+    fn warn_unrecorded(&self, hook: Hook, count: u64) {
+        log::warn!(
+            "reset table full: {count} RSTs on {} kept no evidence",
+            hook.name()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ use aya::{
     util::KernelVersion,
     Ebpf,
 };
+use aya_log::EbpfLogger;
+use tokio::io::{unix::AsyncFd, Interest};
 use tracer_common::{
     reset_capacity, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS, TC_PROGRAM, XDP_PROGRAM,
 };
@@ -93,6 +95,8 @@ pub fn run(
     }
     .load()
     .with_context(|| format!("loading the eBPF object for {attachment}"))?;
+    let kernel_log = EbpfLogger::init(&mut ebpf)
+        .with_context(|| format!("opening the kernel programs' log for {attachment}"))?;
 
     // On any error from here on, dropping `ebpf` detaches whatever was attached.
     let (xdp_link, xdp_mode) = attach_xdp(
@@ -137,6 +141,11 @@ pub fn run(
         let signals = signals
             .into_async()
             .context("waiting for SIGINT and SIGTERM")?;
+        // SAFETY: the logger owns its ring buffer's fd, open and the same until the AsyncFd,
+        // which owns the logger, is dropped.
+        let kernel_log = unsafe { AsyncFd::register_with_interest(kernel_log, Interest::READABLE) }
+            .context("waiting for the kernel programs' log")?;
+        tokio::spawn(relay_kernel_log(kernel_log));
         until_stopped(&signals, &our_links, server, &attachment).await
     })?;
     program_mut::<Xdp>(&mut ebpf, XDP_PROGRAM)?
@@ -184,6 +193,15 @@ async fn until_stopped(
                 }
             }
         }
+    }
+}
+
+/// Passes the kernel programs' warnings (a reset table out of room) to our log, hence to
+/// stderr, as they come: rare by design, so one wakeup each.
+async fn relay_kernel_log(mut kernel_log: AsyncFd<EbpfLogger<&'static dyn log::Log>>) {
+    while let Ok(mut ready) = kernel_log.readable_mut().await {
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
     }
 }
 

@@ -3,18 +3,19 @@
 //! connections a server answered promptly. Built in one
 //! pass over a snapshot's flows, and kept up to date one flow at a time by `watch`; every
 //! question the verdict asks of it is answered in constant time, whatever the number of flows.
-//! Answers leave out the flow being judged, which is no baseline for itself.
+//! Answers leave out the flow being judged, which is no baseline for itself. A snapshot's index
+//! holds counts only, no key per flow: a quarter million flows index in a few megabytes.
 
 use std::{
     hash::Hash,
     net::{IpAddr, SocketAddr},
 };
 
-use foldhash::{HashMap, HashMapExt as _, HashSet};
+use foldhash::{HashMap, HashMapExt as _};
 use tracer_common::Hook;
 
 use crate::analysis::{
-    flow::{Baseline, FlowRecord, PacketRole},
+    flow::{Baseline, FlowRecord, PacketRole, SideEvidence},
     mac::MacAddr,
 };
 
@@ -23,9 +24,6 @@ pub const PROMPT_ANSWER_NS: u64 = 1_000_000_000;
 
 /// One flow, as a key among the flows of a source.
 type FlowId = (SocketAddr, SocketAddr);
-
-/// One side's sample of one flow (the flag says which side: the client's).
-type SampleId = (FlowId, bool);
 
 fn flow_id(flow: &FlowRecord) -> FlowId {
     (flow.client, flow.server)
@@ -77,7 +75,7 @@ impl<T: Copy + Eq + Hash + Ord> Tally<T> {
             .iter()
             .map(|(value, &(count, latest))| {
                 let left_out = except.iter().filter(|e| *e == value).count();
-                (count - left_out, latest, *value)
+                (count.saturating_sub(left_out), latest, *value)
             })
             .filter(|(count, _, _)| *count > 0)
             .max()
@@ -85,46 +83,35 @@ impl<T: Copy + Eq + Hash + Ord> Tally<T> {
     }
 }
 
-/// A host's normal packets on one hook: the latest of each flow's side, and their tallies.
+/// A host's normal packets on one hook: how many flow sides carried them, and their tallies.
 #[derive(Debug, Default)]
 struct HostSamples {
-    by_side: HashMap<SampleId, Baseline>,
+    sides: usize,
     ttls: Tally<u8>,
     macs: Tally<MacAddr>,
 }
 
 impl HostSamples {
-    fn insert(&mut self, side: SampleId, baseline: Baseline, seen_ns: u64, update: Update) {
-        if update == Update::Replace {
-            self.remove(&side);
-        }
+    fn add(&mut self, baseline: &Baseline, seen_ns: u64) {
+        self.sides += 1;
         self.ttls.add(baseline.ttl, seen_ns);
         if let Some(mac) = baseline.mac {
             self.macs.add(mac, seen_ns);
         }
-        self.by_side.insert(side, baseline);
     }
 
-    fn remove(&mut self, side: &SampleId) {
-        if let Some(old) = self.by_side.remove(side) {
-            self.ttls.remove(old.ttl);
-            if let Some(mac) = old.mac {
-                self.macs.remove(mac);
-            }
+    fn remove(&mut self, baseline: &Baseline) {
+        self.sides -= 1;
+        self.ttls.remove(baseline.ttl);
+        if let Some(mac) = baseline.mac {
+            self.macs.remove(mac);
         }
     }
 
-    /// The profile of every flow but `flow` (both its sides are left out: only a flow whose
-    /// ends share an address has two here).
-    fn profile_without(&self, flow: FlowId) -> Option<Profile> {
-        let own: Vec<&Baseline> = [true, false]
-            .iter()
-            .filter_map(|client| self.by_side.get(&(flow, *client)))
-            .collect();
-        let flows = self.by_side.len() - own.len();
-        if flows == 0 {
-            return None;
-        }
+    /// The profile of every flow side but `own` (a judged flow's sides here: only a flow whose
+    /// ends share an address has two).
+    fn profile_without(&self, own: &[&Baseline]) -> Option<Profile> {
+        let flows = self.sides.checked_sub(own.len()).filter(|n| *n > 0)?;
         let own_ttls: Vec<u8> = own.iter().map(|b| b.ttl).collect();
         let own_macs: Vec<MacAddr> = own.iter().filter_map(|b| b.mac).collect();
         Some(Profile {
@@ -138,39 +125,45 @@ impl HostSamples {
 /// Samples by host and hook.
 type SamplesByHost = HashMap<(IpAddr, Hook), HostSamples>;
 
-/// Whether a flow may already be in the index.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Update {
-    /// A flow seen before: what its earlier record said is taken away first.
-    Replace,
-    /// A flow of a snapshot, whose flows are all different: nothing to take away, which halves
-    /// the work of indexing a quarter million flows.
-    New,
+/// What one record of a flow adds to the index: its sides' latest packets, each a sample of its
+/// host on the hook that saw it, and whether its server answered promptly.
+#[derive(Clone, Copy, Debug)]
+struct Contribution {
+    samples: [Option<(IpAddr, Baseline)>; 2],
+    seen_ns: u64,
+    prompt_answer: Option<IpAddr>,
 }
 
-/// Puts `side`'s sample at `key`, or takes it away (`None`).
-fn place(
-    map: &mut SamplesByHost,
-    key: (IpAddr, Hook),
-    side: SampleId,
-    sample: Option<(Baseline, u64)>,
-    update: Update,
-) {
-    match sample {
-        Some((baseline, seen_ns)) => map
-            .entry(key)
-            .or_default()
-            .insert(side, baseline, seen_ns, update),
-        None if update == Update::Replace => {
-            if let Some(samples) = map.get_mut(&key) {
-                samples.remove(&side);
-            }
+impl Contribution {
+    fn of(flow: &FlowRecord) -> Contribution {
+        let sample = |addr: SocketAddr, side: &SideEvidence| side.baseline.map(|b| (addr.ip(), b));
+        Contribution {
+            samples: [
+                sample(flow.client, &flow.client_evidence),
+                sample(flow.server, &flow.server_evidence),
+            ],
+            seen_ns: flow.last_seen_ns,
+            prompt_answer: answered_promptly(flow).then(|| flow.server.ip()),
         }
-        None => {}
+    }
+
+    fn samples(&self) -> impl Iterator<Item = (IpAddr, &Baseline)> {
+        self.samples.iter().flatten().map(|(ip, b)| (*ip, b))
+    }
+
+    /// The samples of `host` on `hook`, and only those after the handshake if so asked.
+    fn samples_of(&self, host: IpAddr, hook: Hook, after_handshake: bool) -> Vec<&Baseline> {
+        self.samples()
+            .filter(|(ip, b)| *ip == host && b.hook == hook)
+            .filter(|(_, b)| !after_handshake || b.role == PacketRole::AfterHandshake)
+            .map(|(_, b)| b)
+            .collect()
     }
 }
 
-/// The index of one source's hosts.
+/// The index of one source's hosts, from a snapshot of its flows. Its answers leave the judged
+/// flow out as the index holds it, which is the record judged: every caller indexes a flow
+/// before judging it (a snapshot all its flows, [`LiveHostIndex`] each flow as it changes).
 #[derive(Debug, Default)]
 pub struct HostIndex {
     /// Every flow's baseline of each host.
@@ -178,8 +171,8 @@ pub struct HostIndex {
     /// Only the baselines from packets after the handshake (FINs): the host's own, where a SYN
     /// proxy or a full proxy may have answered the handshakes.
     after_handshake: SamplesByHost,
-    /// The connections answered within [`PROMPT_ANSWER_NS`], by server address.
-    prompt_answers: HashMap<IpAddr, HashSet<FlowId>>,
+    /// How many connections each server answered within [`PROMPT_ANSWER_NS`].
+    prompt_answers: HashMap<IpAddr, usize>,
 }
 
 impl HostIndex {
@@ -187,53 +180,56 @@ impl HostIndex {
     pub fn new<'a>(flows: impl IntoIterator<Item = &'a FlowRecord>) -> HostIndex {
         let mut index = HostIndex::default();
         for flow in flows {
-            index.add(flow, Update::New);
+            index.add(&Contribution::of(flow));
         }
         index
     }
 
-    /// Adds a flow, or replaces what an earlier record of it said.
-    pub fn insert(&mut self, flow: &FlowRecord) {
-        self.add(flow, Update::Replace);
-    }
-
-    fn add(&mut self, flow: &FlowRecord, update: Update) {
-        let id = flow_id(flow);
-        let sides = [
-            (true, flow.client, &flow.client_evidence),
-            (false, flow.server, &flow.server_evidence),
-        ];
-        for (is_client, addr, side) in sides {
-            let sample = (id, is_client);
-            // A side's latest packet is on one hook: its sample there, none on the other.
-            for hook in [Hook::Ingress, Hook::Egress] {
-                let key = (addr.ip(), hook);
-                let here = side
-                    .baseline
-                    .filter(|b| b.hook == hook)
-                    .map(|b| (b, flow.last_seen_ns));
-                place(&mut self.samples, key, sample, here, update);
-                let after = here.filter(|(b, _)| b.role == PacketRole::AfterHandshake);
-                place(&mut self.after_handshake, key, sample, after, update);
+    fn add(&mut self, flow: &Contribution) {
+        for (ip, baseline) in flow.samples() {
+            let key = (ip, baseline.hook);
+            self.samples
+                .entry(key)
+                .or_default()
+                .add(baseline, flow.seen_ns);
+            if baseline.role == PacketRole::AfterHandshake {
+                self.after_handshake
+                    .entry(key)
+                    .or_default()
+                    .add(baseline, flow.seen_ns);
             }
         }
-        if answered_promptly(flow) {
-            self.prompt_answers
-                .entry(flow.server.ip())
-                .or_default()
-                .insert(id);
-        } else if update == Update::Replace {
-            if let Some(answers) = self.prompt_answers.get_mut(&flow.server.ip()) {
-                answers.remove(&id);
+        if let Some(server) = flow.prompt_answer {
+            *self.prompt_answers.entry(server).or_default() += 1;
+        }
+    }
+
+    /// Takes back what [`HostIndex::add`] added.
+    fn remove(&mut self, flow: &Contribution) {
+        for (ip, baseline) in flow.samples() {
+            let key = (ip, baseline.hook);
+            if let Some(samples) = self.samples.get_mut(&key) {
+                samples.remove(baseline);
+            }
+            if baseline.role == PacketRole::AfterHandshake {
+                if let Some(samples) = self.after_handshake.get_mut(&key) {
+                    samples.remove(baseline);
+                }
+            }
+        }
+        if let Some(server) = flow.prompt_answer {
+            if let Some(count) = self.prompt_answers.get_mut(&server) {
+                *count -= 1;
             }
         }
     }
 
     /// How `host`'s normal packets look on `hook` on flows other than `flow`.
     pub fn profile(&self, flow: &FlowRecord, host: IpAddr, hook: Hook) -> Option<Profile> {
+        let own = Contribution::of(flow);
         self.samples
             .get(&(host, hook))?
-            .profile_without(flow_id(flow))
+            .profile_without(&own.samples_of(host, hook, false))
     }
 
     /// How `host`'s packets after the handshake (its FINs) look on `hook` on flows other than
@@ -244,18 +240,52 @@ impl HostIndex {
         host: IpAddr,
         hook: Hook,
     ) -> Option<Profile> {
+        let own = Contribution::of(flow);
         self.after_handshake
             .get(&(host, hook))?
-            .profile_without(flow_id(flow))
+            .profile_without(&own.samples_of(host, hook, true))
     }
 
     /// How many connections other than `flow` its server answered within [`PROMPT_ANSWER_NS`].
     pub fn prompt_answers(&self, flow: &FlowRecord) -> usize {
-        self.prompt_answers
+        let answers = self
+            .prompt_answers
             .get(&flow.server.ip())
-            .map_or(0, |answers| {
-                answers.len() - usize::from(answers.contains(&flow_id(flow)))
-            })
+            .copied()
+            .unwrap_or(0);
+        answers.saturating_sub(usize::from(answered_promptly(flow)))
+    }
+}
+
+/// A [`HostIndex`] kept up to date one flow at a time (`watch`): it remembers what each flow
+/// added, to take it back when a newer record of the flow comes.
+#[derive(Debug, Default)]
+pub struct LiveHostIndex {
+    index: HostIndex,
+    added: HashMap<FlowId, Contribution>,
+}
+
+impl LiveHostIndex {
+    /// The index of a snapshot's `flows`, each once.
+    pub fn new<'a>(flows: impl IntoIterator<Item = &'a FlowRecord>) -> LiveHostIndex {
+        let mut live = LiveHostIndex::default();
+        for flow in flows {
+            live.insert(flow);
+        }
+        live
+    }
+
+    /// Adds a flow, or replaces what an earlier record of it said.
+    pub fn insert(&mut self, flow: &FlowRecord) {
+        let contribution = Contribution::of(flow);
+        if let Some(earlier) = self.added.insert(flow_id(flow), contribution) {
+            self.index.remove(&earlier);
+        }
+        self.index.add(&contribution);
+    }
+
+    pub fn index(&self) -> &HostIndex {
+        &self.index
     }
 }
 
@@ -321,8 +351,8 @@ mod tests {
             flow(3, "10.0.2.1:82", baseline(64, Some(MAC_A), 30), 7),
             flow(4, "10.0.2.9:80", baseline(1, None, 40), 99),
         ];
-        let index = HostIndex::new(&flows);
         let judged = flow(9, "10.0.2.1:443", baseline(1, None, 0), 1);
+        let index = HostIndex::new(flows.iter().chain([&judged]));
         assert_eq!(
             index.profile(&judged, server_ip(), Hook::Ingress),
             Some(Profile {
@@ -367,10 +397,11 @@ mod tests {
     fn a_flow_inserted_again_replaces_its_samples() {
         let first = flow(1, "10.0.2.1:80", baseline(64, Some(MAC_A), 1), 5);
         let judged = flow(9, "10.0.2.1:443", baseline(1, None, 0), 1);
-        let mut index = HostIndex::new([&first]);
+        let mut live = LiveHostIndex::new([&first, &judged]);
         // The same flow, its server's latest packet now with another TTL and MAC.
         let again = flow(1, "10.0.2.1:80", baseline(127, Some(MAC_B), 2), 9);
-        index.insert(&again);
+        live.insert(&again);
+        let index = live.index();
         assert_eq!(
             index.profile(&judged, server_ip(), Hook::Ingress),
             Some(Profile {
@@ -382,7 +413,8 @@ mod tests {
         // Now seen leaving: nothing is left on ingress.
         let mut egress = again.clone();
         egress.server_evidence.baseline.as_mut().unwrap().hook = Hook::Egress;
-        index.insert(&egress);
+        live.insert(&egress);
+        let index = live.index();
         assert_eq!(index.profile(&judged, server_ip(), Hook::Ingress), None);
         assert_eq!(
             index
@@ -416,8 +448,9 @@ mod tests {
             flow(2, "10.0.2.1:443", handshake_only, 6),
             flow(3, "10.0.2.1:80", baseline(127, Some(MAC_A), 2), 7),
         ];
-        let index = HostIndex::new(&flows);
         let judged = flow(9, "10.0.2.1:443", baseline(1, None, 0), 1);
+        let mut live = LiveHostIndex::new(flows.iter().chain([&judged]));
+        let index = live.index();
         let ttl = |profile: Option<Profile>| profile.map(|p| (p.ttl, p.flows));
         assert_eq!(
             ttl(index.profile(&judged, server_ip(), Hook::Ingress)),
@@ -430,10 +463,11 @@ mod tests {
         // The flow's FIN leaves with a new record: the handshake-only sample goes away.
         let mut again = flows[0].clone();
         again.server_evidence.baseline = Some(baseline(127, Some(MAC_A), 3));
-        let mut index = index;
-        index.insert(&again);
+        live.insert(&again);
         assert_eq!(
-            ttl(index.profile_after_handshake(&judged, server_ip(), Hook::Ingress)),
+            ttl(live
+                .index()
+                .profile_after_handshake(&judged, server_ip(), Hook::Ingress)),
             Some((127, 2))
         );
     }

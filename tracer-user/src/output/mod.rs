@@ -15,7 +15,7 @@ pub mod text;
 
 use std::{
     env,
-    io::{self, IsTerminal as _, Write},
+    io::{self, BufWriter, IsTerminal as _, Write},
 };
 
 use serde::Serialize;
@@ -54,8 +54,9 @@ pub struct Printer<W> {
     width: Option<usize>,
 }
 
-impl Printer<io::StdoutLock<'static>> {
-    /// Prints to stdout, fitting tables to the terminal when stdout is one.
+impl Printer<BufWriter<io::StdoutLock<'static>>> {
+    /// Prints to stdout, fitting tables to the terminal when stdout is one. Buffered: stdout
+    /// alone flushes at every line, a write(2) per flow (each printing flushes at its end).
     pub fn stdout(format: OutputFormat) -> Self {
         let stdout = io::stdout();
         let width = table_width(
@@ -63,7 +64,7 @@ impl Printer<io::StdoutLock<'static>> {
             env::var("COLUMNS").ok().as_deref(),
             || window_columns(&stdout),
         );
-        Printer::new(stdout.lock(), format, width)
+        Printer::new(BufWriter::new(stdout.lock()), format, width)
     }
 }
 
@@ -104,7 +105,10 @@ impl<W: Write> Printer<W> {
         text: impl FnOnce(Option<usize>) -> String,
     ) -> io::Result<()> {
         let format = match self.format {
-            OutputFormat::Table => return self.out.write_all(text(self.width).as_bytes()),
+            OutputFormat::Table => {
+                self.out.write_all(text(self.width).as_bytes())?;
+                return self.out.flush();
+            }
             OutputFormat::Records(format) => format,
         };
         let mut records = RecordWriter::new(&mut self.out, format)?;

@@ -13,7 +13,7 @@ use tracer_common::FlowKey;
 use crate::{
     analysis::{
         flow::{self, FlowRecord},
-        hosts::HostIndex,
+        hosts::LiveHostIndex,
         neighbours::Neighbours,
         oui::Vendors,
         report::{self, FlowReport, Gateways, Origin, Scope},
@@ -78,7 +78,7 @@ fn neighbours(attachment: &Attachment) -> Option<Neighbours> {
 /// only the whole table holds (those that FINs and data after a RST set).
 pub struct FlowJudge {
     attachment: Attachment,
-    index: HostIndex,
+    index: LiveHostIndex,
     indexed_at: Instant,
     /// The neighbour table and when it was read: at most once a [`NEIGHBOURS_MAX_AGE`], however
     /// many verdicts need it.
@@ -94,7 +94,7 @@ impl FlowJudge {
     pub fn new(attachment: &Attachment, maps: &PinnedMaps) -> anyhow::Result<FlowJudge> {
         Ok(FlowJudge {
             attachment: attachment.clone(),
-            index: HostIndex::new(&flow_records(attachment, maps)?),
+            index: LiveHostIndex::new(&flow_records(attachment, maps)?),
             indexed_at: Instant::now(),
             neighbours: None,
         })
@@ -103,7 +103,7 @@ impl FlowJudge {
     /// Reads the whole table again when the index is older than [`INDEX_MAX_AGE`].
     pub fn refresh(&mut self, maps: &PinnedMaps) -> anyhow::Result<()> {
         if self.indexed_at.elapsed() >= INDEX_MAX_AGE {
-            self.index = HostIndex::new(&flow_records(&self.attachment, maps)?);
+            self.index = LiveHostIndex::new(&flow_records(&self.attachment, maps)?);
             self.indexed_at = Instant::now();
         }
         Ok(())
@@ -153,7 +153,7 @@ impl FlowJudge {
         };
         let mut gateways = Gateways::new(vendors, || table);
         let origin = Origin::Live(self.attachment.clone());
-        report::report(&origin, flow, &self.index, &mut gateways).map(Some)
+        report::report(&origin, flow, self.index.index(), &mut gateways).map(Some)
     }
 
     /// The neighbour table, read anew when older than [`NEIGHBOURS_MAX_AGE`].

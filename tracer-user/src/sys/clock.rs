@@ -235,12 +235,15 @@ fn timespec_ns(
     Ok(i128::from(ts.tv_sec) * NANOS_PER_SECOND + i128::from(ts.tv_nsec))
 }
 
-/// RFC 3339 in UTC with microseconds, e.g. `2023-11-14T22:13:20.000001Z`.
+/// RFC 3339 in UTC with microseconds, e.g. `2023-11-14T22:13:20.000001Z`. Days and times in
+/// i64 (a time beyond its range is shown at its end): i128 division is a library call, and this
+/// runs for every time of every flow printed.
 pub fn format_rfc3339_utc(unix_ns: i128) -> String {
     let seconds = unix_ns.div_euclid(NANOS_PER_SECOND);
     let micros = unix_ns.rem_euclid(NANOS_PER_SECOND) / 1_000;
-    let days = seconds.div_euclid(SECONDS_PER_DAY);
-    let second_of_day = seconds.rem_euclid(SECONDS_PER_DAY);
+    let seconds = i64::try_from(seconds).unwrap_or(if seconds < 0 { i64::MIN } else { i64::MAX });
+    let days = seconds.div_euclid(SECONDS_PER_DAY as i64);
+    let second_of_day = seconds.rem_euclid(SECONDS_PER_DAY as i64);
     let (year, month, day) = civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
@@ -253,7 +256,7 @@ pub fn format_rfc3339_utc(unix_ns: i128) -> String {
 /// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01. Howard Hinnant's
 /// `civil_from_days`: shift to eras of 400 years starting on March 1st, where leap days fall at
 /// the end of the year.
-fn civil_from_days(days: i128) -> (i128, i128, i128) {
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let shifted = days + 719_468;
     let era = shifted.div_euclid(146_097);
     let day_of_era = shifted.rem_euclid(146_097);
@@ -267,7 +270,7 @@ fn civil_from_days(days: i128) -> (i128, i128, i128) {
     } else {
         month_from_march - 9
     };
-    let year = year_of_era + era * 400 + i128::from(month <= 2);
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
 

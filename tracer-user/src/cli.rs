@@ -56,7 +56,7 @@ Exit codes:
   6  nothing attached (no pins, nothing to detach, or pins an attach has not finished)
   7  pin from an incompatible version (run `flagtrace detach IFACE --purge`)
   8  capture truncated or corrupt (pcap: the flows before the damage are printed)
-  9  not a capture (pcap: no such file, unreadable, not pcap/pcapng, unsupported link type)
+  9  not a capture (pcap: no such file, unreadable, not pcap/pcapng, only unsupported link types)
  10  detach: the hooks belong to a running attach (detach --force overrides)
  11  attach: its hooks were removed while it ran
  12  attach: its metrics endpoint failed";
@@ -187,7 +187,7 @@ pub struct StatsArgs {
 
 #[derive(Debug, Args)]
 pub struct PcapArgs {
-    /// The capture file (pcap or pcapng).
+    /// The capture file (pcap or pcapng); `-` for standard input. A pipe or FIFO is read once.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
 

@@ -31,7 +31,7 @@ mod tests;
 use std::{fmt, ops::Range, path::PathBuf};
 
 pub use link::LinkType;
-pub use reader::CaptureReader;
+pub use reader::{CaptureReader, Input};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 

@@ -117,28 +117,27 @@ impl From<PcapError<&[u8]>> for Stop {
 }
 
 impl CaptureReader {
-    /// Opens a capture file and reads its header. Packets come from [`CaptureReader::next`].
+    /// Opens a capture file (`-`: standard input) and reads its header. Packets come from
+    /// [`CaptureReader::next`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CaptureError> {
-        let path = path.as_ref().to_owned();
+        let path = path.as_ref();
+        CaptureReader::from_input(path, Input::open(path)?)
+    }
+
+    /// Reads a capture from `input`, opened from `path` (which names it in messages).
+    pub fn from_input(path: &Path, input: Input) -> Result<Self, CaptureError> {
+        let path = path.to_owned();
         let fail = |kind, offset, message: String| CaptureError {
             path: path.clone(),
             kind,
             offset,
             message,
         };
-        let mut file = File::open(&path)
-            .map_err(|e| fail(CaptureErrorKind::Io, 0, format!("cannot open: {e}")))?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| {
-                fail(
-                    CaptureErrorKind::Io,
-                    0,
-                    format!("cannot read metadata: {e}"),
-                )
-            })?
-            .len();
-
+        let Input {
+            reader: mut file,
+            file_len,
+        } = input;
+        let file_len = file_len.unwrap_or(0);
         let (layout, header) =
             read_file_header(&mut file).map_err(|(kind, message)| fail(kind, 0, message))?;
 
@@ -411,7 +410,7 @@ impl CaptureReader {
 /// Reads and checks the file header (pcap) or first section header block (pcapng), and returns
 /// the layout it announces with the bytes read. Done here rather than by pcap-parser, whose
 /// errors say neither "empty", nor "truncated", nor what the first bytes were.
-fn read_file_header(file: &mut File) -> Result<(Layout, Vec<u8>), (CaptureErrorKind, String)> {
+fn read_file_header(file: &mut impl Read) -> Result<(Layout, Vec<u8>), (CaptureErrorKind, String)> {
     let read_error = |e: io::Error| (CaptureErrorKind::Io, format!("read error: {e}"));
     let mut header = read_up_to(file, pcap::FILE_HEADER_LEN).map_err(read_error)?;
     let truncated_header = |what: &str, needs: usize, left: usize| {
@@ -492,6 +491,47 @@ fn error(path: &Path, kind: CaptureErrorKind, offset: u64, message: String) -> C
         kind,
         offset,
         message,
+    }
+}
+
+/// Where a capture's bytes come from: a file, which can be read again, or a stream (standard
+/// input, a pipe, a FIFO, a device), which must be read once.
+pub struct Input {
+    pub reader: Box<dyn Read + Send>,
+    /// The size of a regular file; `None` for a stream.
+    pub file_len: Option<u64>,
+}
+
+impl Input {
+    /// Opens `path`; `-` is standard input. A FIFO's open waits for its writer, as
+    /// `tcpdump -r` does; it is opened once.
+    pub fn open(path: &Path) -> Result<Input, CaptureError> {
+        if path == Path::new("-") {
+            return Ok(Input {
+                reader: Box::new(io::stdin()),
+                file_len: None,
+            });
+        }
+        let fail = |what: &str, e: io::Error| {
+            error(path, CaptureErrorKind::Io, 0, format!("cannot {what}: {e}"))
+        };
+        let file = File::open(path).map_err(|e| fail("open", e))?;
+        let metadata = file.metadata().map_err(|e| fail("read metadata", e))?;
+        Ok(Input {
+            file_len: metadata.is_file().then_some(metadata.len()),
+            reader: Box::new(file),
+        })
+    }
+
+    /// Reads the first `len` bytes (fewer if the input ends sooner): returns them, and the input
+    /// from its start again, so that a stream can be looked at before it is read once.
+    pub fn with_prefix(mut self, len: usize) -> io::Result<(Arc<[u8]>, Input)> {
+        let prefix: Arc<[u8]> = read_up_to(&mut self.reader, len)?.into();
+        let replayed = Input {
+            reader: Box::new(Cursor::new(Arc::clone(&prefix)).chain(self.reader)),
+            file_len: self.file_len,
+        };
+        Ok((prefix, replayed))
     }
 }
 

@@ -14,7 +14,8 @@ use crate::{
 };
 
 pub fn run(oui_db: Option<&Path>, args: &PcapArgs) -> anyhow::Result<()> {
-    let capture = Capture::read(&args.file, args.local_mac, args.iface.as_deref())?;
+    let mut capture = Capture::read(&args.file, args.local_mac, args.iface.as_deref())?;
+    let damage = capture.damage.take();
     let format = args.output.format();
     if args.stats {
         Printer::stdout(format).stats(&capture.stats())?;
@@ -24,7 +25,7 @@ pub fn run(oui_db: Option<&Path>, args: &PcapArgs) -> anyhow::Result<()> {
         } else {
             Scope::ResetFlows
         };
-        let mut reports = capture.reports(&Vendors::new(oui_db), scope)?;
+        let mut reports = capture.into_reports(&Vendors::new(oui_db), scope)?;
         if args.flows {
             sort_flows(&mut reports, SortKey::Last);
             Printer::stdout(format).flows(&reports)?;
@@ -32,7 +33,7 @@ pub fn run(oui_db: Option<&Path>, args: &PcapArgs) -> anyhow::Result<()> {
             print_resets(reports, format, "no resets in the capture")?;
         }
     }
-    match capture.damage {
+    match damage {
         Some(damage) => Err(Failure::CaptureDamaged(damage.to_string()).into()),
         None => Ok(()),
     }

@@ -8,14 +8,21 @@
 //! cooked captures; for the others, the capturing host is the MAC seen in the most frames (or
 //! `--local-mac`), and the frames it sent are egress, all others ingress.
 //!
-//! The file is streamed, twice at most: a second, earlier read finds the local MAC, only when
-//! some packet does not tell its direction and `--local-mac` is not given.
+//! A file is streamed, twice at most: a second, earlier read finds the local MAC, only when
+//! some packet does not tell its direction and `--local-mac` is not given. A stream (`-`, a
+//! pipe, a FIFO) is read once: its first [`GUESS_PREFIX_LEN`] bytes are kept for that guess.
+//! Memory follows what the capture holds: tables are created per interface as packets come, and
+//! their large arrays take memory only where packets touch them ([`HostTables`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    io::Cursor,
     net::IpAddr,
     path::Path,
+    sync::Arc,
 };
+
+use anyhow::Context as _;
 
 use etherparse::{Icmpv6Type, NetSlice, SlicedPacket, TransportSlice};
 use tracer_common::Hook;
@@ -27,7 +34,7 @@ use crate::{
         oui::Vendors,
         report::{self, FlowReport, Origin, Scope},
     },
-    capture::{CaptureError, CaptureErrorKind, CaptureReader, CapturedPacket, Direction},
+    capture::{CaptureError, CaptureErrorKind, CaptureReader, CapturedPacket, Direction, Input},
     error::Failure,
     source::{offline::HostTables, Stats},
 };
@@ -59,8 +66,22 @@ impl Capture {
         local_mac: Option<MacAddr>,
         iface: Option<&str>,
     ) -> anyhow::Result<Capture> {
-        let mut reader = open(path)?;
-        let mut hooks = HookOf::new(path, local_mac);
+        let input = Input::open(path).map_err(failure)?;
+        let (input, guess_from) = match (local_mac, input.file_len) {
+            (None, None) => {
+                let (prefix, input) = input
+                    .with_prefix(GUESS_PREFIX_LEN)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                (input, GuessFrom::Prefix(prefix))
+            }
+            _ => (input, GuessFrom::File),
+        };
+        let mut reader = open(path, input)?;
+        let mut hooks = HookOf {
+            path,
+            local_mac: local_mac.map(Some),
+            guess_from,
+        };
         let mut analysis = Capture {
             interfaces: BTreeMap::new(),
             names: HashMap::new(),
@@ -90,6 +111,15 @@ impl Capture {
                 .extend(announced_neighbour(packet.frame));
         }
         report_skipped(&reader);
+        if analysis.interfaces.is_empty() && !reader.skipped().is_empty() {
+            let link_types: Vec<String> = reader.skipped().keys().map(u32::to_string).collect();
+            return Err(Failure::NotACapture(format!(
+                "{}: every packet is of a link type flagtrace does not read ({})",
+                path.display(),
+                link_types.join(", ")
+            ))
+            .into());
+        }
         analysis.names = interface_names(&analysis.interfaces, iface, path);
         Ok(analysis)
     }
@@ -114,36 +144,70 @@ impl Capture {
     }
 
     /// Reports on the flows in `scope` of every interface; each interface's flows are judged
-    /// together.
-    pub fn reports(&self, vendors: &Vendors, scope: Scope) -> anyhow::Result<Vec<FlowReport>> {
+    /// together. Each interface's tables are freed once its records are made, before its
+    /// reports.
+    pub fn into_reports(self, vendors: &Vendors, scope: Scope) -> anyhow::Result<Vec<FlowReport>> {
         let mut reports = Vec::new();
-        for (id, interface) in &self.interfaces {
+        for (id, interface) in self.interfaces {
+            let records = interface.tables.flow_records()?;
+            drop(interface);
             let neighbours = || Some(Neighbours::from_entries(self.neighbours.iter().copied()));
+            let origin = Origin::Capture {
+                iface: self.names[&id].clone(),
+            };
             reports.extend(report::analyse(
-                &self.origin(*id),
-                interface.tables.flow_records()?,
-                vendors,
-                neighbours,
-                scope,
+                &origin, records, vendors, neighbours, scope,
             )?);
         }
         Ok(reports)
     }
 }
 
-fn open(path: &Path) -> anyhow::Result<CaptureReader> {
-    match CaptureReader::open(path) {
-        Ok(reader) => Ok(reader.with_progress()),
+/// How much of a stream is kept to guess the capturing host's MAC from: a stream is read once.
+const GUESS_PREFIX_LEN: usize = 32 << 20;
+
+fn open(path: &Path, input: Input) -> anyhow::Result<CaptureReader> {
+    CaptureReader::from_input(path, input)
+        .map(CaptureReader::with_progress)
+        .map_err(failure)
+}
+
+fn failure(error: CaptureError) -> anyhow::Error {
+    match error.kind {
         // A header cut short is damage like any other: nothing to analyse before it.
-        Err(error)
-            if matches!(
-                error.kind,
-                CaptureErrorKind::Truncated | CaptureErrorKind::Corrupt
-            ) =>
-        {
-            Err(Failure::CaptureDamaged(error.to_string()).into())
+        CaptureErrorKind::Truncated | CaptureErrorKind::Corrupt => {
+            Failure::CaptureDamaged(error.to_string()).into()
         }
-        Err(error) => Err(Failure::NotACapture(error.to_string()).into()),
+        _ => Failure::NotACapture(error.to_string()).into(),
+    }
+}
+
+/// What the capturing host's MAC is guessed from.
+enum GuessFrom {
+    /// The file, read again from its start.
+    File,
+    /// A stream's first bytes.
+    Prefix(Arc<[u8]>),
+}
+
+impl GuessFrom {
+    fn reader(&self, path: &Path) -> anyhow::Result<CaptureReader> {
+        let input = match self {
+            GuessFrom::File => Input::open(path).map_err(failure)?,
+            GuessFrom::Prefix(prefix) => Input {
+                reader: Box::new(Cursor::new(Arc::clone(prefix))),
+                file_len: None,
+            },
+        };
+        open(path, input)
+    }
+
+    /// How the guess's warning names what it read.
+    fn scope(&self) -> &'static str {
+        match self {
+            GuessFrom::File => "",
+            GuessFrom::Prefix(_) => " (in its first 32 MiB)",
+        }
     }
 }
 
@@ -161,16 +225,10 @@ struct HookOf<'a> {
     path: &'a Path,
     /// `None` until a packet without a direction needs it.
     local_mac: Option<Option<MacAddr>>,
+    guess_from: GuessFrom,
 }
 
-impl<'a> HookOf<'a> {
-    fn new(path: &'a Path, local_mac: Option<MacAddr>) -> Self {
-        HookOf {
-            path,
-            local_mac: local_mac.map(Some),
-        }
-    }
-
+impl HookOf<'_> {
     fn of(&mut self, packet: &CapturedPacket) -> anyhow::Result<Hook> {
         Ok(match packet.direction {
             Some(Direction::Inbound) => Hook::Ingress,
@@ -178,7 +236,9 @@ impl<'a> HookOf<'a> {
             None => {
                 let local = match self.local_mac {
                     Some(local) => local,
-                    None => *self.local_mac.insert(infer_local_mac(self.path)?),
+                    None => *self
+                        .local_mac
+                        .insert(infer_local_mac(self.path, &self.guess_from)?),
                 };
                 let sent_by_local =
                     local.is_some_and(|local| source_mac(packet.frame) == Some(local));
@@ -204,8 +264,8 @@ fn destination_mac(frame: &[u8]) -> Option<MacAddr> {
 /// frames. A frame the host sent or received names it, while its neighbours each share only
 /// part of its traffic. Two hosts that only talk to each other tie; the host that sent the
 /// broadcasts (its ARP requests) then wins, then the lower address, with a warning.
-fn infer_local_mac(path: &Path) -> anyhow::Result<Option<MacAddr>> {
-    let mut reader = open(path)?;
+fn infer_local_mac(path: &Path, guess_from: &GuessFrom) -> anyhow::Result<Option<MacAddr>> {
+    let mut reader = guess_from.reader(path)?;
     // (frames naming it, broadcast and multicast frames it sent)
     let mut seen: HashMap<MacAddr, (u64, u64)> = HashMap::new();
     // Damage ends the count early; the analysis reports it.
@@ -232,14 +292,16 @@ fn infer_local_mac(path: &Path) -> anyhow::Result<Option<MacAddr>> {
     match tied_with {
         Some((other, _)) => log::warn!(
             "{} does not say which way packets went, and {local} and {other} are in \
-             as many frames: taking {local} as the capturing host's MAC (--local-mac chooses)",
-            path.display()
+             as many frames{}: taking {local} as the capturing host's MAC (--local-mac chooses)",
+            path.display(),
+            guess_from.scope()
         ),
         None => log::warn!(
-            "{} does not say which way packets went: taking {local}, in {} frames, as \
+            "{} does not say which way packets went: taking {local}, in {} frames{}, as \
              the capturing host's MAC (--local-mac chooses)",
             path.display(),
-            counts.0
+            counts.0,
+            guess_from.scope()
         ),
     }
     Ok(Some(local))
@@ -278,11 +340,14 @@ fn interface_names(
     iface: Option<&str>,
     path: &Path,
 ) -> HashMap<u32, String> {
-    let file_name = path
-        .file_name()
-        .unwrap_or(path.as_os_str())
-        .to_string_lossy()
-        .into_owned();
+    let file_name = if path == Path::new("-") {
+        "stdin".to_owned()
+    } else {
+        path.file_name()
+            .unwrap_or(path.as_os_str())
+            .to_string_lossy()
+            .into_owned()
+    };
     let several = interfaces.len() > 1;
     interfaces
         .iter()

@@ -9,6 +9,8 @@
 //!   ([`DEFAULT_MAX_RESETS`], [`RESET_GATE_SLOTS`]), so that reset evidence is kept and dropped
 //!   as a default attachment keeps and drops it;
 //! - the activity table has a slot per flow of a default attachment ([`DEFAULT_MAX_FLOWS`]);
+//! - the reset and activity tables take memory only where packets touched them
+//!   ([`SparseArray`]): a capture pays for what it holds, not for every interface's tables;
 //! - times are the capture's (Unix nanoseconds), not the kernel's monotonic clock, and the
 //!   activity table's ticks are its milliseconds;
 //! - nobody watches a file: no events.
@@ -28,6 +30,10 @@ use tracer_ebpf::{
     Packet,
 };
 
+mod sparse;
+
+use sparse::SparseArray;
+
 use crate::{
     analysis::flow::{flow_records, FlowRecord},
     sys::{clock::ClockSnapshot, maps::Counters},
@@ -40,9 +46,9 @@ pub struct HostTables {
     counters: [UnsafeCell<GlobalCounters>; 2],
     gate: Box<[UnsafeCell<u32>]>,
     flows: RefCell<HashMap<FlowKey, Box<UnsafeCell<FlowValue>>>>,
-    resets: Box<[UnsafeCell<ResetEntry>]>,
+    resets: SparseArray<ResetEntry>,
     reset_set_mask: u32,
-    activity: Box<[UnsafeCell<Activity>]>,
+    activity: SparseArray<Activity>,
     /// The server names of the ClientHellos; without the kernel's capacity, like the flows.
     hellos: RefCell<HashMap<FlowKey, TlsName>>,
     hello_scratch: UnsafeCell<TlsName>,
@@ -68,13 +74,9 @@ impl HostTables {
             counters: Default::default(),
             gate: (0..RESET_GATE_SLOTS).map(|_| UnsafeCell::new(0)).collect(),
             flows: RefCell::default(),
-            resets: (0..resets)
-                .map(|_| UnsafeCell::new(ResetEntry::default()))
-                .collect(),
+            resets: SparseArray::new(resets as usize),
             reset_set_mask: reset_set_mask(resets),
-            activity: (0..activity_capacity(DEFAULT_MAX_FLOWS))
-                .map(|_| UnsafeCell::new(Activity::default()))
-                .collect(),
+            activity: SparseArray::new(activity_capacity(DEFAULT_MAX_FLOWS) as usize),
             hellos: RefCell::default(),
             hello_scratch: UnsafeCell::default(),
             scratch: UnsafeCell::default(),
@@ -125,11 +127,9 @@ impl HostTables {
     /// Every flow in the reset table, with its entry.
     pub fn resets(&self) -> HashMap<FlowKey, ResetEntry> {
         // SAFETY: as in `counters`.
-        self.resets
-            .iter()
-            .map(|entry| unsafe { *entry.get() })
+        unsafe { self.resets.accessed() }
             .filter(|entry| !entry.is_empty())
-            .map(|entry| (entry.key, entry))
+            .map(|entry| (entry.key, *entry))
             .collect()
     }
 
@@ -192,7 +192,7 @@ impl Tables for HostTables {
     }
 
     fn reset_entry(&self, index: u32) -> Option<*mut ResetEntry> {
-        self.resets.get(index as usize).map(UnsafeCell::get)
+        self.resets.get(index as usize)
     }
 
     fn reset_set_mask(&self) -> u32 {
@@ -209,7 +209,7 @@ impl Tables for HostTables {
 
     fn activity(&self, tag: u32) -> Option<*mut Activity> {
         let slot = activity_slot(tag, self.activity.len() as u32);
-        self.activity.get(slot as usize).map(UnsafeCell::get)
+        self.activity.get(slot as usize)
     }
 
     fn ticks(&self) -> u32 {
@@ -325,7 +325,7 @@ mod tests {
     /// The first flight of `openssl s_client -connect ... -servername customerweb` (OpenSSL
     /// 3.0): one TLS record holding the ClientHello.
     const OPENSSL_CLIENT_HELLO: &[u8] =
-        include_bytes!("../../../tests/fixtures/openssl-client-hello.bin");
+        include_bytes!("../../../../tests/fixtures/openssl-client-hello.bin");
 
     /// The client's handshake, then `payload` as its first data, through fresh tables; the flow's
     /// record.

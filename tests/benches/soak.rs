@@ -2,7 +2,8 @@
 //! see flagtrace_tests::soak and BENCHMARKS.md.
 //!
 //! Options: `--flows N[,N...]` (table sizes), `--runs N`, `--reference PATH` (an older
-//! flagtrace to compare with), `--no-tshark`. The binary to measure is $FLAGTRACE_BIN.
+//! flagtrace to compare with), `--no-tshark`, `--bulk-bytes N` (the bulk capture's size; 0:
+//! none). The binary to measure is $FLAGTRACE_BIN.
 //! `cargo bench` adds `--bench`, which is ignored.
 
 use std::{path::PathBuf, process::ExitCode};
@@ -24,7 +25,8 @@ fn run() -> anyhow::Result<()> {
     let flagtrace = std::env::var_os("FLAGTRACE_BIN")
         .map(PathBuf::from)
         .context("FLAGTRACE_BIN names the flagtrace binary to measure")?;
-    let options = parse_args(std::env::args().skip(1))?;
+    let mut options = parse_args(std::env::args().skip(1))?;
+    options.ft_lab = Some(env!("CARGO_BIN_EXE_ft-lab").into());
     eprintln!(
         "soak: {:?} flows, median of {} runs per command",
         options.flows, options.runs
@@ -48,6 +50,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> anyhow::Result<Options>
             "--runs" => options.runs = value("--runs")?.parse().context("--runs takes a number")?,
             "--reference" => options.reference = Some(value("--reference")?.into()),
             "--no-tshark" => options.tshark = false,
+            "--bulk-bytes" => {
+                options.bulk_bytes = value("--bulk-bytes")?
+                    .parse()
+                    .context("--bulk-bytes takes a number")?
+            }
             "--bench" => {}
             other => bail!("unknown option {other}"),
         }

@@ -654,6 +654,11 @@ impl Daemon {
     }
 
     /// Everything the process printed so far.
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()
     }

@@ -27,6 +27,7 @@ pub mod host;
 pub mod lab;
 pub mod model;
 pub mod oracle;
+pub mod scrape;
 pub mod seed_story;
 pub mod soak;
 pub mod tcpdump;

@@ -1,9 +1,13 @@
 //! `cargo xtask soak`: how the user side holds at an appliance's scale. The kernel programs,
 //! loaded but not attached, account a crafted workload through BPF_PROG_TEST_RUN into tables
-//! pinned as `attach` pins them; then the `flagtrace` binary reads them as an operator would
-//! (`resets`, `flows`, `stats`), and the same packets, written to a capture file, go through
-//! `flagtrace pcap`. Each command runs several times; the table shows medians, and, when a
-//! reference command is given (an older flagtrace, tshark), the ratio to it in the same run.
+//! pinned as `attach` pins them in a namespace of the soak's own; then the `flagtrace` binary
+//! reads them as an operator would (`resets`, `flows`, `stats`), `attach --metrics` takes the
+//! pinned tables over on a veth of that namespace and its endpoint is scraped, and the same
+//! packets, written to a capture file, go through `flagtrace pcap`; so does a bulk capture of
+//! the same flows with data segments (1 GB by default), against tshark's conversation table.
+//! Each command runs several times; the table shows medians, the most memory a run held, and,
+//! when a reference command is given (an older flagtrace, tshark), the ratio to it in the same
+//! run.
 //!
 //! The workload is the worst case for a verdict that compares a flow with the others: every
 //! flow goes to one server, nine in ten are answered (SYN, SYN/ACK with the server's TTL 127),
@@ -13,8 +17,11 @@
 use std::{
     fs::File,
     io::{BufWriter, Write as _},
+    net::SocketAddr,
+    os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Command, ExitStatus, Stdio},
+    thread,
     time::{Duration, Instant},
 };
 
@@ -23,8 +30,10 @@ use etherparse::PacketBuilder;
 use tracer_common::{Hook, DEFAULT_MAX_FLOWS, DEFAULT_MAX_RESETS};
 
 use crate::{
+    lab::{flagtrace_bin, mac_of, Daemon, Netns, FT_LAB_READY},
+    scrape::{abuse, attach_with_metrics, http_get},
     tracer::{LoadedTracer, PinDir},
-    TempFile,
+    unique_name, TempFile,
 };
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -45,6 +54,11 @@ pub struct Options {
     pub reference: Option<PathBuf>,
     /// Time `tshark -q -z conv,tcp` on the capture too (the conversation table operators use).
     pub tshark: bool,
+    /// Size of the bulk capture (the largest table size's flows with data segments); 0: none.
+    pub bulk_bytes: u64,
+    /// The lab tool, which floods the attachment with RSTs while `watch` runs; `None`: no
+    /// watch probe.
+    pub ft_lab: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -54,24 +68,40 @@ impl Default for Options {
             runs: 5,
             reference: None,
             tshark: true,
+            bulk_bytes: 1_000_000_000,
+            ft_lab: None,
         }
     }
 }
 
-/// One command's median wall time, and its reference's.
+/// One command's median wall time and the most memory a run of it held, and its reference's
+/// median.
 #[derive(Clone, Debug)]
 pub struct Row {
     pub flows: u32,
     pub command: String,
     pub median: Duration,
+    /// Bytes; `None` where the time is not a process's (a scrape).
+    pub max_rss: Option<u64>,
     pub reference: Option<(String, Duration)>,
+    /// What the figures mean, where they are not a command's wall time.
+    pub note: Option<String>,
 }
 
-/// Measures every table size in turn; pins and files are removed as each size is done.
+/// Measures every table size in turn; pins, namespaces and files are removed as each size is
+/// done. The bulk capture comes with the largest size.
 pub fn run(flagtrace: &Path, options: &Options) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &flows in &options.flows {
         rows.extend(measure_size(flagtrace, flows, options)?);
+    }
+    if let Some(&flows) = options
+        .flows
+        .iter()
+        .max()
+        .filter(|_| options.bulk_bytes > 0)
+    {
+        rows.push(measure_bulk(flagtrace, flows, options)?);
     }
     Ok(rows)
 }
@@ -79,14 +109,22 @@ pub fn run(flagtrace: &Path, options: &Options) -> anyhow::Result<Vec<Row>> {
 fn measure_size(flagtrace: &Path, flows: u32, options: &Options) -> anyhow::Result<Vec<Row>> {
     let pins = PinDir::named("flagtrace-soak")?;
     let root = pins.path().to_owned();
-    // `lo` only names the directory, as an attachment to the loopback interface would: nothing
-    // is attached anywhere.
-    let tables = root.join("host").join("lo");
+    // The tables are pinned where `attach` on the namespace's veth keeps them, so that it takes
+    // them over for the scrape; nothing else runs there.
+    let netns = Netns::create(unique_name("ftsoak"));
+    netns.ip(&[
+        "link", "add", SOAK_IFACE, "type", "veth", "peer", "name", "sk1",
+    ]);
+    netns.ip(&["link", "set", SOAK_IFACE, "up"]);
+    netns.ip(&["link", "set", "sk1", "up"]);
+    let tables = root.join(netns.name()).join(SOAK_IFACE);
     // Room to spare, so that the LRU table evicts nothing.
     let capacity = (2 * flows).max(DEFAULT_MAX_FLOWS);
     let tracer = LoadedTracer::load_into(pins, &tables, capacity, DEFAULT_MAX_RESETS)?;
     let capture_file = TempFile::new("flagtrace-soak", "pcap");
-    account_workload(&tracer, flows, capture_file.path())?;
+    write_workload(flows, capture_file.path(), 0, |hook, frame| {
+        tracer.run(hook, frame).map(drop)
+    })?;
 
     let root = root.to_string_lossy().into_owned();
     let capture = capture_file.as_str().to_owned();
@@ -109,36 +147,236 @@ fn measure_size(flagtrace: &Path, flows: u32, options: &Options) -> anyhow::Resu
     ];
     let mut rows = Vec::new();
     for (name, args) in commands {
-        let median = median_time(flagtrace, &args, options.runs)?;
-        let reference = match &options.reference {
-            Some(reference) => Some((
-                "older flagtrace".to_owned(),
-                median_time(reference, &args, options.runs)?,
-            )),
-            None if options.tshark && name == "pcap --flows --json" => Some((
-                "tshark -z conv,tcp".to_owned(),
-                median_time(
-                    Path::new("tshark"),
-                    &["-q", "-z", "conv,tcp", "-r", capture.as_str()].map(str::to_owned),
-                    options.runs,
-                )?,
-            )),
-            None => None,
-        };
-        rows.push(Row {
-            flows,
-            command: name.to_owned(),
-            median,
-            reference,
-        });
+        let tshark = (options.tshark && name == "pcap --flows --json").then_some(capture.as_str());
+        rows.push(measure(flagtrace, flows, name, &args, options, tshark)?);
     }
+    let (loader, metrics) = attach_with_metrics(&netns, Path::new(&root), SOAK_IFACE);
+    rows.push(measure_scrape(metrics, flows, options.runs)?);
+    rows.extend(measure_abused_scrapes(metrics, flows)?);
+    if let Some(ft_lab) = &options.ft_lab {
+        rows.push(measure_watch(&netns, Path::new(&root), ft_lab, flows)?);
+    }
+    let status = loader.terminate();
+    ensure!(status.success(), "attach --metrics ended with {status}");
     drop(tracer);
     Ok(rows)
 }
 
-/// Runs every flow's packets through the programs, and writes them to `capture` as classic
-/// pcap (microseconds), 10 µs apart, as a capture on the client's interface would hold them.
-fn account_workload(tracer: &LoadedTracer, flows: u32, capture: &Path) -> anyhow::Result<()> {
+/// The veth end in the soak's namespace that `attach` takes the pinned tables over on.
+const SOAK_IFACE: &str = "sk0";
+
+/// `command`'s median time and memory, with its reference's median: the older flagtrace, or
+/// tshark's conversation table of the capture `tshark`.
+fn measure(
+    flagtrace: &Path,
+    flows: u32,
+    name: &str,
+    args: &[String],
+    options: &Options,
+    tshark: Option<&str>,
+) -> anyhow::Result<Row> {
+    let (median, max_rss) = median_run(flagtrace, args, options.runs)?;
+    let reference = match (&options.reference, tshark) {
+        (Some(reference), _) => Some((
+            "older flagtrace".to_owned(),
+            median_run(reference, args, options.runs)?.0,
+        )),
+        (None, Some(capture)) => Some((
+            "tshark -z conv,tcp".to_owned(),
+            median_run(
+                Path::new("tshark"),
+                &["-q", "-z", "conv,tcp", "-r", capture].map(str::to_owned),
+                options.runs,
+            )?
+            .0,
+        )),
+        (None, None) => None,
+    };
+    Ok(Row {
+        flows,
+        command: name.to_owned(),
+        median,
+        max_rss: Some(max_rss),
+        reference,
+        note: None,
+    })
+}
+
+/// The median time of a scrape of `attach --metrics` on the pinned tables (each after the
+/// endpoint's one-second cache has expired).
+fn measure_scrape(addr: SocketAddr, flows: u32, runs: usize) -> anyhow::Result<Row> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        thread::sleep(Duration::from_millis(1100));
+        let start = Instant::now();
+        let response = http_get(addr, "/metrics").context("scraping /metrics")?;
+        times.push(start.elapsed());
+        ensure!(
+            response.status == 200 && response.body.contains("flagtrace_reset_flows"),
+            "a scrape failed: {} {}",
+            response.status,
+            response.body.lines().next().unwrap_or_default()
+        );
+    }
+    times.sort();
+    Ok(Row {
+        flows,
+        command: "scrape /metrics".to_owned(),
+        median: times[times.len() / 2],
+        max_rss: None,
+        reference: None,
+        note: None,
+    })
+}
+
+/// A scrape of the 250k-flow tables by another client while the endpoint is abused
+/// ([`abuse`]): after 1,000 idle connections, 2,000 pipelined requests, a 1 MiB head.
+fn measure_abused_scrapes(addr: SocketAddr, flows: u32) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let mut failure = None;
+    abuse(addr, |after| {
+        // The endpoint's cache would answer at once: a scrape that reads the maps.
+        thread::sleep(Duration::from_millis(1100));
+        let start = Instant::now();
+        match http_get(addr, "/metrics") {
+            Ok(response) if response.status == 200 => rows.push(Row {
+                flows,
+                command: format!("scrape {after}"),
+                median: start.elapsed(),
+                max_rss: None,
+                reference: None,
+                note: None,
+            }),
+            other => failure = Some(format!("scrape {after}: {other:?}")),
+        }
+    });
+    match failure {
+        Some(failure) => anyhow::bail!(failure),
+        None => Ok(rows),
+    }
+}
+
+/// RSTs the watch probe floods the attachment with, each a reset flow of its own, within
+/// [`WATCH_FLOOD_SECONDS`].
+const WATCH_FLOOD_RSTS: u32 = 1_000_000;
+const WATCH_FLOOD_SECONDS: u64 = 10;
+
+/// `watch --json` on the attachment while ft-lab floods it with RSTs from made-up sources: the
+/// CPU time `watch` spends from its ready line until 2 s after the flood (its verdicts come a
+/// second after their RSTs), against the events it printed. Its start, which reads the whole
+/// table once, is not counted.
+fn measure_watch(netns: &Netns, root: &Path, ft_lab: &Path, flows: u32) -> anyhow::Result<Row> {
+    let root = root.to_str().context("UTF-8 pin root")?;
+    let watch = Daemon::start(
+        Command::new(flagtrace_bin()).args(["--pin-root", root, "watch", "--json"]),
+        "flagtrace: watching",
+    );
+    let cpu_before = cpu_time(watch.pid())?;
+    let started = Instant::now();
+    let flood = Daemon::start(
+        netns.command(ft_lab).args([
+            "syn-flood",
+            "--rst",
+            "--iface",
+            "sk1",
+            "--server",
+            "10.99.0.1",
+            "--ports",
+            "443",
+            "--to-mac",
+            &mac_of(netns, SOAK_IFACE),
+            "--count",
+            &WATCH_FLOOD_RSTS.to_string(),
+            "--timeout",
+            &WATCH_FLOOD_SECONDS.to_string(),
+        ]),
+        FT_LAB_READY,
+    )
+    .wait_success();
+    thread::sleep(Duration::from_secs(2));
+    let cpu = cpu_time(watch.pid())? - cpu_before;
+    let wall = started.elapsed();
+    let log = watch.log();
+    let count = |kind: &str| {
+        let tag = format!("\"event\":\"{kind}\"");
+        log.lines()
+            .filter(|line| line.starts_with("stdout: ") && line.contains(&tag))
+            .count()
+    };
+    let (rsts, verdicts) = (count("rst"), count("verdict"));
+    watch.terminate();
+    let sent = flood
+        .lines()
+        .find_map(|line| line.strip_prefix("stdout: ft-lab: sent "))
+        .unwrap_or("?")
+        .to_owned();
+    let events = (rsts + verdicts).max(1) as f64;
+    Ok(Row {
+        flows,
+        command: "watch, RST flood".to_owned(),
+        median: cpu,
+        max_rss: None,
+        reference: None,
+        note: Some(format!(
+            "CPU time of watch over {:.1} s: {:.0} % of a CPU; flood: {sent}; printed {rsts} \
+             RSTs and {verdicts} verdicts, {:.2} ms of CPU per event",
+            wall.as_secs_f64(),
+            100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
+            1000.0 * cpu.as_secs_f64() / events
+        )),
+    })
+}
+
+/// User and system CPU time of process `pid` so far (/proc/PID/stat).
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("a stat line")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second))
+}
+
+/// `pcap --flows --json` on a capture of `flows` flows, each answered flow with data segments
+/// up to about `options.bulk_bytes` in all, against tshark's conversation table of it.
+fn measure_bulk(flagtrace: &Path, flows: u32, options: &Options) -> anyhow::Result<Row> {
+    let capture_file = TempFile::new("flagtrace-soak-bulk", "pcap");
+    // A workload flow's two frames are about 130 bytes of capture; a data segment 1,470.
+    let answered = u64::from(flows) * 9 / 10;
+    let segments = options
+        .bulk_bytes
+        .saturating_sub(130 * u64::from(flows))
+        .div_ceil(answered.max(1) * DATA_SEGMENT_CAPTURED) as u32;
+    write_workload(flows, capture_file.path(), segments, |_, _| Ok(()))?;
+    let size = std::fs::metadata(capture_file.path())?.len();
+    let args = ["pcap", capture_file.as_str(), "--flows", "--json"].map(str::to_owned);
+    let name = format!("pcap --flows, {} MB", size / 1_000_000);
+    let tshark = options.tshark.then_some(capture_file.as_str());
+    measure(flagtrace, flows, &name, &args, options, tshark)
+}
+
+/// The capture bytes of a data segment: its record header, Ethernet, IPv4, TCP and payload.
+const DATA_SEGMENT_CAPTURED: u64 = 16 + 14 + 20 + 20 + DATA_PAYLOAD.len() as u64;
+const DATA_PAYLOAD: &[u8; 1400] = &[0x5a; 1400];
+
+/// Writes every flow's packets to `capture` as classic pcap (microseconds), 10 µs apart, as a
+/// capture on the client's interface would hold them, and hands each handshake packet to
+/// `account` with the hook that would see it. An answered flow then carries `segments` data
+/// segments from the server (only in the capture).
+fn write_workload(
+    flows: u32,
+    capture: &Path,
+    segments: u32,
+    mut account: impl FnMut(Hook, &[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let file = File::create(capture).with_context(|| format!("creating {}", capture.display()))?;
     let mut out = BufWriter::new(file);
     // Classic pcap, microsecond stamps, Ethernet.
@@ -146,6 +384,20 @@ fn account_workload(tracer: &LoadedTracer, flows: u32, capture: &Path) -> anyhow
         out.write_all(&word.to_le_bytes())?;
     }
     let mut micros = 0u64;
+    let mut record = |out: &mut BufWriter<File>, frame: &[u8]| -> std::io::Result<()> {
+        let (seconds, micro) = (micros / 1_000_000, micros % 1_000_000);
+        for word in [
+            CAPTURE_START_S + seconds as u32,
+            micro as u32,
+            frame.len() as u32,
+            frame.len() as u32,
+        ] {
+            out.write_all(&word.to_le_bytes())?;
+        }
+        micros += 10;
+        out.write_all(frame)
+    };
+    let mut frame = Vec::new();
     for i in 0..flows {
         let client = [10, 1, (i >> 8) as u8, i as u8];
         let port = 1024 + (i >> 16) as u16;
@@ -170,39 +422,41 @@ fn account_workload(tracer: &LoadedTracer, flows: u32, capture: &Path) -> anyhow
                 .ack(1001)
         };
         for (hook, builder) in [(Hook::Egress, syn), (Hook::Ingress, answer)] {
-            let mut frame = Vec::new();
+            frame.clear();
             builder.write(&mut frame, &[])?;
-            tracer.run(hook, &frame)?;
-            let (seconds, micro) = (micros / 1_000_000, micros % 1_000_000);
-            for word in [
-                CAPTURE_START_S + seconds as u32,
-                micro as u32,
-                frame.len() as u32,
-                frame.len() as u32,
-            ] {
-                out.write_all(&word.to_le_bytes())?;
-            }
-            out.write_all(&frame)?;
-            micros += 10;
+            account(hook, &frame)?;
+            record(&mut out, &frame)?;
+        }
+        for segment in (0..segments).filter(|_| !refused) {
+            frame.clear();
+            PacketBuilder::ethernet2(GATEWAY_MAC, CLIENT_MAC)
+                .ipv4(SERVER, client, 127)
+                .tcp(server_port, port, 5001 + segment * 1400, 64_240)
+                .ack(1001)
+                .write(&mut frame, DATA_PAYLOAD)?;
+            record(&mut out, &frame)?;
         }
     }
     out.flush()
         .with_context(|| format!("writing {}", capture.display()))
 }
 
-/// The median wall time of `runs` runs of `program args`, its output thrown away; each run
-/// must succeed.
-fn median_time(program: &Path, args: &[String], runs: usize) -> anyhow::Result<Duration> {
+/// The median wall time of `runs` runs of `program args`, its output thrown away, and the most
+/// memory (resident bytes) one of them held; each run must succeed.
+fn median_run(program: &Path, args: &[String], runs: usize) -> anyhow::Result<(Duration, u64)> {
     let mut times = Vec::with_capacity(runs);
+    let mut max_rss = 0;
     for _ in 0..runs {
         let start = Instant::now();
-        let status = Command::new(program)
+        let child = Command::new(program)
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status()
+            .spawn()
             .with_context(|| format!("running {}", program.display()))?;
+        let (status, rss) = wait_with_rss(child.id())?;
         times.push(start.elapsed());
+        max_rss = max_rss.max(rss);
         ensure!(
             status.success(),
             "{} {} failed: {status}",
@@ -211,14 +465,30 @@ fn median_time(program: &Path, args: &[String], runs: usize) -> anyhow::Result<D
         );
     }
     times.sort();
-    Ok(times[times.len() / 2])
+    Ok((times[times.len() / 2], max_rss))
 }
 
-/// The rows as a table: table size, command, median, and the reference with the ratio.
+/// Waits for the child `pid`: its exit status and the most memory it held (wait4's rusage).
+fn wait_with_rss(pid: u32) -> anyhow::Result<(ExitStatus, u64)> {
+    let mut status = 0;
+    // SAFETY: wait4 fills the status and the rusage struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: our own child, not yet waited for; valid pointers.
+    let waited = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    ensure!(
+        waited == pid as libc::pid_t,
+        "waiting for process {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok((ExitStatus::from_raw(status), usage.ru_maxrss as u64 * 1024))
+}
+
+/// The rows as a table: table size, command, median, the most memory a run held (and per flow),
+/// and the reference with the ratio.
 pub fn table(rows: &[Row]) -> String {
     let mut text = format!(
-        "{:>8}  {:<20}  {:>9}  {:<20}  {:>9}  {:>7}\n",
-        "flows", "command", "median", "reference", "median", "ratio"
+        "{:>8}  {:<24}  {:>9}  {:>8}  {:>9}  {:<20}  {:>9}  {:>7}\n",
+        "flows", "command", "median", "max RSS", "per flow", "reference", "median", "ratio"
     );
     for row in rows {
         let (name, reference, ratio) = match &row.reference {
@@ -229,15 +499,27 @@ pub fn table(rows: &[Row]) -> String {
             ),
             None => ("-", "-".to_owned(), "-".to_owned()),
         };
+        let (rss, per_flow) = match row.max_rss {
+            Some(bytes) => (
+                format!("{} MB", bytes / 1_000_000),
+                format!("{} B", bytes / u64::from(row.flows.max(1))),
+            ),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
         text += &format!(
-            "{:>8}  {:<20}  {:>7.3} s  {:<20}  {:>9}  {:>7}\n",
+            "{:>8}  {:<24}  {:>7.3} s  {:>8}  {:>9}  {:<20}  {:>9}  {:>7}\n",
             row.flows,
             row.command,
             row.median.as_secs_f64(),
+            rss,
+            per_flow,
             name,
             reference,
             ratio
         );
+        if let Some(note) = &row.note {
+            text += &format!("{:>8}  ({note})\n", "");
+        }
     }
     text
 }

@@ -10,8 +10,8 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::Write as _,
+    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread,
@@ -21,8 +21,9 @@ use std::{
 use flagtrace_tests::{
     lab::{
         echo_between, expect_refusal, flagtrace, flagtrace_bin, flows_json, hooks_on, run, run_ok,
-        Daemon, Family, Netns, VethLab, READY_PREFIX, TIMEOUT,
+        Family, VethLab, TIMEOUT,
     },
+    scrape::{abuse, attach_with_metrics, http_get, HttpResponse},
     tracer::PinDir,
     unique_name,
 };
@@ -34,70 +35,6 @@ const CLOSED_PORT: u16 = 9;
 /// The README's example Prometheus configuration, alerting rules and their unit tests.
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/prometheus")
-}
-
-/// `flagtrace --netns NS --pin-root ROOT attach IFACE --metrics 127.0.0.1:0`, and the address
-/// of its endpoint, which it prints before its ready line.
-fn attach_with_metrics(netns: &Netns, pin_root: &Path, iface: &str) -> (Daemon, SocketAddr) {
-    let pin_root = pin_root.to_str().expect("UTF-8 pin root");
-    let loader = Daemon::start(
-        Command::new(flagtrace_bin()).args([
-            "--netns",
-            netns.name(),
-            "--pin-root",
-            pin_root,
-            "attach",
-            iface,
-            "--metrics",
-            "127.0.0.1:0",
-        ]),
-        READY_PREFIX,
-    );
-    let log = loader.log();
-    let addr = log
-        .lines()
-        .filter(|line| line.contains("flagtrace: metrics of "))
-        .find_map(|line| line.split("http://").nth(1)?.strip_suffix("/metrics"))
-        .and_then(|addr| addr.parse::<SocketAddr>().ok())
-        .unwrap_or_else(|| panic!("no metrics address before the ready line:\n{log}"));
-    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
-    (loader, addr)
-}
-
-/// An HTTP response, read whole.
-#[derive(Debug)]
-struct HttpResponse {
-    status: u16,
-    /// Header names in lower case.
-    headers: BTreeMap<String, String>,
-    body: String,
-}
-
-/// `GET target` over HTTP/1.0 (no chunked bodies, the server closes when done).
-fn http_get(addr: SocketAddr, target: &str) -> std::io::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    write!(stream, "GET {target} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw)?;
-    let malformed = || std::io::Error::other(format!("malformed HTTP response: {raw:?}"));
-    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(malformed)?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(malformed)?;
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
-        .collect();
-    Ok(HttpResponse {
-        status,
-        headers,
-        body: body.to_owned(),
-    })
 }
 
 /// The sample lines of the text format: name, labels, value.
@@ -583,21 +520,6 @@ fn the_readmes_prometheus_examples_are_valid() {
     promtool(&["test", "rules", tests.to_str().expect("UTF-8 path")], "");
 }
 
-/// Raises this process's soft limit of open files to `wanted` (or the hard limit, if lower).
-fn raise_open_files(wanted: u64) -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid rlimit struct for the calls.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_cur.max(wanted.min(limit.rlim_max));
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    limit.rlim_cur
-}
-
 /// A scrape that must succeed, with how long it took (printed, not asserted: the soak
 /// measures time).
 fn scrape_ok(addr: SocketAddr, after: &str) {
@@ -614,43 +536,11 @@ fn the_endpoint_answers_through_idle_connections_pipelining_and_a_huge_header() 
     let lab = VethLab::create();
     let (loader, addr) = attach_with_metrics(&lab.client.netns, pins.path(), lab.client.iface);
     scrape_ok(addr, "at first");
-
-    // A thousand connections that never send a byte: each holds a task, not a thread, and
-    // goes after the header timeout.
-    let limit = raise_open_files(4096);
-    assert!(limit >= 1100, "open files limit {limit}");
-    let idle: Vec<TcpStream> = (0..1000)
-        .map(|_| TcpStream::connect_timeout(&addr, TIMEOUT).expect("an idle connection"))
-        .collect();
-    scrape_ok(addr, "beside 1,000 idle connections");
-
-    // One client pipelines 2,000 requests and leaves without reading the answers.
-    let mut pipeline = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connecting");
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    pipeline
-        .write_all(request.repeat(2000).as_bytes())
-        .expect("sending 2,000 requests");
-    drop(pipeline);
-    scrape_ok(addr, "after 2,000 pipelined requests");
-
-    // A request head of a mebibyte is refused (431) or cut off, not buffered.
-    let mut huge = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connecting");
-    huge.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    let head = format!(
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(1 << 20)
-    );
-    // The server may close while the head is still being sent.
-    let _ = huge.write_all(head.as_bytes());
-    let mut answer = Vec::new();
-    let _ = huge.read_to_end(&mut answer);
-    let answer = String::from_utf8_lossy(&answer);
+    let huge_answer = abuse(addr, |after| scrape_ok(addr, after));
     assert!(
-        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
-        "{answer}"
+        huge_answer.is_empty() || huge_answer.starts_with("HTTP/1.1 431"),
+        "{huge_answer}"
     );
-    scrape_ok(addr, "after a 1 MiB header");
-    drop(idle);
 
     // The endpoint never failed: attach ends on SIGTERM like any other time.
     let status = loader.terminate();

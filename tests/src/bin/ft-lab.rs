@@ -75,7 +75,8 @@ enum Task {
     },
     /// A SYN flood from made-up sources: COUNT SYNs to the SERVER's PORTS in turn, each from a
     /// random address of 198.18.0.0/15 (RFC 2544's benchmarking range) and a random port, as
-    /// fast as the socket takes them, within the timeout.
+    /// fast as the socket takes them, within the timeout. With --rst, RSTs instead: each a
+    /// reset flow of its own, as backscatter or a reset flood makes.
     SynFlood {
         /// Interface to send on.
         #[arg(long)]
@@ -95,6 +96,9 @@ enum Task {
         /// Stop after this long, sent or not.
         #[arg(long, value_name = "SECONDS", default_value_t = 30)]
         timeout: u64,
+        /// Send RSTs instead of SYNs.
+        #[arg(long)]
+        rst: bool,
     },
     /// Tell the seed story in fresh network namespaces (needs root and $FLAGTRACE_BIN).
     Demo,
@@ -150,10 +154,11 @@ fn main() -> ExitCode {
             to_mac,
             count,
             timeout,
+            rst,
         } => syn_flood(
             &iface,
             (server, &ports, to_mac),
-            count,
+            (count, rst),
             Duration::from_secs(timeout),
         ),
         Task::Demo => return demo(),
@@ -222,14 +227,15 @@ fn inject_reset(args: &ForgerArgs, server: SocketAddr, on: Strike) -> Result<()>
 fn syn_flood(
     iface: &str,
     (server, ports, to_mac): (std::net::Ipv4Addr, &[u16], [u8; 6]),
-    count: u32,
+    (count, rst): (u32, bool),
     timeout: Duration,
 ) -> Result<()> {
     use rand::{rngs::SmallRng, Rng as _, SeedableRng as _};
     refuse_the_hosts_namespace()?;
     let socket = PacketSocket::open(iface)?;
     let mut rng = SmallRng::from_entropy();
-    println!("{FT_LAB_READY} on {iface}, {count} SYNs to {server}");
+    let what = if rst { "RSTs" } else { "SYNs" };
+    println!("{FT_LAB_READY} on {iface}, {count} {what} to {server}");
     let deadline = Instant::now() + timeout;
     let mut sent = 0;
     for port in ports.iter().cycle().take(count as usize) {
@@ -239,14 +245,14 @@ fn syn_flood(
         let source = [198, 18 | rng.gen_range(0..2), rng.gen(), rng.gen()];
         let builder = etherparse::PacketBuilder::ethernet2(socket.mac(), to_mac)
             .ipv4(source, server.octets(), 64)
-            .tcp(rng.gen_range(1024..=u16::MAX), *port, rng.gen(), 64240)
-            .syn();
+            .tcp(rng.gen_range(1024..=u16::MAX), *port, rng.gen(), 64240);
+        let builder = if rst { builder.rst() } else { builder.syn() };
         let mut frame = Vec::with_capacity(builder.size(0));
         builder.write(&mut frame, &[])?;
         socket.send(&frame)?;
         sent += 1;
     }
-    println!("ft-lab: sent {sent} SYNs");
+    println!("ft-lab: sent {sent} {what}");
     Ok(())
 }
 

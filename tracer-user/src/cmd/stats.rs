@@ -19,7 +19,7 @@ pub fn run(root: &PinRoot, netns: Option<&Netns>, args: &StatsArgs) -> anyhow::R
         .map(|(attachment, maps)| {
             Ok(Stats {
                 counters: maps.counters()?,
-                flows: maps.flows()?.len(),
+                flows: maps.flow_count()?,
                 max_flows: Some(maps.capacity()),
                 origin: Origin::Live(attachment),
             })

@@ -18,7 +18,7 @@ use aya::{
     sys::SyscallError,
     Pod,
 };
-use foldhash::{HashMap as StdHashMap, HashMapExt as _};
+use foldhash::{HashMap as StdHashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use tracer_common::{
     reset_set, reset_set_mask, FlowKey, FlowValue, GlobalCounters, Hook, ResetEntry, TlsName,
     WatchConfig, COUNTERS_MAP, EVENTS_MAP, EVENTS_RING_BYTES, FLOWS_MAP, HELLOS_MAP, HOOK_COUNT,
@@ -298,6 +298,21 @@ impl PinnedMaps {
             },
         )?;
         Ok(flows)
+    }
+
+    /// How many flows the flow table holds: [`PinnedMaps::flows`] without keeping the values.
+    pub fn flow_count(&self) -> anyhow::Result<usize> {
+        let mut keys = HashSet::with_capacity(presized(self.capacity));
+        read_all(
+            &self.flows,
+            || self.flows.iter(),
+            2 * self.capacity as usize,
+            &self.dir.join(FLOWS_MAP),
+            |key, _| {
+                keys.insert(key);
+            },
+        )?;
+        Ok(keys.len())
     }
 
     /// The flow table's entry for `key`, if it has one.

@@ -487,7 +487,7 @@ fn wait_with_rss(pid: u32) -> anyhow::Result<(ExitStatus, u64)> {
 /// and the reference with the ratio.
 pub fn table(rows: &[Row]) -> String {
     let mut text = format!(
-        "{:>8}  {:<24}  {:>9}  {:>8}  {:>9}  {:<20}  {:>9}  {:>7}\n",
+        "{:>8}  {:<38}  {:>9}  {:>8}  {:>9}  {:<20}  {:>9}  {:>7}\n",
         "flows", "command", "median", "max RSS", "per flow", "reference", "median", "ratio"
     );
     for row in rows {
@@ -507,7 +507,7 @@ pub fn table(rows: &[Row]) -> String {
             None => ("-".to_owned(), "-".to_owned()),
         };
         text += &format!(
-            "{:>8}  {:<24}  {:>7.3} s  {:>8}  {:>9}  {:<20}  {:>9}  {:>7}\n",
+            "{:>8}  {:<38}  {:>7.3} s  {:>8}  {:>9}  {:<20}  {:>9}  {:>7}\n",
             row.flows,
             row.command,
             row.median.as_secs_f64(),

@@ -6,28 +6,14 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::Path,
-    process::Command,
 };
 
-use crate::lab::{flagtrace_bin, Daemon, Netns, READY_PREFIX, TIMEOUT};
+use crate::lab::{Loader, Netns, TIMEOUT};
 
 /// `flagtrace --netns NS --pin-root ROOT attach IFACE --metrics 127.0.0.1:0`, and the address
 /// of its endpoint, which it prints before its ready line.
-pub fn attach_with_metrics(netns: &Netns, pin_root: &Path, iface: &str) -> (Daemon, SocketAddr) {
-    let pin_root = pin_root.to_str().expect("UTF-8 pin root");
-    let loader = Daemon::start(
-        Command::new(flagtrace_bin()).args([
-            "--netns",
-            netns.name(),
-            "--pin-root",
-            pin_root,
-            "attach",
-            iface,
-            "--metrics",
-            "127.0.0.1:0",
-        ]),
-        READY_PREFIX,
-    );
+pub fn attach_with_metrics(netns: &Netns, pin_root: &Path, iface: &str) -> (Loader, SocketAddr) {
+    let loader = Loader::attach_with(netns, pin_root, iface, &["--metrics", "127.0.0.1:0"]);
     let log = loader.log();
     let addr = log
         .lines()

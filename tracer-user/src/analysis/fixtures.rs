@@ -94,7 +94,7 @@ pub fn answered(client_port: u16, server: &str, ttl: u8, last_seen_ns: u64) -> F
 /// `flow` with a RST from the server.
 pub fn reset_by_server(mut flow: FlowRecord, rst: RstSeen) -> FlowRecord {
     flow.server_to_client.rst = 1;
-    flow.server_evidence.rst = Some(rst);
+    flow.server_evidence.rst = Some(Box::new(rst));
     flow
 }
 

@@ -261,13 +261,13 @@ impl RstSeen {
 }
 
 /// What the kernel recorded about one side's packets: the baseline its RSTs are compared with,
-/// and the RSTs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// and the RSTs, boxed: most flows have none, and a record is kept for every flow.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SideEvidence {
     /// Its latest examined non-RST packet; `None` when there was none.
     pub baseline: Option<Baseline>,
     /// Its RSTs; `None` when it sent none, or the reset evidence table no longer holds the flow.
-    pub rst: Option<RstSeen>,
+    pub rst: Option<Box<RstSeen>>,
 }
 
 /// One flow, oriented from client to server, decoded from the kernel's records: addresses,
@@ -361,6 +361,7 @@ impl FlowRecord {
                             sent_it.then_some(payload),
                             clock,
                         )
+                        .map(Box::new)
                     }),
                 },
             ))
@@ -426,7 +427,7 @@ impl FlowRecord {
         let sides = [&self.client_evidence, &self.server_evidence];
         let first = sides
             .iter()
-            .filter_map(|side| side.rst.map(|rst| rst.first_ns))
+            .filter_map(|side| side.rst.as_ref().map(|rst| rst.first_ns))
             .min();
         Some(first.unwrap_or(self.last_seen_ns))
     }
@@ -731,7 +732,7 @@ mod tests {
         );
         // A baseline the kernel never wrote (seen_on NONE) is no baseline.
         assert_eq!(record.server_evidence.baseline, None);
-        assert_eq!(record.server_evidence.rst.map(|r| r.ttl), Some(61));
+        assert_eq!(record.server_evidence.rst.as_ref().map(|r| r.ttl), Some(61));
         assert_eq!((record.syn_ns, record.syn_ack_ns), (Some(10), None));
         assert_eq!(record.first_rst_ns(), Some(50));
 

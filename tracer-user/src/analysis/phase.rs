@@ -128,7 +128,7 @@ mod tests {
             Role::Server => reset_by_server(flow, rst),
             Role::Client => {
                 flow.client_to_server.rst = 1;
-                flow.client_evidence.rst = Some(rst);
+                flow.client_evidence.rst = Some(Box::new(rst));
                 flow
             }
         }

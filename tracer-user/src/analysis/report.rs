@@ -89,7 +89,7 @@ impl FlowReport {
             Role::Client => &self.flow.client_evidence,
             Role::Server => &self.flow.server_evidence,
         };
-        side.rst.as_ref()
+        side.rst.as_deref()
     }
 }
 
@@ -101,8 +101,8 @@ pub fn gateway_mac(flow: &FlowRecord) -> Option<MacAddr> {
     };
     let server_in = seen_on(flow.server_evidence.baseline, Hook::Ingress);
     let client_out = seen_on(flow.client_evidence.baseline, Hook::Egress);
-    let rsts =
-        [&flow.server_evidence, &flow.client_evidence].map(|side| side.rst.and_then(|r| r.mac));
+    let rsts = [&flow.server_evidence, &flow.client_evidence]
+        .map(|side| side.rst.as_ref().and_then(|r| r.mac));
     [server_in, client_out]
         .into_iter()
         .chain(rsts)
@@ -223,10 +223,12 @@ mod tests {
                 role: PacketRole::Handshake,
                 seq_end: 0,
             }),
-            rst: rst_mac.map(|mac| RstSeen {
-                mac: MacAddr::known(mac),
-                ttl: 64,
-                ..RstSeen::at(Hook::Ingress, 5)
+            rst: rst_mac.map(|mac| {
+                Box::new(RstSeen {
+                    mac: MacAddr::known(mac),
+                    ttl: 64,
+                    ..RstSeen::at(Hook::Ingress, 5)
+                })
             }),
         }
     }

@@ -228,10 +228,10 @@ fn resets_group_by_gateway_and_server() {
         let mut flow = refused_flow();
         flow.client.set_port(port);
         flow.server = server.parse().unwrap();
-        flow.server_evidence.rst = Some(RstSeen::at(
+        flow.server_evidence.rst = Some(Box::new(RstSeen::at(
             Hook::Ingress,
             clock().unix_ns_u64(rst_s * SECOND as u64),
-        ));
+        )));
         FlowReport {
             origin: lab("veth0"),
             flow,
@@ -704,12 +704,12 @@ fn tables_fit_the_terminal_only() {
 fn proxy_report() -> FlowReport {
     let mut report = refused_report("veth0");
     report.flow.tls_sni = Some("customerweb".into());
-    report.flow.server_evidence.rst = Some(RstSeen {
+    report.flow.server_evidence.rst = Some(Box::new(RstSeen {
         reset_delay_ms: Some(3_000),
         idle_before_ms: Some(40),
         payload: Some(KeptPayload::new(b"No pool member available")),
         ..RstSeen::at(Hook::Ingress, report.flow.last_seen_ns)
-    });
+    }));
     report.phase = Some(Phase::Request);
     report.verdict.as_mut().unwrap().middlebox_role = Some(MiddleboxRole::Proxy);
     report

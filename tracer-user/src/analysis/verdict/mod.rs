@@ -54,7 +54,7 @@ pub fn judge(flow: &FlowRecord, hosts: &HostIndex) -> Option<Verdict> {
         (Role::Server, &flow.server_evidence),
     ]
     .into_iter()
-    .filter_map(|(role, side)| side.rst.as_ref().map(|rst| (role, rst)))
+    .filter_map(|(role, side)| side.rst.as_deref().map(|rst| (role, rst)))
     .collect();
     if senders.is_empty() {
         let rst_from = if flow.server_to_client.rst > 0 {

@@ -400,10 +400,10 @@ fn this_flows_baseline_comes_before_other_flows() {
 fn the_clients_own_reset_leaves_on_egress() {
     let mut flow = flow(40001, "10.0.2.1:443");
     flow.client_to_server.rst = 1;
-    flow.client_evidence.rst = Some(RstSeen {
+    flow.client_evidence.rst = Some(Box::new(RstSeen {
         hook: Hook::Egress,
         ..rst(64, SERVER_MAC)
-    });
+    }));
     let verdict = judge_first(&[flow]);
     assert_eq!(
         (verdict.reset_by, verdict.rst_from),
@@ -437,11 +437,11 @@ fn a_forged_rst_decides_over_the_clients_answer_to_it() {
     let mut flow = reset_by_server(flow(40001, "10.0.2.1:443"), injected);
     flow.server_evidence.baseline = Some(baseline(64, SERVER_MAC, Hook::Ingress));
     flow.client_to_server.rst = 2;
-    flow.client_evidence.rst = Some(RstSeen {
+    flow.client_evidence.rst = Some(Box::new(RstSeen {
         first_ns: 2 * SECOND,
         hook: Hook::Egress,
         ..rst(64, SERVER_MAC)
-    });
+    }));
     let verdict = judge_first(&[flow.clone()]);
     assert_eq!(
         (verdict.reset_by, verdict.rst_from),
@@ -462,10 +462,10 @@ fn a_forged_rst_decides_over_the_clients_answer_to_it() {
 
     // Without a middlebox signal, the earliest RST decides.
     let mut honest = flow;
-    honest.server_evidence.rst = Some(RstSeen {
+    honest.server_evidence.rst = Some(Box::new(RstSeen {
         first_ns: 3 * SECOND,
         ..rst(64, SERVER_MAC)
-    });
+    }));
     let verdict = judge_first(&[honest]);
     assert_eq!(
         (verdict.reset_by, verdict.rst_from),

@@ -477,6 +477,7 @@ mod tests {
         let rst = record
             .server_evidence
             .rst
+            .as_deref()
             .expect("the server's RST evidence");
         assert_eq!(
             (rst.ttl, rst.seq, rst.ack, rst.hook),

@@ -124,18 +124,12 @@ impl Capture {
         Ok(analysis)
     }
 
-    fn origin(&self, id: u32) -> Origin {
-        Origin::Capture {
-            iface: self.names[&id].clone(),
-        }
-    }
-
     /// Each interface's counters and flow count.
     pub fn stats(&self) -> Vec<Stats> {
         self.interfaces
             .iter()
             .map(|(id, interface)| Stats {
-                origin: self.origin(*id),
+                origin: origin(&self.names, *id),
                 counters: interface.tables.counters(),
                 flows: interface.tables.flow_count(),
                 max_flows: None,
@@ -152,14 +146,22 @@ impl Capture {
             let records = interface.tables.flow_records()?;
             drop(interface);
             let neighbours = || Some(Neighbours::from_entries(self.neighbours.iter().copied()));
-            let origin = Origin::Capture {
-                iface: self.names[&id].clone(),
-            };
             reports.extend(report::analyse(
-                &origin, records, vendors, neighbours, scope,
+                &origin(&self.names, id),
+                records,
+                vendors,
+                neighbours,
+                scope,
             )?);
         }
         Ok(reports)
+    }
+}
+
+/// The source an interface's flows are shown under.
+fn origin(names: &HashMap<u32, String>, id: u32) -> Origin {
+    Origin::Capture {
+        iface: names[&id].clone(),
     }
 }
 
@@ -203,10 +205,10 @@ impl GuessFrom {
     }
 
     /// How the guess's warning names what it read.
-    fn scope(&self) -> &'static str {
+    fn scope(&self) -> String {
         match self {
-            GuessFrom::File => "",
-            GuessFrom::Prefix(_) => " (in its first 32 MiB)",
+            GuessFrom::File => String::new(),
+            GuessFrom::Prefix(_) => format!(" (in its first {} MiB)", GUESS_PREFIX_LEN >> 20),
         }
     }
 }

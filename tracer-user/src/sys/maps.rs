@@ -288,31 +288,31 @@ impl PinnedMaps {
     /// entries are deduplicated by key, and the read is bounded (see `read_all`).
     pub fn flows(&self) -> anyhow::Result<StdHashMap<FlowKey, FlowValue>> {
         let mut flows = StdHashMap::with_capacity(presized(self.capacity));
-        read_all(
-            &self.flows,
-            || self.flows.iter(),
-            2 * self.capacity as usize,
-            &self.dir.join(FLOWS_MAP),
-            |key, value| {
-                flows.insert(key, value);
-            },
-        )?;
+        self.read_flows(|key, value| {
+            flows.insert(key, value);
+        })?;
         Ok(flows)
     }
 
     /// How many flows the flow table holds: [`PinnedMaps::flows`] without keeping the values.
     pub fn flow_count(&self) -> anyhow::Result<usize> {
         let mut keys = HashSet::with_capacity(presized(self.capacity));
+        self.read_flows(|key, _| {
+            keys.insert(key);
+        })?;
+        Ok(keys.len())
+    }
+
+    /// Hands every entry of the flow table to `entry`, a key more than once if the kernel moved
+    /// it during the read (see `read_all`).
+    fn read_flows(&self, entry: impl FnMut(FlowKey, FlowValue)) -> anyhow::Result<()> {
         read_all(
             &self.flows,
             || self.flows.iter(),
             2 * self.capacity as usize,
             &self.dir.join(FLOWS_MAP),
-            |key, _| {
-                keys.insert(key);
-            },
-        )?;
-        Ok(keys.len())
+            entry,
+        )
     }
 
     /// The flow table's entry for `key`, if it has one.
